@@ -1,0 +1,270 @@
+"""deep/distributed.py: sharding, collectives and DDP + SAM on 2 CPU processes (gloo).
+
+The multi-process checks compare a 2-rank DistributedDataParallel run with an independent single-process
+computation of the same mathematics (float64, so the tolerance is round-off only):
+
+* ST and SAM with the all-reduced ascent: 2 ranks x per-rank batch b == 1 process x global batch 2b.
+* SAM with the local ascent (default, m-sharpness): 2 ranks == 1 process that computes, for each half of
+  the global batch (the half rank r sees), its own ascent e_r = rho g_r / ||g_r||, the gradient at w + e_r
+  on that half, and then steps with the average of the two.
+
+The tiny model has no BatchNorm on purpose: in train mode BatchNorm normalises with the statistics of the
+batch it sees, which are per-rank statistics under DDP (b images) but global ones in one process (2b
+images), so the two runs would legitimately differ.  Without BatchNorm the only difference is the order
+of floating-point sums.
+"""
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from deep import distributed as D
+
+RHO = 0.3
+LR = 0.1
+N, B_RANK, WORLD, EPOCHS, SEED = 24, 4, 2, 2, 5
+
+
+# ---------------------------------------------------------------------------- single process
+
+def test_torchrun_env_parsing_and_errors():
+    assert D.torchrun_env({}) == (0, 1, 0)
+    assert D.torchrun_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (1, 4, 1)
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        D.torchrun_env({"WORLD_SIZE": "two"})
+    with pytest.raises(ValueError, match="RANK"):
+        D.torchrun_env({"RANK": "3", "WORLD_SIZE": "2"})
+
+
+def test_single_process_context_needs_no_process_group(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    ctx = D.init_distributed(device="cpu")
+    assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main, ctx.distributed) == (0, 1, None, True, False)
+    model = torch.nn.Linear(2, 2)
+    assert D.wrap_model(model, ctx) is model and D.unwrap(model) is model
+    t = torch.tensor([3.0])
+    assert D.all_reduce_sum(t).item() == 3.0 and D.broadcast_object({"a": 1}) == {"a": 1}
+    D.teardown(ctx)
+
+
+@pytest.mark.parametrize("n,world,b", [(24, 2, 4), (23, 2, 4), (10, 3, 2), (2, 4, 1)])
+def test_shards_are_equal_and_rebuild_global_batches(n, world, b):
+    order = D.epoch_permutation(n, seed=1, epoch=0)
+    shards = [D.shard_indices(order, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1                        # equal sizes
+    assert set(torch.cat(shards).tolist()) == set(range(n))          # every example is used
+    if n % world == 0:                                               # no padding: global batches intact
+        for k in range(0, len(shards[0]), b):
+            union = sorted(torch.cat([s[k:k + b] for s in shards]).tolist())
+            assert union == sorted(order[k * world:(k + b) * world].tolist())
+    if n >= world:
+        dropped = [D.shard_indices(order, r, world, drop_last=True) for r in range(world)]
+        assert sum(len(s) for s in dropped) == n - n % world
+    else:
+        with pytest.raises(ValueError, match="drop_last"):
+            D.shard_indices(order, 0, world, drop_last=True)
+
+
+def test_epoch_permutation_is_deterministic_and_changes_per_epoch():
+    a, b, c = (D.epoch_permutation(50, 3, e) for e in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert sorted(a.tolist()) == list(range(50))
+    with pytest.raises(ValueError, match="epoch"):
+        D.epoch_permutation(5, 0, -1)
+
+
+def test_shard_range_partitions_evaluation_set():
+    parts = [D.shard_range(10, r, 3) for r in range(3)]
+    assert [list(range(10))[p] for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
+# ----------------------------------------------------------------- the tiny training problem
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (N,), generator=g)
+    return x, y
+
+
+def _model():
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 4 * 4, 4))
+    return m.double()
+
+
+def _opt(model):
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
+
+
+def _loss(model, x, y):
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def _ascent(params, rho):
+    grads = [p.grad for p in params]
+    norm = torch.sqrt(sum((g * g).sum() for g in grads))
+    return [rho * g / (norm + 1e-12) for g in grads]
+
+
+def _train_ddp(mode, model, x, y):
+    """Per-rank loop: strided shard of the epoch permutation, DDP gradients, SAM via ascent_sync."""
+    opt = _opt(model)
+    params = list(model.parameters())
+    for epoch in range(EPOCHS):
+        idx = D.shard_indices(D.epoch_permutation(N, SEED, epoch))
+        for k in range(0, len(idx), B_RANK):
+            xb, yb = x[idx[k:k + B_RANK]], y[idx[k:k + B_RANK]]
+            opt.zero_grad()
+            if mode == "st":
+                _loss(model, xb, yb).backward()
+            else:
+                with D.ascent_sync(model, all_reduce_ascent=(mode == "sam-allreduce")):
+                    _loss(model, xb, yb).backward()
+                es = _ascent(params, RHO)
+                with torch.no_grad():
+                    for p, e in zip(params, es):
+                        p.add_(e)
+                opt.zero_grad()
+                _loss(model, xb, yb).backward()
+                with torch.no_grad():
+                    for p, e in zip(params, es):
+                        p.sub_(e)
+            opt.step()
+    return model
+
+
+def _train_single(mode):
+    """One process, global batch WORLD*B_RANK; mode "sam-m" averages per-half SAM gradients."""
+    x, y = _data()
+    model = _model()
+    opt = _opt(model)
+    params = list(model.parameters())
+    B = WORLD * B_RANK
+    for epoch in range(EPOCHS):
+        order = D.epoch_permutation(N, SEED, epoch)
+        for k in range(0, N, B):
+            batch = order[k:k + B]
+            opt.zero_grad()
+            if mode == "st":
+                _loss(model, x[batch], y[batch]).backward()
+            elif mode == "sam":
+                _loss(model, x[batch], y[batch]).backward()
+                es = _ascent(params, RHO)
+                with torch.no_grad():
+                    for p, e in zip(params, es):
+                        p.add_(e)
+                opt.zero_grad()
+                _loss(model, x[batch], y[batch]).backward()
+                with torch.no_grad():
+                    for p, e in zip(params, es):
+                        p.sub_(e)
+            else:  # "sam-m": the half of rank r is batch[r::WORLD]
+                total = [torch.zeros_like(p) for p in params]
+                for r in range(WORLD):
+                    half = batch[r::WORLD]
+                    opt.zero_grad()
+                    _loss(model, x[half], y[half]).backward()
+                    es = _ascent(params, RHO)
+                    with torch.no_grad():
+                        for p, e in zip(params, es):
+                            p.add_(e)
+                    opt.zero_grad()
+                    _loss(model, x[half], y[half]).backward()
+                    with torch.no_grad():
+                        for p, e, t in zip(params, es, total):
+                            p.sub_(e)
+                            t.add_(p.grad / WORLD)
+                for p, t in zip(params, total):
+                    p.grad = t
+            opt.step()
+    return model
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with D.distributed_session(device="cpu") as ctx:
+        assert ctx.backend == "gloo" and ctx.world_size == world and D.get_rank() == rank
+        x, y = _data()
+        results = {}
+        for mode in ("st", "sam-allreduce", "sam-local"):
+            model = D.wrap_model(_model(), ctx)
+            _train_ddp(mode, model, x, y)
+            results[mode] = {k: v.clone() for k, v in D.unwrap(model).state_dict().items()}
+        # sharded evaluation: each rank counts its slice, the sum is the global count
+        sl = D.shard_range(N, rank, world)
+        with torch.no_grad():
+            correct = (D.unwrap(model)(x[sl]).argmax(1) == y[sl]).sum().to(torch.float64)
+        results["correct"] = D.all_reduce_sum(torch.stack([correct, torch.tensor(float(sl.stop - sl.start),
+                                                                                   dtype=torch.float64)]))
+        # the manual all-reduce (model outside DDP) averages
+        t = [torch.full((3,), float(rank)), None, torch.full((2, 2), 2.0 * rank, dtype=torch.float64)]
+        D.all_reduce_mean_(t)
+        results["mean"] = t
+        results["bcast"] = D.broadcast_object({"rank": rank})
+        results["state"] = results["sam-local"]
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        D.barrier()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_rank_results():
+    with tempfile.TemporaryDirectory() as out:
+        ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), out), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+        for _ in range(120):                       # at most 120 s, never hang the suite
+            if ctx.join(timeout=1):
+                break
+        else:
+            for p in ctx.processes:
+                p.terminate()
+            pytest.fail("2-process gloo run did not finish in 120 s")
+        yield [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def _assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("mode,single", [("st", "st"), ("sam-allreduce", "sam"), ("sam-local", "sam-m")])
+def test_two_ranks_match_single_process_with_global_batch(two_rank_results, mode, single):
+    ref = _train_single(single).state_dict()
+    for r in range(WORLD):                                 # both ranks hold the same weights ...
+        _assert_same_weights(two_rank_results[r][mode], ref, atol=1e-10)   # ... equal to one process
+    start = _model().state_dict()
+    assert max((ref[k] - start[k]).abs().max().item() for k in ref) > 1e-3   # training moved the weights
+
+
+def test_local_ascent_is_not_the_global_ascent(two_rank_results):
+    """The option matters: m-sharpness (m = per-rank batch) and global-batch SAM give different weights."""
+    a, b = two_rank_results[0]["sam-local"], two_rank_results[0]["sam-allreduce"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-6
+
+
+def test_sharded_counts_mean_and_broadcast(two_rank_results):
+    x, y = _data()
+    model = _model()
+    model.load_state_dict(two_rank_results[0]["state"])
+    with torch.no_grad():
+        correct = (model(x).argmax(1) == y).sum().item()
+    for res in two_rank_results:
+        assert res["correct"].tolist() == [correct, N]
+        assert res["mean"][1] is None
+        torch.testing.assert_close(res["mean"][0], torch.full((3,), 0.5))
+        torch.testing.assert_close(res["mean"][2], torch.full((2, 2), 1.0, dtype=torch.float64))
+        assert res["bcast"] == {"rank": 0}
