@@ -1,0 +1,269 @@
+"""One entry point for the population optima: ``solve(model, method, strength, tau)`` and ``tradeoff``.
+
+Methods (THEORY.md section 4):
+  "st"              T1   v = 2 Sigma^{-1} mu                                   (strength ignored, must be 0)
+  "at-linf"         T3   soft thresholding, strength = eps
+  "at-l2"           T4   ridge shrinkage, strength = eps, .lam = T4's lambda
+  "sam"             T2   unconstrained per-example SAM, strength = rho: 1-D solve of
+                         min_t E l(t y d.x - rho*||x||) along d = Sigma^{-1} mu / ||Sigma^{-1} mu||;
+                         .info reports the exact (symmetric, convex) minimiser and the measured deviation
+  "sam-fixed-scale" T5   SAM at fixed scale tau, strength = rho: 1-D minimisation over the ridge parameter
+                         lam of E l(y v.x - rho*tau*||x||) with v = tau*ridge_direction(lam); .lam = ridge lam;
+                         .info reports the unrestricted sphere minimiser (one angle) and the deviation
+For ``TsiprasModel`` every method is a direct numeric minimisation (two-parameter reduction, exact by
+convexity and permutation symmetry for st/at/sam; one angle on the sphere for sam-fixed-scale).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from . import closed_forms as cf
+from . import metrics
+from . import numeric
+from .model import FeatureModel, TsiprasModel
+from .sam_objective import sam_loss
+
+__all__ = ["METHODS", "Solution", "solve", "tradeoff", "DEFAULT_EPS_GRID"]
+
+METHODS = ("st", "at-linf", "at-l2", "sam", "sam-fixed-scale")
+DEFAULT_EPS_GRID = (("inf", 0.1), ("inf", 0.2), ("inf", 0.3), (2, 0.5), (2, 1.0))
+
+
+def _norm_label(norm, eps) -> str:
+    q = metrics.dual_exponent(norm)
+    name = "linf" if q == 1.0 else ("l2" if q == 2.0 else f"l{norm}")
+    return f"{name}_{eps:g}"
+
+
+@dataclass
+class Solution:
+    """Result of ``solve``: weights ``v``, ``lam`` (T4 lambda for at-l2, ridge lambda for sam-fixed-scale,
+    else None), the method's objective value, and derived quantities. ``info`` holds method-specific
+    diagnostics (measured deviations for the approximate statements T2/T5)."""
+
+    model: object
+    method: str
+    strength: float
+    v: np.ndarray
+    lam: float | None = None
+    tau: float | None = None
+    objective: float = float("nan")
+    info: dict = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return metrics.clean_accuracy(self.model, self.v)
+
+    def robust_accuracy(self, norm="inf", eps=0.1) -> float:
+        return metrics.robust_accuracy(self.model, self.v, eps, norm)
+
+    @property
+    def robust_reliance(self) -> float:
+        try:
+            return metrics.robust_reliance(self.model, self.v)
+        except ValueError:
+            return float("nan")
+
+    @property
+    def loss(self) -> float:
+        """Clean population logistic loss E l(y v.x)."""
+        return metrics.population_loss(self.model, self.v)
+
+    @property
+    def robust_weight(self) -> float:
+        return float(self.v[: self.model.k].mean())
+
+    @property
+    def nonrobust_weight(self) -> float:
+        return float(self.v[self.model.k:].mean())
+
+    def to_dict(self, eps_grid=DEFAULT_EPS_GRID, full_weights: bool = False) -> dict:
+        out = {
+            "method": self.method,
+            "strength": self.strength,
+            "tau": self.tau,
+            "lam": None if self.lam is None else (None if math.isinf(self.lam) else float(self.lam)),
+            "robust_weight": self.robust_weight,
+            "nonrobust_weight": self.nonrobust_weight,
+            "nonrobust_weight_sd": float(np.std(self.v[self.model.k:])),
+            "weight_norm": float(np.linalg.norm(self.v)),
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": {_norm_label(n, e): self.robust_accuracy(n, e) for n, e in _parse_grid(eps_grid)},
+            "robust_reliance": self.robust_reliance,
+            "loss": self.loss,
+            "objective": self.objective,
+            "info": _jsonable(self.info),
+        }
+        if full_weights:
+            out["v"] = [float(x) for x in self.v]
+        return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _parse_grid(eps_grid):
+    out = []
+    for item in eps_grid:
+        if isinstance(item, (tuple, list)):
+            norm, eps = item
+        else:
+            norm, eps = "inf", item
+        metrics.dual_exponent(norm)
+        out.append((norm, metrics.check_nonnegative("eps", eps)))
+    return out
+
+
+def _check_model(model):
+    if not isinstance(model, (FeatureModel, TsiprasModel)):
+        raise ValueError(f"model must be a FeatureModel or TsiprasModel, got {type(model).__name__}")
+
+
+def _direction_report(v, ref) -> dict:
+    """Cosine, angle (degrees) and relative l2 difference between the directions of v and ref."""
+    a, b = v / np.linalg.norm(v), ref / np.linalg.norm(ref)
+    cos = float(np.clip(a @ b, -1.0, 1.0))
+    return {"cosine": cos, "angle_deg": math.degrees(math.acos(cos)), "rel_dir_diff": float(np.linalg.norm(a - b))}
+
+
+def _minimize_scale(objective, direction, t_start: float) -> float:
+    """argmin_{t >= 0} objective(t*direction) for a convex one-dimensional objective (bracket then Brent)."""
+    f = lambda t: objective(t * direction)  # noqa: E731
+    hi = max(t_start, 1e-3)
+    while f(2 * hi) < f(hi):
+        hi *= 2
+        if hi > 1e8:
+            raise ValueError("the objective decreases without bound along the direction")
+    res = minimize_scalar(f, bounds=(0.0, 2 * hi), method="bounded", options={"xatol": 1e-10 * hi, "maxiter": 500})
+    return float(res.x)
+
+
+def _solve_sam(model, rho, info_checks: bool):
+    obj = lambda v: sam_loss(model, v, rho)  # noqa: E731
+    if isinstance(model, TsiprasModel):
+        v = numeric.minimize_sam_symmetric(model, rho)
+        return v, None, obj(v), {}
+    d = model.mu / model.sigma2
+    d = d / np.linalg.norm(d)
+    t = _minimize_scale(obj, d, 2.0 * float(np.linalg.norm(model.mu / model.sigma2)))
+    v = t * d
+    info = {"route": "1-D scale along Sigma^{-1} mu (T2)"}
+    if info_checks:
+        v_exact = numeric.minimize_sam_symmetric(model, rho, x0=v[[0, model.k]])
+        info["exact_minimiser"] = {"robust_weight": float(v_exact[0]), "nonrobust_weight": float(v_exact[-1]),
+                                   "objective": obj(v_exact)}
+        info["deviation_from_sigma_inv_mu"] = _direction_report(v_exact, d)
+        info["objective_gap"] = obj(v) - obj(v_exact)
+    return v, None, obj(v), info
+
+
+def _ridge_objective(model, rho, tau):
+    return lambda lam: sam_loss(model, tau * cf.ridge_direction(model, lam), rho * tau)
+
+
+def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
+    if isinstance(model, TsiprasModel):
+        v = numeric.minimize_sam_sphere(model, rho, tau)
+        return v, None, sam_loss(model, v, rho * tau), {"route": "angle on the sphere (numeric)"}
+    G = _ridge_objective(model, rho, tau)
+    scale = float(np.mean(model.sigma2))
+    grid = np.concatenate([[0.0], scale * np.exp(np.linspace(-9.0, 9.0, 37))])
+    vals = np.array([G(lam) for lam in grid])
+    i = int(np.argmin(vals))
+    info = {"route": "1-D minimisation over the ridge parameter lam >= 0 (T5)"}
+    if i == 0:
+        # minimiser at (or below) lam = 0: refine on [0, grid[1]]
+        lo, hi = 0.0, grid[1]
+    else:
+        lo, hi = grid[i - 1], grid[min(i + 1, len(grid) - 1)]
+    res = minimize_scalar(G, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * max(hi, 1e-12)})
+    lam = float(res.x) if res.fun <= vals[i] else float(grid[i])
+    if lam <= 1e-9 * scale and G(0.0) <= G(1e-6 * scale):
+        lam = 0.0
+        info["at_boundary"] = "lam = 0 (the unconstrained ridge optimum may lie at lam < 0)"
+    v = tau * cf.ridge_direction(model, lam)
+    info["l2_at_eps_equivalent"] = cf.ridge_lambda_to_l2_eps(model, lam)
+    # L4 with unit-norm w: SAM acts as l2 AT of radius about rho*sqrt(E||x||^2)
+    info["sam_l2_strength_rms"] = metrics.sam_strength(model, rho, v / tau).l2_rms
+    if info_checks:
+        v_sphere = numeric.minimize_sam_sphere(model, rho, tau)
+        f_sphere = sam_loss(model, v_sphere, rho * tau)
+        info["sphere_minimiser"] = {"robust_weight": float(v_sphere[0]), "nonrobust_weight": float(v_sphere[-1]),
+                                    "objective": f_sphere}
+        info["deviation_from_ridge_path"] = _direction_report(v_sphere, v)
+        info["objective_gap"] = G(lam) - f_sphere
+    return v, lam, G(lam), info
+
+
+def solve(model, method, strength=0.0, tau=None, checks: bool = False) -> Solution:
+    """Population optimum of ``method`` at ``strength`` (eps for AT, rho for SAM) on ``model``.
+
+    ``tau`` (the fixed weight norm) is required for "sam-fixed-scale" and rejected otherwise.
+    ``checks=True`` adds to ``info`` the independent minimiser and the measured deviation for T2/T5.
+    """
+    _check_model(model)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    strength = metrics.check_nonnegative("strength", strength)
+    if method == "sam-fixed-scale":
+        if tau is None:
+            raise ValueError("tau is required for method 'sam-fixed-scale'")
+        tau = metrics.check_nonnegative("tau", tau)
+        if tau == 0.0:
+            raise ValueError("tau must be positive")
+    elif tau is not None:
+        raise ValueError(f"tau applies only to method 'sam-fixed-scale', not {method!r}")
+    if method == "st" and strength != 0.0:
+        raise ValueError("strength must be 0 for method 'st'")
+
+    gaussian = isinstance(model, FeatureModel)
+    lam, info = None, {}
+    if method == "st":
+        v = cf.st_weights(model) if gaussian else numeric.minimize_margin_objective(model, basis=numeric.block_basis(model))
+        obj = metrics.population_loss(model, v)
+    elif method in ("at-linf", "at-l2"):
+        norm = "inf" if method == "at-linf" else 2
+        if gaussian and method == "at-linf":
+            v = cf.at_linf_weights(model, strength)
+        elif gaussian:
+            v, lam = cf.at_l2_weights(model, strength)
+            info["ridge_lambda"] = 2 * lam
+        else:
+            v = numeric.minimize_margin_objective(model, strength, norm, basis=numeric.block_basis(model))
+        obj = metrics.population_loss(model, v, metrics.attack_margin_shift(v, strength, norm))
+    elif method == "sam":
+        v, lam, obj, info = _solve_sam(model, strength, checks)
+    else:
+        v, lam, obj, info = _solve_sam_fixed_scale(model, strength, tau, checks)
+    return Solution(model=model, method=method, strength=strength, v=np.asarray(v, dtype=float), lam=lam, tau=tau,
+                    objective=float(obj), info=info)
+
+
+def tradeoff(model, method, strengths, eps_grid=DEFAULT_EPS_GRID, tau=None, progress: bool = False) -> list:
+    """T6: one row per strength with clean accuracy, robust accuracies on ``eps_grid``, reliance and weights.
+
+    ``eps_grid``: attack radii, floats (l_inf) or (norm, eps) pairs. Returns a list of dicts (``Solution.to_dict``).
+    """
+    strengths = [metrics.check_nonnegative("strength", s) for s in strengths]
+    grid = _parse_grid(eps_grid)
+    it = strengths
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(strengths, desc=f"tradeoff {method}", leave=False)
+    return [solve(model, method, s, tau=tau).to_dict(grid) for s in it]
