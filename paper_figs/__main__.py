@@ -1,0 +1,54 @@
+"""``python -m paper_figs``: regenerate every figure (PNG + PDF) and REPORT.md from saved results."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .build import build
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m paper_figs",
+        description="Regenerate every figure (PNG and PDF, paper column width) and the results "
+                    "report from saved results. Never trains: theory curves are closed forms from "
+                    "linear_theory; simulation points come from <results>/simulations.json "
+                    "(python -m simulations.run) and deep points from <results>/deep/<dataset>/"
+                    "*.json (python -m deep.run). A missing input skips what needs it with one "
+                    "line naming the command that produces it.")
+    p.add_argument("--results", default="results",
+                   help="folder holding simulations.json and deep/ (default: results)")
+    p.add_argument("--out", default=None,
+                   help="folder for the figures (default: <results>/figures); files are "
+                        "fig1_tradeoff, fig2_strength, fig3_weights, fig4_sam_vs_m, fig5_deep, "
+                        "fig6_probes with extensions .png and .pdf")
+    p.add_argument("--report", default="REPORT.md",
+                   help="path of the markdown report, which embeds the PNGs by relative path "
+                        "(default: REPORT.md)")
+    p.add_argument("--formats", default="png,pdf",
+                   help="comma-separated figure formats among png, pdf, svg (default: png,pdf)")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if not formats or bad:
+        parser.error(f"--formats must list png, pdf or svg, got {args.formats!r}")
+    if "png" not in formats:
+        formats.insert(0, "png")  # the report embeds PNGs
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    command = "python -m paper_figs" + ("" if not argv_list else " " + shlex.join(argv_list))
+    res = build(args.results, args.out, args.report, formats, command=command)
+    if res.errors:
+        print(f"python -m paper_figs: error: {len(res.errors)} unreadable input(s): "
+              + "; ".join(res.errors), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

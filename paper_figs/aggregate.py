@@ -1,0 +1,123 @@
+"""Group deep runs by configuration and summarise them over seeds (mean, sample sd, count)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .palette import canonical_method, style
+
+__all__ = ["Stat", "ConfigSummary", "summarise_runs", "robust_keys", "pick_attack",
+           "ATTACK_PREFERENCE", "PROBE_KEYS", "strength_label"]
+
+#: Attack keys in the order the deep figure prefers (PROTOCOL.md: SAM's claim is at small eps).
+ATTACK_PREFERENCE = ("linf_1/255", "linf_2/255", "l2_16/255", "l2_32/255", "l2_0.5", "linf_8/255")
+PROBE_KEYS = ("clean", "nonrobust_removed", "nonrobust_swapped", "robust_removed")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (0 for one seed) and number of seeds."""
+
+    mean: float
+    sd: float
+    n: int
+
+    @classmethod
+    def of(cls, values) -> "Stat":
+        vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+        if vals.size == 0:
+            return cls(float("nan"), float("nan"), 0)
+        sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        return cls(float(vals.mean()), sd, int(vals.size))
+
+    def fmt(self, scale: float = 100.0, digits: int = 1) -> str:
+        if self.n == 0:
+            return "-"
+        if self.n == 1:
+            return f"{scale * self.mean:.{digits}f}"
+        return f"{scale * self.mean:.{digits}f} ± {scale * self.sd:.{digits}f}"
+
+
+def _fmt_eps(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k):d}/255" if abs(k - round(k)) < 1e-6 and eps < 1 else f"{eps:g}"
+
+
+def strength_label(method: str, rho, eps) -> str:
+    """Human label of a configuration, e.g. 'SAM ρ=0.1', 'AT ℓ∞ ε=8/255', 'ST'."""
+    lab = style(method).label
+    if method == "sam" and rho is not None:
+        return f"{lab} $\\rho$={rho:g}"
+    if method.startswith("at") and eps is not None:
+        return f"{lab} $\\epsilon$={_fmt_eps(eps)}"
+    return lab
+
+
+@dataclass
+class ConfigSummary:
+    """All seeds of one (dataset, method, strength) configuration."""
+
+    dataset: str
+    method: str                # canonical: st, sam, at-linf, at-l2
+    rho: float | None
+    eps: float | None
+    seeds: list
+    clean: Stat
+    robust: dict               # attack key -> Stat
+    probes: dict               # probe key -> Stat (empty when no run has probes)
+    wall_time_s: Stat
+    images_per_s: Stat
+    epochs: set = field(default_factory=set)
+
+    @property
+    def label(self) -> str:
+        return strength_label(self.method, self.rho, self.eps)
+
+    @property
+    def order_key(self):
+        rank = {"st": 0, "sam": 1, "at-l2": 2, "at-linf": 3}[self.method]
+        return (rank, self.rho or 0.0, self.eps or 0.0)
+
+
+def summarise_runs(runs) -> list[ConfigSummary]:
+    """Group :class:`~paper_figs.loaders.DeepRun` records of one dataset by configuration."""
+    groups: dict = {}
+    for r in runs:
+        method = canonical_method(r.method, r.norm)
+        rho = r.rho if method == "sam" else None
+        eps = r.eps if method.startswith("at") else None
+        groups.setdefault((method, rho, eps), []).append(r)
+    out = []
+    for (method, rho, eps), rs in groups.items():
+        keys = sorted({k for r in rs for k in r.robust})
+        pkeys = [k for k in PROBE_KEYS if any(r.probes and k in r.probes for r in rs)]
+        out.append(ConfigSummary(
+            dataset=rs[0].dataset, method=method, rho=rho, eps=eps,
+            seeds=sorted(r.seed for r in rs),
+            clean=Stat.of(r.clean_acc for r in rs),
+            robust={k: Stat.of(r.robust.get(k) for r in rs) for k in keys},
+            probes={k: Stat.of(float(r.probes[k]) for r in rs if r.probes and k in r.probes)
+                    for k in pkeys},
+            wall_time_s=Stat.of(r.wall_time_s for r in rs),
+            images_per_s=Stat.of(r.images_per_s for r in rs),
+            epochs={r.raw.get("epochs") for r in rs},
+        ))
+    return sorted(out, key=lambda c: c.order_key)
+
+
+def robust_keys(configs) -> list[str]:
+    """Attack keys present in any configuration, preferred ones first."""
+    keys = {k for c in configs for k in c.robust}
+    return [k for k in ATTACK_PREFERENCE if k in keys] + sorted(keys - set(ATTACK_PREFERENCE))
+
+
+def pick_attack(configs) -> str | None:
+    """The attack key the deep figure plots: the first of ATTACK_PREFERENCE present in every
+    configuration (else the first present anywhere)."""
+    keys = robust_keys(configs)
+    for k in keys:
+        if all(k in c.robust for c in configs):
+            return k
+    return keys[0] if keys else None

@@ -1,0 +1,93 @@
+"""Regenerate every figure and REPORT.md from saved results (never trains)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import deep_figures, figures
+from . import palette as pal
+from . import theory as th
+from .loaders import CorruptInput, MissingInput, load_deep, load_simulations
+from .report import render_report
+from .simdata import curve_points, sam_vs_m_points
+
+__all__ = ["BuildResult", "build", "FIGURE_FUNCTIONS"]
+
+FIGURE_FUNCTIONS = (
+    figures.fig1_tradeoff, figures.fig2_strength, figures.fig3_weights, figures.fig4_sam_vs_m,
+    deep_figures.fig5_deep, deep_figures.fig6_probes,
+)
+
+
+@dataclass
+class BuildResult:
+    figures: list = field(default_factory=list)     # FigureResult
+    skipped: list = field(default_factory=list)     # one line each
+    errors: list = field(default_factory=list)      # corrupt inputs, one line each
+    report: Path | None = None
+
+
+def _skip_line(exc: MissingInput) -> str:
+    return f"{exc.what} missing ({exc.path}); produce them with: {exc.command}"
+
+
+def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=("png", "pdf"),
+          command: str = "python -m paper_figs", log=print) -> BuildResult:
+    """Draw all figures into ``out_dir`` (default ``<results_dir>/figures``) and write the report.
+
+    Missing inputs skip what needs them (one line each via ``log``); corrupt inputs are collected
+    in ``BuildResult.errors`` (the CLI then exits with status 2) and the rest is still drawn.
+    """
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "figures"
+    pal.apply_paper_style()
+    res = BuildResult()
+    inputs = []
+    sim = deep = None
+    sim_skip = deep_skip = None
+    try:
+        sim = load_simulations(results_dir)
+        inputs.append(f"simulations: `{results_dir / 'simulations.json'}` "
+                      f"({len(sim['claims'])} claim rows)")
+    except MissingInput as exc:
+        sim_skip = _skip_line(exc)
+        res.skipped.append(sim_skip)
+        inputs.append(f"simulations: missing (`{exc.command}`)")
+    except CorruptInput as exc:
+        sim_skip = f"simulation results unreadable: {exc}"
+        res.errors.append(sim_skip)
+        inputs.append(f"simulations: unreadable ({exc.problem})")
+    try:
+        deep = load_deep(results_dir)
+        inputs.append("deep: " + ", ".join(f"{ds} ({len(r)} runs)" for ds, r in deep.items())
+                      + f" under `{results_dir / 'deep'}`")
+    except MissingInput as exc:
+        deep_skip = _skip_line(exc)
+        res.skipped.append(deep_skip)
+        inputs.append(f"deep: missing (`{exc.command}`)")
+    except CorruptInput as exc:
+        deep_skip = f"deep results unreadable: {exc}"
+        res.errors.append(deep_skip)
+        inputs.append(f"deep: unreadable ({exc.problem})")
+    settings = th.settings_from_meta(sim["meta"] if sim else None)
+    ctx = figures.FigureContext(
+        settings=settings, out_dir=out_dir,
+        sim_points=curve_points(sim) if sim else None,
+        sim_m=sam_vs_m_points(sim) if sim else None, sim_skip=sim_skip,
+        deep=deep, deep_skip=deep_skip, formats=tuple(formats))
+    for line in res.errors + res.skipped:
+        log(line)
+    for fn in FIGURE_FUNCTIONS:
+        try:
+            fr = fn(ctx)
+        except figures.SkipFigure as exc:
+            res.skipped.append(str(exc))
+            log(str(exc))
+            continue
+        res.figures.append(fr)
+        log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
+    render_report(report_path, res.figures, [s for s in res.skipped if "skipped:" in s],
+                  res.errors, sim, deep, command, inputs)
+    res.report = Path(report_path)
+    log(f"report: {report_path}")
+    return res

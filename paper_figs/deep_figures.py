@@ -1,0 +1,243 @@
+"""Figures 5 and 6: deep-network results against the linear theory's predictions.
+
+Deep numbers come only from ``results/deep/<dataset>/*.json`` (summarised over seeds by
+:mod:`paper_figs.aggregate`); the theory side is the linear model evaluated by ``linear_theory``
+at representative strengths (:func:`paper_figs.theory.representative_points`). The two live on
+different scales (different data, attacks, chance levels), so what is compared is the *ordering*
+of the methods, which the verdicts check configuration by configuration.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
+
+from . import palette as pal
+from . import theory as th
+from .aggregate import PROBE_KEYS, pick_attack, summarise_runs
+from .figures import FigureContext, FigureResult, SkipFigure, _eval_label, save
+from .verdicts import ordering_verdict
+
+__all__ = ["fig5_deep", "fig6_probes", "deep_ordering_checks", "probe_ordering_checks"]
+
+_ATTACK_TEX = {"linf": r"$\ell_\infty$", "l2": r"$\ell_2$"}
+
+
+def _attack_label(key: str) -> str:
+    norm, _, radius = key.partition("_")
+    return f"{_ATTACK_TEX.get(norm, norm)} {radius}"
+
+
+def _theory_label(key: str, p: dict) -> str:
+    if key == "st":
+        return "ST"
+    if key == "sam":
+        return f"SAM $\\rho$={p['strength']:g}"
+    return f"AT $\\ell_\\infty$ $\\epsilon$={p['strength']:g}"
+
+
+def _theory_method(key: str) -> str:
+    return {"st": "st", "sam": "sam"}.get(key, "at-linf")
+
+
+def deep_ordering_checks(configs, attack: str, theory: dict, tol: float = 0.005):
+    """(description, predicted by theory, observed in the deep runs) for figure 5's orderings.
+
+    Observed relations must hold for every configuration of the methods involved (means over
+    seeds); clean accuracies count as 'not lower' within ``tol`` plus the seeds' sd.
+    """
+    st = [c for c in configs if c.method == "st"]
+    sam = [c for c in configs if c.method == "sam"]
+    at = [c for c in configs if c.method.startswith("at")]
+    t_st, t_sam = theory["st"], theory["sam"]
+    t_at = theory["at-large"]
+
+    def rob(c):
+        s = c.robust.get(attack)
+        return s.mean if s is not None and s.n else float("nan")
+
+    def obs(pairs, rel):
+        pairs = [(a, b) for a in pairs[0] for b in pairs[1]]
+        if not pairs:
+            return None
+        vals = [rel(a, b) for a, b in pairs]
+        return None if any(v is None for v in vals) else all(vals)
+
+    def better_rob(a, b):
+        ra, rb = rob(a), rob(b)
+        return None if math.isnan(ra) or math.isnan(rb) else ra > rb
+
+    def clean_not_lower(a, b):
+        slack = tol + max(a.clean.sd if a.clean.n > 1 else 0.0, b.clean.sd if b.clean.n > 1 else 0.0)
+        return a.clean.mean >= b.clean.mean - slack
+
+    checks = []
+    if t_sam is not None:
+        checks.append(("SAM robust > ST robust", t_sam["robust"] > t_st["robust"],
+                       obs((sam, st), better_rob)))
+        checks.append(("SAM clean >= ST clean", t_sam["clean"] >= t_st["clean"] - tol,
+                       obs((sam, st), clean_not_lower)))
+        checks.append(("AT robust > SAM robust", t_at["robust"] > t_sam["robust"],
+                       obs((at, sam), better_rob)))
+    checks.append(("AT clean < ST clean", t_at["clean"] < t_st["clean"],
+                   obs((at, st), lambda a, b: a.clean.mean < b.clean.mean)))
+    return checks
+
+
+def _scatter_configs(ax, configs, attack):
+    for c in configs:
+        st = pal.style(c.method)
+        r = c.robust.get(attack)
+        if r is None or not r.n:
+            continue
+        ax.errorbar(100 * c.clean.mean, 100 * r.mean, xerr=100 * c.clean.sd, yerr=100 * r.sd,
+                    marker=st.marker, color=st.color, mfc="white", mew=1.0, linestyle="none",
+                    elinewidth=0.8, markersize=5, zorder=5)
+        ax.annotate(c.label.replace(st.label, "").strip(), (100 * c.clean.mean, 100 * r.mean),
+                    xytext=(4, 3), textcoords="offset points", fontsize=5.5, color=st.color)
+
+
+def fig5_deep(ctx: FigureContext) -> FigureResult:
+    """Deep clean vs robust accuracy per method and dataset, with the linear theory's ordering."""
+    if not ctx.deep:
+        raise SkipFigure(f"fig5_deep skipped: {ctx.deep_skip}")
+    datasets = list(ctx.deep)
+    n = len(datasets) + 1
+    ncols = 2
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(pal.COLUMN_WIDTH_IN, 1.75 * nrows + 0.35),
+                             squeeze=False)
+    checks_all, notes = [], []
+    theory = th.representative_points(ctx.settings)
+    for ax, ds in zip(axes.flat, datasets):
+        configs = summarise_runs(ctx.deep[ds])
+        attack = pick_attack(configs)
+        _scatter_configs(ax, configs, attack)
+        ax.set_title(f"{ds} (deep)")
+        ax.set_xlabel("clean acc. (%)")
+        ax.set_ylabel(f"robust acc. (%), {_attack_label(attack)}" if attack else "robust acc.")
+        ax.margins(0.25)
+        ax.grid(alpha=0.25, linewidth=0.5)
+        if attack:
+            checks = deep_ordering_checks(configs, attack, theory)
+            checks_all += [(f"{ds}: {d}", p, o) for d, p, o in checks]
+            nseeds = sorted({c.clean.n for c in configs})
+            notes.append(f"{ds}: robust accuracy under PGD {attack}; seeds per configuration "
+                         f"{nseeds}; error bars = sd over seeds.")
+    ax = axes.flat[len(datasets)]
+    for key, p in theory.items():
+        if p is None:
+            continue
+        st = pal.style(_theory_method(key))
+        ax.plot(100 * p["clean"], 100 * p["robust"], marker=st.marker, color=st.color,
+                linestyle="none", markersize=5)
+        ax.annotate(_theory_label(key, p).replace(st.label, "").strip(),
+                    (100 * p["clean"], 100 * p["robust"]), xytext=(4, 3),
+                    textcoords="offset points", fontsize=5.5, color=st.color)
+    ax.set_title("linear theory")
+    ax.set_xlabel("clean acc. (%)")
+    ax.set_ylabel(f"robust acc. (%), {_eval_label(ctx.settings)}")
+    ax.margins(0.25)
+    ax.grid(alpha=0.25, linewidth=0.5)
+    for extra in list(axes.flat)[n:]:
+        extra.axis("off")
+    hs = [Line2D([], [], color=pal.style(m).color, marker=pal.style(m).marker, mfc="white",
+                 linestyle="none", label=pal.style(m).label)
+          for m in ("st", "sam", "at-linf", "at-l2")]
+    fig.legend(handles=hs, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (1.75 * nrows + 0.35)))
+    files = save(fig, ctx.out_dir, "fig5_deep", ctx.formats)
+    verdict = ordering_verdict(checks_all)
+    return FigureResult(
+        "fig5_deep", "Deep networks vs the linear theory's ordering", files,
+        "Clean vs robust accuracy of deep networks per method and dataset (mean, sd over seeds), "
+        "next to the linear theory's optima (ST, SAM at the largest rho within 0.5 pt of ST's "
+        "clean accuracy, AT l_inf below and above eta).", verdict, notes)
+
+
+def probe_ordering_checks(configs, theory: dict):
+    """Orderings of the probes predicted by the linear theory and observed in the deep runs.
+
+    Reliance on the non-robust pattern shows as a low 'nonrobust_swapped' and a high
+    'robust_removed' accuracy. Theory: ST <= SAM (SAM moves weight to the robust feature) and
+    SAM <= AT with eps above the non-robust amplitude.
+    """
+    t = {k: th.probe_accuracies_from_point(p) for k, p in theory.items() if p is not None}
+    by = {m: [c for c in configs if c.method == m and c.probes] for m in ("st", "sam")}
+    by["at"] = [c for c in configs if c.method.startswith("at") and c.probes]
+    checks = []
+
+    def all_pairs(a, b, key, sign):
+        pairs = [(x, y) for x in by[a] for y in by[b] if key in x.probes and key in y.probes]
+        if not pairs:
+            return None
+        return all(sign * (x.probes[key].mean - y.probes[key].mean) > 0 for x, y in pairs)
+
+    if "sam" in t:
+        checks.append(("swapped-probe acc.: SAM > ST",
+                       t["sam"]["nonrobust_swapped"] > t["st"]["nonrobust_swapped"],
+                       all_pairs("sam", "st", "nonrobust_swapped", +1)))
+        checks.append(("robust-removed acc.: SAM < ST",
+                       t["sam"]["robust_removed"] < t["st"]["robust_removed"],
+                       all_pairs("sam", "st", "robust_removed", -1)))
+    checks.append(("swapped-probe acc.: AT > ST",
+                   t["at-large"]["nonrobust_swapped"] > t["st"]["nonrobust_swapped"],
+                   all_pairs("at", "st", "nonrobust_swapped", +1)))
+    return checks
+
+
+def fig6_probes(ctx: FigureContext) -> FigureResult:
+    """Feature-reliance probes on generated data (deep) next to their linear-theory analogue."""
+    if not ctx.deep:
+        raise SkipFigure(f"fig6_probes skipped: {ctx.deep_skip}")
+    with_probes = {ds: [c for c in summarise_runs(runs) if c.probes]
+                   for ds, runs in ctx.deep.items()}
+    with_probes = {ds: cs for ds, cs in with_probes.items() if cs}
+    if not with_probes:
+        raise SkipFigure("fig6_probes skipped: no deep run stores probes; produce them with: "
+                         "python -m deep.run --dataset synthetic (generated data)")
+    ds, configs = next(iter(with_probes.items()))
+    theory = th.representative_points(ctx.settings)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(pal.COLUMN_WIDTH_IN, 3.6), sharex=True)
+    x = np.arange(len(PROBE_KEYS))
+    width = 0.8 / max(len(configs), 1)
+    for i, c in enumerate(configs):
+        st = pal.style(c.method)
+        means = [c.probes[k].mean if k in c.probes else np.nan for k in PROBE_KEYS]
+        sds = [c.probes[k].sd if k in c.probes else np.nan for k in PROBE_KEYS]
+        ax1.bar(x - 0.4 + width * (i + 0.5), 100 * np.array(means), width * 0.92,
+                yerr=100 * np.array(sds), color=st.color, alpha=0.35 + 0.65 * (i + 1) / len(configs),
+                edgecolor=st.color, linewidth=0.6, label=c.label, error_kw={"elinewidth": 0.6})
+    ax1.set_ylabel(f"{ds}: accuracy (%)")
+    ax1.set_title("deep network on generated data", pad=2)
+    ax1.legend(ncol=2, fontsize=6, loc="upper right")
+    ax1.set_ylim(0, 118)
+    tkeys = [k for k in ("st", "sam", "at-small", "at-large") if theory.get(k) is not None]
+    width = 0.8 / len(tkeys)
+    for i, key in enumerate(tkeys):
+        p = theory[key]
+        st = pal.style(_theory_method(key))
+        acc = th.probe_accuracies_from_point(p)
+        ax2.bar(x - 0.4 + width * (i + 0.5), [100 * acc[k] for k in PROBE_KEYS], width * 0.92,
+                color=st.color, alpha=0.55 if key == "at-small" else 1.0, edgecolor=st.color,
+                linewidth=0.6, label=f"{_theory_label(key, p)}, r={p['reliance']:.2f}")
+    ax2.set_ylabel("linear model: accuracy (%)")
+    ax2.set_title("linear theory (r = robust reliance)", pad=2)
+    ax2.legend(ncol=2, fontsize=5.5, loc="upper right")
+    ax2.set_ylim(0, 118)
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(["clean", "non-robust\nremoved", "non-robust\nswapped",
+                         "robust\nremoved"])
+    for ax in (ax1, ax2):
+        ax.grid(axis="y", alpha=0.25, linewidth=0.5)
+    files = save(fig, ctx.out_dir, "fig6_probes", ctx.formats)
+    verdict = ordering_verdict(probe_ordering_checks(configs, theory))
+    notes = [f"Probes from dataset '{ds}'" + (f"; also present: {', '.join(list(with_probes)[1:])}"
+                                              if len(with_probes) > 1 else "") + "."]
+    return FigureResult(
+        "fig6_probes", "Feature-reliance probes", files,
+        "Accuracy of deep networks on generated data with the non-robust pattern removed or swapped "
+        "to another class, or the robust pattern removed (top), against the same probes of the "
+        "linear-theory optima, whose robust reliance r(v) is given (bottom).", verdict, notes)

@@ -1,0 +1,128 @@
+"""Read the saved results that the figures are drawn from, with clear errors.
+
+Nothing here trains or computes a result: the loaders only read ``simulations.json`` (written by
+``python -m simulations.run``) and ``deep/<dataset>/<run_id>.json`` (written by ``python -m deep.run``)
+and check the keys the figures use (schemas: notes in simulations/ and deep/, contracts).
+
+* a file that does not exist raises :class:`MissingInput`, whose message names the command that
+  produces it (the CLI prints it as one line and goes on with the other figures);
+* a file that exists but cannot be read raises :class:`CorruptInput` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MissingInput", "CorruptInput", "SIM_COMMAND", "DEEP_COMMAND", "load_simulations",
+    "load_deep", "DeepRun",
+]
+
+SIM_COMMAND = "python -m simulations.run --out {results}"
+DEEP_COMMAND = "python -m deep.run --out {results}"
+
+SIM_KEYS = ("meta", "claims", "curves", "sam_vs_m")
+CLAIM_KEYS = ("id", "claim", "description", "theory", "sim_mean", "ci95", "diff", "tolerance",
+              "holds")
+DEEP_KEYS = ("dataset", "method", "seed", "clean_acc", "robust")
+
+
+class MissingInput(Exception):
+    """An input file is absent; ``what`` names it and ``command`` produces it."""
+
+    def __init__(self, what: str, path: Path, command: str):
+        self.what, self.path, self.command = what, Path(path), command
+        super().__init__(f"{what} not found at {path}; produce it with: {command}")
+
+
+class CorruptInput(Exception):
+    """An input file exists but is unreadable or lacks required keys."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptInput(path, f"cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise CorruptInput(path, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptInput(path, "top level is not a JSON object")
+    return data
+
+
+def load_simulations(results_dir) -> dict:
+    """Parsed ``<results_dir>/simulations.json``; MissingInput / CorruptInput as described above."""
+    path = Path(results_dir) / "simulations.json"
+    if not path.is_file():
+        raise MissingInput("simulation results", path, SIM_COMMAND.format(results=results_dir))
+    data = _read_json(path)
+    missing = [k for k in SIM_KEYS if k not in data]
+    if missing:
+        raise CorruptInput(path, f"missing top-level keys {missing}")
+    for i, row in enumerate(data["claims"]):
+        absent = [k for k in CLAIM_KEYS if k not in row]
+        if absent:
+            raise CorruptInput(path, f"claims[{i}] lacks keys {absent}")
+    return data
+
+
+@dataclass(frozen=True)
+class DeepRun:
+    """One finished deep run (the fields the figures use, plus the raw record)."""
+
+    dataset: str
+    method: str          # as stored: "st", "sam" or "at"
+    norm: str | None
+    rho: float | None
+    eps: float | None
+    seed: int
+    clean_acc: float
+    robust: dict
+    probes: dict | None
+    wall_time_s: float | None
+    images_per_s: float | None
+    path: Path
+    raw: dict
+
+
+def _opt_float(value):
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def load_deep(results_dir) -> dict[str, list[DeepRun]]:
+    """All runs under ``<results_dir>/deep/<dataset>/*.json``, keyed by dataset (sorted).
+
+    MissingInput when no run file exists; CorruptInput for an unreadable run file.
+    """
+    root = Path(results_dir) / "deep"
+    files = sorted(root.glob("*/*.json")) if root.is_dir() else []
+    if not files:
+        raise MissingInput("deep results", root, DEEP_COMMAND.format(results=results_dir))
+    out: dict[str, list[DeepRun]] = {}
+    for path in files:
+        rec = _read_json(path)
+        absent = [k for k in DEEP_KEYS if k not in rec]
+        if absent:
+            raise CorruptInput(path, f"missing keys {absent}")
+        if not isinstance(rec["robust"], dict):
+            raise CorruptInput(path, "'robust' is not an object")
+        run = DeepRun(
+            dataset=str(rec["dataset"]), method=str(rec["method"]).lower(),
+            norm=rec.get("norm"), rho=_opt_float(rec.get("rho")), eps=_opt_float(rec.get("eps")),
+            seed=int(rec["seed"]), clean_acc=float(rec["clean_acc"]),
+            robust={str(k): float(v) for k, v in rec["robust"].items() if v is not None},
+            probes=rec.get("probes") or None, wall_time_s=_opt_float(rec.get("wall_time_s")),
+            images_per_s=_opt_float(rec.get("images_per_s")), path=path, raw=rec,
+        )
+        out.setdefault(run.dataset, []).append(run)
+    return dict(sorted(out.items()))

@@ -1,0 +1,78 @@
+"""Theory-vs-measurement verdicts for the figure captions, computed from the data.
+
+Pure functions: they take numbers (theory values, measured means and intervals) and return a
+:class:`Verdict` whose ``text`` is the second caption line. Nothing is hard-coded: a figure whose
+measurements disagree with the theory gets a caption that says so, with the largest gap.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Verdict", "interval_verdict", "ordering_holds", "ordering_verdict", "no_data"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``agree`` is True/False, or None when there is nothing to compare."""
+
+    agree: bool | None
+    text: str
+
+
+def no_data(reason: str) -> Verdict:
+    return Verdict(None, f"Not compared: {reason}.")
+
+
+def interval_verdict(items, what: str, tol: float = 0.0) -> Verdict:
+    """Theory values against measured intervals.
+
+    ``items``: iterable of (label, theory, lo, hi); a point agrees when
+    lo - tol <= theory <= hi + tol. NaN theory or interval entries are skipped.
+    """
+    n = ok = 0
+    worst = None
+    for label, theory, lo, hi in items:
+        if any(x is None or not math.isfinite(x) for x in (theory, lo, hi)):
+            continue
+        n += 1
+        gap = max(lo - tol - theory, theory - hi - tol, 0.0)
+        if gap <= 0:
+            ok += 1
+        elif worst is None or gap > worst[1]:
+            worst = (label, gap, theory, lo, hi)
+    if n == 0:
+        return no_data(f"no {what} with a finite interval")
+    tol_txt = f" (+-{tol:g} tolerance)" if tol else ""
+    if ok == n:
+        return Verdict(True, f"Agree: theory lies inside all {n} {what} intervals{tol_txt}.")
+    label, gap, theory, lo, hi = worst
+    return Verdict(False, f"Disagree: theory outside {n - ok} of {n} {what} intervals{tol_txt}; "
+                          f"largest gap {gap:.3g} at {label} (theory {theory:.3g}, "
+                          f"measured [{lo:.3g}, {hi:.3g}]).")
+
+
+def ordering_holds(values: dict, order, strict: bool = True, tol: float = 0.0) -> bool:
+    """Whether values[order[0]] < values[order[1]] < ... (each step by more than ``tol``;
+    with strict=False, each step only must not fall by more than ``tol``)."""
+    seq = [values[k] for k in order]
+    if strict:
+        return all(b - a > tol for a, b in zip(seq, seq[1:]))
+    return all(b - a >= -tol for a, b in zip(seq, seq[1:]))
+
+
+def ordering_verdict(checks) -> Verdict:
+    """Combine named orderings: ``checks`` = iterable of (description, predicted, observed), where
+    predicted / observed are booleans (None = could not be evaluated)."""
+    checks = [c for c in checks if c[1] is not None and c[2] is not None]
+    if not checks:
+        return no_data("no ordering could be evaluated")
+    relevant = [c for c in checks if c[1]]
+    if not relevant:
+        return no_data("theory predicts none of the tested orderings")
+    bad = [c[0] for c in relevant if not c[2]]
+    if not bad:
+        return Verdict(True, f"Agree: all {len(relevant)} orderings predicted by the linear theory "
+                             f"hold in the measurements ({'; '.join(c[0] for c in relevant)}).")
+    return Verdict(False, f"Disagree on {len(bad)} of {len(relevant)} predicted orderings: "
+                          f"{'; '.join(bad)} fails in the measurements.")
