@@ -1,0 +1,7 @@
+"""``python -m linear_theory {derive,solve,tradeoff}``."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
