@@ -23,6 +23,8 @@ from .verdicts import ordering_verdict
 __all__ = ["fig5_deep", "fig6_probes", "deep_ordering_checks", "probe_ordering_checks"]
 
 _ATTACK_TEX = {"linf": r"$\ell_\infty$", "l2": r"$\ell_2$"}
+#: Where each method's strength label sits next to its marker (points), to avoid overlaps.
+_LABEL_OFFSET = {"st": (4, 3), "sam": (4, 3), "at-linf": (4, -8), "at-l2": (-4, 3)}
 
 
 def _attack_label(key: str) -> str:
@@ -96,7 +98,8 @@ def _scatter_configs(ax, configs, attack):
                     marker=st.marker, color=st.color, mfc="white", mew=1.0, linestyle="none",
                     elinewidth=0.8, markersize=5, zorder=5)
         ax.annotate(c.label.replace(st.label, "").strip(), (100 * c.clean.mean, 100 * r.mean),
-                    xytext=(4, 3), textcoords="offset points", fontsize=5.5, color=st.color)
+                    xytext=_LABEL_OFFSET[c.method], textcoords="offset points", fontsize=5.5,
+                    color=st.color, ha="left" if _LABEL_OFFSET[c.method][0] > 0 else "right")
 
 
 def fig5_deep(ctx: FigureContext) -> FigureResult:
@@ -115,7 +118,7 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
         configs = summarise_runs(ctx.deep[ds])
         attack = pick_attack(configs)
         _scatter_configs(ax, configs, attack)
-        ax.set_title(f"{ds} (deep)")
+        ax.set_title(ds)
         ax.set_xlabel("clean acc. (%)")
         ax.set_ylabel(f"robust acc. (%), {_attack_label(attack)}" if attack else "robust acc.")
         ax.margins(0.25)
@@ -133,21 +136,31 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
         st = pal.style(_theory_method(key))
         ax.plot(100 * p["clean"], 100 * p["robust"], marker=st.marker, color=st.color,
                 linestyle="none", markersize=5)
+        off = _LABEL_OFFSET[_theory_method(key)]
         ax.annotate(_theory_label(key, p).replace(st.label, "").strip(),
-                    (100 * p["clean"], 100 * p["robust"]), xytext=(4, 3),
-                    textcoords="offset points", fontsize=5.5, color=st.color)
+                    (100 * p["clean"], 100 * p["robust"]), xytext=off,
+                    textcoords="offset points", fontsize=5.5, color=st.color,
+                    ha="left" if off[0] > 0 else "right")
     ax.set_title("linear theory")
     ax.set_xlabel("clean acc. (%)")
     ax.set_ylabel(f"robust acc. (%), {_eval_label(ctx.settings)}")
     ax.margins(0.25)
     ax.grid(alpha=0.25, linewidth=0.5)
-    for extra in list(axes.flat)[n:]:
-        extra.axis("off")
     hs = [Line2D([], [], color=pal.style(m).color, marker=pal.style(m).marker, mfc="white",
-                 linestyle="none", label=pal.style(m).label)
+                 linestyle="none", label=pal.style(m).label + " (deep)")
           for m in ("st", "sam", "at-linf", "at-l2")]
-    fig.legend(handles=hs, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (1.75 * nrows + 0.35)))
+    hs += [Line2D([], [], color="0.3", marker="o", linestyle="none",
+                  label="filled: linear theory")]  # noqa: E501
+    spare = list(axes.flat)[n:]
+    for extra in spare:
+        extra.axis("off")
+    if spare:
+        spare[0].legend(handles=hs, loc="center", fontsize=6.5)
+        fig.tight_layout()
+    else:
+        fig.legend(handles=hs, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.0),
+                   fontsize=6)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (1.75 * nrows + 0.35)), h_pad=0.6)
     files = save(fig, ctx.out_dir, "fig5_deep", ctx.formats)
     verdict = ordering_verdict(checks_all)
     return FigureResult(
@@ -207,13 +220,13 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         st = pal.style(c.method)
         means = [c.probes[k].mean if k in c.probes else np.nan for k in PROBE_KEYS]
         sds = [c.probes[k].sd if k in c.probes else np.nan for k in PROBE_KEYS]
+        rank = sum(1 for d in configs[:i] if d.method == c.method)
         ax1.bar(x - 0.4 + width * (i + 0.5), 100 * np.array(means), width * 0.92,
-                yerr=100 * np.array(sds), color=st.color, alpha=0.35 + 0.65 * (i + 1) / len(configs),
+                yerr=100 * np.array(sds), color=st.color, alpha=1.0 / (1 + 0.8 * rank),
                 edgecolor=st.color, linewidth=0.6, label=c.label, error_kw={"elinewidth": 0.6})
     ax1.set_ylabel(f"{ds}: accuracy (%)")
     ax1.set_title("deep network on generated data", pad=2)
-    ax1.legend(ncol=2, fontsize=6, loc="upper right")
-    ax1.set_ylim(0, 118)
+    ax1.legend(ncol=2, fontsize=6, loc="upper center")
     tkeys = [k for k in ("st", "sam", "at-small", "at-large") if theory.get(k) is not None]
     width = 0.8 / len(tkeys)
     for i, key in enumerate(tkeys):
@@ -225,13 +238,15 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
                 linewidth=0.6, label=f"{_theory_label(key, p)}, r={p['reliance']:.2f}")
     ax2.set_ylabel("linear model: accuracy (%)")
     ax2.set_title("linear theory (r = robust reliance)", pad=2)
-    ax2.legend(ncol=2, fontsize=5.5, loc="upper right")
-    ax2.set_ylim(0, 118)
+    ax2.legend(ncol=2, fontsize=6, loc="upper center")
+    ax2.axhline(50, color="0.4", linewidth=0.6, linestyle=":")
     ax2.set_xticks(x)
     ax2.set_xticklabels(["clean", "non-robust\nremoved", "non-robust\nswapped",
                          "robust\nremoved"])
     for ax in (ax1, ax2):
         ax.grid(axis="y", alpha=0.25, linewidth=0.5)
+        ax.set_ylim(0, 150)
+        ax.set_yticks([0, 25, 50, 75, 100])
     files = save(fig, ctx.out_dir, "fig6_probes", ctx.formats)
     verdict = ordering_verdict(probe_ordering_checks(configs, theory))
     notes = [f"Probes from dataset '{ds}'" + (f"; also present: {', '.join(list(with_probes)[1:])}"

@@ -87,7 +87,7 @@ def _err(triple):
 
 def _rho_grid(points) -> list:
     top = max([0.4] + [p["strength"] for p in points or [] if p["method"] == "sam"])
-    return list(np.round(np.linspace(0.0, top, 21), 5))
+    return list(th.rho_grid(top))
 
 
 def _eps_grid(settings, points, method) -> list:
@@ -95,9 +95,15 @@ def _eps_grid(settings, points, method) -> list:
     top = 3 * eta if method == "at-linf" else 2.2 * eta * math.sqrt(settings.model().D)
     top = max([top] + [p["strength"] for p in points or [] if p["method"] == method])
     grid = set(np.round(np.linspace(0.0, top, 31), 6))
-    if method == "at-linf":
-        grid |= {eta, eta * (1 - 1e-6)}
+    if method == "at-linf":  # resolve the steep approach to eps = eta (T3)
+        grid |= {eta, eta * (1 - 1e-6)} | {round(eta * (1 - 0.015 * k), 8) for k in range(1, 10)}
     return sorted(grid)
+
+
+def _eta_label(ax, eta):
+    """Label the eps = eta line just above the axes."""
+    ax.text(eta, 1.0, r"$\epsilon=\eta$", transform=ax.get_xaxis_transform(), color="0.35",
+            fontsize=7, ha="center", va="bottom")
 
 
 def _sim_methods(points):
@@ -126,6 +132,35 @@ def _legend_handles(methods, with_sim: bool):
     return hs
 
 
+def _strength_ticks(ax, ctx, method, strengths, prefix, offset, ha, labels: list):
+    """Small dots along a theory curve of the trade-off plane; their labels are queued in
+    ``labels`` and drawn by :func:`_place_labels` once the axes limits are final."""
+    st = pal.style(method)
+    for k in strengths:
+        p = th.theory_point(ctx.settings, method, k)
+        if not math.isfinite(p["clean"]):
+            continue
+        xy = _pct([p["clean"], p["robust"]])
+        ax.plot(*xy, marker="o", markersize=2.5, color=st.color, linestyle="none", zorder=4)
+        labels.append((f"{prefix}{k:g}", xy, offset, ha, st.color))
+
+
+def _place_labels(ax, labels, box_pt=(30.0, 7.0)):
+    """Annotate queued (text, xy, offset, ha, color) labels, dropping any whose text anchor lies
+    within a ``box_pt`` (width, height in points) box of an already placed one (the dot stays)."""
+    ax.autoscale_view()
+    placed = []
+    to_pt = 72.0 / ax.figure.dpi
+    for text, xy, offset, ha, color in labels:
+        pos = ax.transData.transform(xy) * to_pt + np.asarray(offset, dtype=float)
+        if any(abs(pos[0] - q[0]) < box_pt[0] and abs(pos[1] - q[1]) < box_pt[1]
+               for q in placed):
+            continue
+        placed.append(pos)
+        ax.annotate(text, xy, xytext=offset, textcoords="offset points", fontsize=5.5,
+                    color=color, ha=ha)
+
+
 # ----------------------------------------------------------------------------- figure 1
 def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
     """Clean vs robust accuracy: theory curves SAM(rho), AT(eps) (T6) + simulation points (S5)."""
@@ -141,11 +176,10 @@ def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
     st_pt = th.theory_point(s, "st", 0.0)
     ax.plot(*_pct([st_pt["clean"], st_pt["robust"]]), marker="*", markersize=9,
             color=pal.style("st").color, linestyle="none", zorder=4)
-    at_eta = th.theory_point(s, "at-linf", eta * (1 - 1e-9))
-    ax.annotate(r"AT $\epsilon=\eta$", _pct([at_eta["clean"], at_eta["robust"]]),
-                xytext=(6, -10), textcoords="offset points", fontsize=6,
-                color=pal.style("at-linf").color,
-                arrowprops={"arrowstyle": "-", "color": pal.style("at-linf").color, "lw": 0.6})
+    labels = []
+    _strength_ticks(ax, ctx, "at-linf", [round(eta * f, 6) for f in (0.25, 0.5, 0.75, 1.0)],
+                    r"$\epsilon$=", (4, -7), "left", labels)
+    _strength_ticks(ax, ctx, "sam", [0.1, 0.2, 0.3, 0.4], r"$\rho$=", (-4, 3), "right", labels)
     items_c, items_r = [], []
     for p in ctx.sim_points or []:
         st = pal.style(p["method"])
@@ -160,11 +194,12 @@ def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
         items_r.append((lab + " robust", tp["robust"], p["robust"][1], p["robust"][2]))
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"robust accuracy (%), {_eval_label(s)}")
+    _place_labels(ax, labels)
     hs = _legend_handles(methods, bool(ctx.sim_points))
     from matplotlib.lines import Line2D
     hs.insert(len(methods), Line2D([], [], color="k", marker="*", markersize=7, linestyle="none",
                                    label="ST"))
-    ax.legend(handles=hs, loc="lower left", ncol=2)
+    ax.legend(handles=hs, loc="lower right", ncol=1)
     ax.grid(alpha=0.25, linewidth=0.5)
     files = save(fig, ctx.out_dir, "fig1_tradeoff", ctx.formats)
     if ctx.sim_points:
@@ -216,7 +251,7 @@ def fig2_strength(ctx: FigureContext) -> FigureResult:
                 clip_on=False)
         ax.axvline(eta, **pal.ETA_LINE)
         ax.grid(alpha=0.25, linewidth=0.5)
-    ax1.text(eta, 0.5, r" $\epsilon=\eta$", color="0.35", fontsize=7, va="center")
+    _eta_label(ax1, eta)
     items = []
     _sim_vs_strength(ax1, ctx, "reliance", items)
     clean_items = []
@@ -239,7 +274,7 @@ def fig2_strength(ctx: FigureContext) -> FigureResult:
     hs = _legend_handles(methods, bool(ctx.sim_points))
     hs.insert(len(methods), Line2D([], [], color="k", marker="*", markersize=7,
                                    linestyle="none", label="ST"))
-    ax1.legend(handles=hs, loc="upper left", ncol=2, fontsize=6.5)
+    ax1.legend(handles=hs, loc="lower right", ncol=2, fontsize=6.5)
     fig.align_ylabels([ax1, ax2])
     files = save(fig, ctx.out_dir, "fig2_strength", ctx.formats)
     sam = [r for r in curves["sam"] if math.isfinite(r["coord_strength"])]
@@ -283,7 +318,7 @@ def fig3_weights(ctx: FigureContext) -> FigureResult:
     ax2.set_ylim(bottom=0)
     ax2.set_xlabel("perturbation strength per coordinate (as in Fig. 2)")
     ax2.set_xlim(0, xmax)
-    ax1.text(eta, 0.5, r" $\epsilon=\eta$", color="0.35", fontsize=7, va="center")
+    _eta_label(ax1, eta)
     from matplotlib.lines import Line2D
     hs = _legend_handles(methods, bool(ctx.sim_points))
     hs.insert(len(methods), Line2D([], [], color="k", marker="*", markersize=7,

@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 SIM_COMMAND = "python -m simulations.run --out {results}"
-DEEP_COMMAND = "python -m deep.run --out {results}"
+DEEP_COMMAND = "python -m deep.run --out {results}/deep"
 
 SIM_KEYS = ("meta", "claims", "curves", "sam_vs_m")
 CLAIM_KEYS = ("id", "claim", "description", "theory", "sim_mean", "ci95", "diff", "tolerance",
@@ -100,8 +100,10 @@ def _opt_float(value):
 
 
 def load_deep(results_dir) -> dict[str, list[DeepRun]]:
-    """All runs under ``<results_dir>/deep/<dataset>/*.json``, keyed by dataset (sorted).
+    """All runs under ``<results_dir>/deep/<folder>/*.json``, keyed by folder (sorted).
 
+    The key is the dataset name, or "<dataset> (<folder>)" when the folder is named otherwise
+    (``deep.run --quick`` writes to ``quick/``), so that smoke runs never pool with real ones.
     MissingInput when no run file exists; CorruptInput for an unreadable run file.
     """
     root = Path(results_dir) / "deep"
@@ -116,8 +118,11 @@ def load_deep(results_dir) -> dict[str, list[DeepRun]]:
             raise CorruptInput(path, f"missing keys {absent}")
         if not isinstance(rec["robust"], dict):
             raise CorruptInput(path, "'robust' is not an object")
+        folder = path.parent.name
+        name = str(rec["dataset"])
+        key = name if folder == name else f"{name} ({folder})"
         run = DeepRun(
-            dataset=str(rec["dataset"]), method=str(rec["method"]).lower(),
+            dataset=key, method=str(rec["method"]).lower(),
             norm=rec.get("norm"), rho=_opt_float(rec.get("rho")), eps=_opt_float(rec.get("eps")),
             seed=int(rec["seed"]), clean_acc=float(rec["clean_acc"]),
             robust={str(k): float(v) for k, v in rec["robust"].items() if v is not None},

@@ -12,32 +12,36 @@ strength of THEORY.md L4:
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 import linear_theory as lt
 
 __all__ = ["TheorySettings", "settings_from_meta", "theory_point", "method_curve",
-           "coordinate_strength", "weight_summary", "DEFAULT_RHOS", "DEFAULT_EPS",
+           "coordinate_strength", "weight_summary", "rho_grid",
            "representative_points", "probe_accuracies"]
 
-DEFAULT_RHOS = tuple(np.round(np.linspace(0.0, 0.4, 21), 4))
-DEFAULT_EPS = tuple(np.round(np.linspace(0.0, 0.6, 25), 4))
+
+
+def rho_grid(top: float = 0.4, n: int = 17) -> tuple:
+    """The SAM rho grid of the theory curves: n points from 0 to ``top``."""
+    return tuple(float(x) for x in np.round(np.linspace(0.0, top, n), 6))
 
 
 @dataclass(frozen=True)
 class TheorySettings:
     """Feature-model parameters, SAM's fixed scale tau and the evaluation attack of the figures."""
 
-    model_kwargs: dict = field(default_factory=dict)
+    model_kwargs: tuple = ()     # (name, value) pairs passed to lt.FeatureModel (hashable)
     tau: float = 5.0
     eval_norm: str = "inf"
     eval_eps: float = 0.1
 
     def model(self):
-        return lt.FeatureModel(**self.model_kwargs)
+        return lt.FeatureModel(**dict(self.model_kwargs))
 
 
 _MODEL_FIELDS = ("k", "mu_r", "sigma_r", "d", "eta", "sigma_n")
@@ -65,7 +69,7 @@ def settings_from_meta(meta: dict | None) -> TheorySettings:
     """
     meta = meta or {}
     node = _find(meta, _MODEL_FIELDS)
-    model_kwargs = {k: node[k] for k in _MODEL_FIELDS if k in node}
+    model_kwargs = tuple((k, node[k]) for k in _MODEL_FIELDS if k in node)
     base = TheorySettings()
     tau_node = _find(meta, ("tau",))
     ev = _find(meta, ("eval_eps",))
@@ -107,10 +111,18 @@ def weight_summary(model, v) -> tuple[float, float]:
 
 
 def theory_point(settings: TheorySettings, method: str, strength: float) -> dict:
-    """Closed-form quantities of one (method, strength) optimum.
+    """Closed-form quantities of one (method, strength) optimum (cached: the SAM solve is a
+    one-dimensional minimisation that costs a fraction of a second).
 
     method in {"st", "at-linf", "at-l2", "sam"}; "sam" means SAM at fixed scale tau (T5).
+    Keys: v, method, strength, coord_strength, clean, robust (at the settings' evaluation attack),
+    reliance, w_robust, w_nonrobust; accuracies are NaN where the optimum is v = 0.
     """
+    return dict(_theory_point(settings, method, float(strength)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _theory_point(settings: TheorySettings, method: str, strength: float) -> dict:
     model = settings.model()
     lt_method = "sam-fixed-scale" if method == "sam" else method
     tau = settings.tau if lt_method == "sam-fixed-scale" else None
@@ -118,14 +130,15 @@ def theory_point(settings: TheorySettings, method: str, strength: float) -> dict
     v = np.asarray(sol.v, dtype=float)
     w_r, w_n = weight_summary(model, v)
     zero = not np.any(v)
+    nan = float("nan")
     return {
         "settings": settings,
         "v": v,
         "method": method,
         "strength": float(strength),
         "coord_strength": coordinate_strength(model, lt_method, strength, v),
-        "clean": float(sol.clean_accuracy),
-        "robust": float(sol.robust_accuracy(settings.eval_norm, settings.eval_eps)),
+        "clean": nan if zero else float(sol.clean_accuracy),
+        "robust": nan if zero else float(sol.robust_accuracy(settings.eval_norm, settings.eval_eps)),
         "reliance": float("nan") if zero else float(sol.robust_reliance),
         "w_robust": w_r,
         "w_nonrobust": w_n,
@@ -137,7 +150,7 @@ def method_curve(settings: TheorySettings, method: str, strengths) -> list[dict]
     return [theory_point(settings, method, s) for s in strengths]
 
 
-def representative_points(settings: TheorySettings, rhos=DEFAULT_RHOS, clean_drop: float = 0.005):
+def representative_points(settings: TheorySettings, rhos=None, clean_drop: float = 0.005):
     """Theory optima that stand for each method in the deep comparison (figures 5 and 6).
 
     ST; SAM at the largest rho of ``rhos`` whose clean accuracy is within ``clean_drop`` of ST's
@@ -147,7 +160,7 @@ def representative_points(settings: TheorySettings, rhos=DEFAULT_RHOS, clean_dro
     eta = settings.model().eta
     st = theory_point(settings, "st", 0.0)
     sam = None
-    for rho in rhos:
+    for rho in rhos if rhos is not None else rho_grid():
         p = theory_point(settings, "sam", rho)
         if st["clean"] - p["clean"] <= clean_drop:
             sam = p

@@ -62,17 +62,20 @@ def ordering_holds(values: dict, order, strict: bool = True, tol: float = 0.0) -
 
 
 def ordering_verdict(checks) -> Verdict:
-    """Combine named orderings: ``checks`` = iterable of (description, predicted, observed), where
-    predicted / observed are booleans (None = could not be evaluated)."""
+    """Compare orderings: ``checks`` = iterable of (description, predicted, observed) with
+    predicted / observed booleans (None = could not be evaluated). A check agrees when the
+    measurements show the relation exactly when the theory predicts it."""
     checks = [c for c in checks if c[1] is not None and c[2] is not None]
     if not checks:
         return no_data("no ordering could be evaluated")
-    relevant = [c for c in checks if c[1]]
-    if not relevant:
-        return no_data("theory predicts none of the tested orderings")
-    bad = [c[0] for c in relevant if not c[2]]
+
+    def say(flag):
+        return "yes" if flag else "no"
+
+    bad = [c for c in checks if bool(c[1]) != bool(c[2])]
     if not bad:
-        return Verdict(True, f"Agree: all {len(relevant)} orderings predicted by the linear theory "
-                             f"hold in the measurements ({'; '.join(c[0] for c in relevant)}).")
-    return Verdict(False, f"Disagree on {len(bad)} of {len(relevant)} predicted orderings: "
-                          f"{'; '.join(bad)} fails in the measurements.")
+        return Verdict(True, f"Agree: all {len(checks)} orderings come out as the linear theory "
+                             f"predicts ({'; '.join(f'{d}: {say(p)}' for d, p, _ in checks)}).")
+    return Verdict(False, f"Disagree on {len(bad)} of {len(checks)} orderings: "
+                          + "; ".join(f"{d}: theory {say(p)}, measured {say(o)}" for d, p, o in bad)
+                          + ".")
