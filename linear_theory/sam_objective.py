@@ -22,7 +22,7 @@ import numpy as np
 from scipy.special import roots_genlaguerre
 
 from .metrics import check_nonnegative, logistic_loss
-from .model import FeatureModel, TsiprasModel, as_rng, check_weights
+from .model import TsiprasModel, check_weights
 
 __all__ = ["block_weights", "block_vector", "sam_loss", "sam_loss_mc", "norm_moments"]
 
@@ -63,6 +63,26 @@ def _normal_nodes(spread: float, fine: float):
     return g, h * np.exp(-0.5 * g * g) / math.sqrt(2.0 * math.pi)
 
 
+def _block_grid(n: int, mean: float, sd: float, weight: float, c: float, fine: float, laguerre: int):
+    """Quadrature grid of one block of n iid N(mean, sd^2) coordinates with common weight ``weight``:
+    returns (weight * block sum, block sum of squares, quadrature weights), flattened over (sum, chi2)."""
+    g, wg = _normal_nodes(abs(weight) * math.sqrt(n) * sd + c * sd + 1e-300, fine)
+    S = n * mean + math.sqrt(n) * sd * g
+    C, wc = _chi2_nodes(n - 1, laguerre)
+    q = (S[:, None] ** 2 / n + sd**2 * C[None, :]).ravel()
+    return np.repeat(weight * S, C.size), q, (wg[:, None] * wc[None, :]).ravel()
+
+
+def _grids(model, a: float, b: float, c: float, fine: float, laguerre: int):
+    """[(prob, z_R, q_R, w_R)] for the robust block (two point masses for Tsipras) and (z_N, q_N, w_N)."""
+    nonrobust = _block_grid(model.d, model.eta, float(model.sigma_n), b, c, fine, laguerre)
+    if isinstance(model, TsiprasModel):
+        robust = [(model.p, np.array([a]), np.ones(1), np.ones(1)), (1.0 - model.p, np.array([-a]), np.ones(1), np.ones(1))]
+    else:
+        robust = [(1.0, *_block_grid(model.k, model.mu_r, float(model.sigma_r), a, c, fine, laguerre))]
+    return robust, nonrobust
+
+
 def sam_loss(model, v, c, fine: float = 1.2, laguerre: int = 24) -> float:
     """E l(y v.x - c*||x||_2) for block-structured v (L2 with c = rho; T5 with c = rho*tau).
 
@@ -70,31 +90,12 @@ def sam_loss(model, v, c, fine: float = 1.2, laguerre: int = 24) -> float:
     """
     c = check_nonnegative("c", c)
     a, b = block_weights(model, v)
-    k, d = model.k, model.d
-    sn = float(model.sigma_n)
-    gN, wN = _normal_nodes(abs(b) * math.sqrt(d) * sn + c * sn + 1e-300, fine)
-    SN = d * model.eta + math.sqrt(d) * sn * gN
-    cN, wcN = _chi2_nodes(d - 1, laguerre)
-    # non-robust part of ||u||^2 on the (gN, cN) grid, flattened
-    qN = (SN[:, None] ** 2 / d + sn**2 * cN[None, :]).ravel()
-    zN = np.repeat(b * SN, cN.size)
-    wNN = (wN[:, None] * wcN[None, :]).ravel()
-    if isinstance(model, TsiprasModel):
-        parts = [(model.p, 1.0), (1.0 - model.p, -1.0)]
-        total = 0.0
-        for prob, u0 in parts:
-            arg = a * u0 + zN - c * np.sqrt(1.0 + qN)
-            total += prob * float(wNN @ logistic_loss(arg))
-        return total
-    sr = float(model.sigma_r)
-    gR, wR = _normal_nodes(abs(a) * math.sqrt(k) * sr + c * sr + 1e-300, fine)
-    SR = k * model.mu_r + math.sqrt(k) * sr * gR
-    cR, wcR = _chi2_nodes(k - 1, laguerre)
-    qR = (SR[:, None] ** 2 / k + sr**2 * cR[None, :]).ravel()
-    zR = np.repeat(a * SR, cR.size)
-    wRR = (wR[:, None] * wcR[None, :]).ravel()
-    arg = zR[:, None] + zN[None, :] - c * np.sqrt(qR[:, None] + qN[None, :])
-    return float(wRR @ logistic_loss(arg) @ wNN)
+    robust, (zN, qN, wN) = _grids(model, a, b, c, fine, laguerre)
+    total = 0.0
+    for prob, zR, qR, wR in robust:
+        arg = zR[:, None] + zN[None, :] - c * np.sqrt(qR[:, None] + qN[None, :])
+        total += prob * float(wR @ logistic_loss(arg) @ wN)
+    return total
 
 
 def sam_loss_mc(model, v, c, n: int = 200_000, seed=0, return_se: bool = False):
@@ -108,25 +109,9 @@ def sam_loss_mc(model, v, c, n: int = 200_000, seed=0, return_se: bool = False):
     return float(vals.mean())
 
 
-def norm_moments(model, n_mc: int = 0, seed=0):
-    """E||x||^2 (exact) and, via the block quadrature, E||x|| and sd(||x||)."""
+def norm_moments(model):
+    """E||x||^2 (exact) and, on the block quadrature grids, E||x|| and sd(||x||) (L4/T5 strength scale)."""
     msq = float(np.sum(model.mu**2 + model.sigma2))
-    # E||x|| = -d/dc E exp... use the quadrature with a linear "loss": evaluate E sqrt(q) on the same grids
-    k, d = model.k, model.d
-    sn = float(model.sigma_n)
-    gN, wN = _normal_nodes(sn, 1.2)
-    SN = d * model.eta + math.sqrt(d) * sn * gN
-    cN, wcN = _chi2_nodes(d - 1, 24)
-    qN = (SN[:, None] ** 2 / d + sn**2 * cN[None, :]).ravel()
-    wNN = (wN[:, None] * wcN[None, :]).ravel()
-    if isinstance(model, FeatureModel):
-        sr = float(model.sigma_r)
-        gR, wR = _normal_nodes(sr, 1.2)
-        SR = k * model.mu_r + math.sqrt(k) * sr * gR
-        cR, wcR = _chi2_nodes(k - 1, 24)
-        qR = (SR[:, None] ** 2 / k + sr**2 * cR[None, :]).ravel()
-        wRR = (wR[:, None] * wcR[None, :]).ravel()
-        mean = float(wRR @ np.sqrt(qR[:, None] + qN[None, :]) @ wNN)
-    else:
-        mean = float(wNN @ np.sqrt(1.0 + qN))
+    robust, (_, qN, wN) = _grids(model, 0.0, 0.0, 1.0, 1.2, 24)
+    mean = sum(prob * float(wR @ np.sqrt(qR[:, None] + qN[None, :]) @ wN) for prob, _, qR, wR in robust)
     return {"mean_sq": msq, "mean": mean, "sd": math.sqrt(max(msq - mean**2, 0.0))}

@@ -33,7 +33,7 @@ METHODS = ("st", "at-linf", "at-l2", "sam", "sam-fixed-scale")
 DEFAULT_EPS_GRID = (("inf", 0.1), ("inf", 0.2), ("inf", 0.3), (2, 0.5), (2, 1.0))
 
 
-def _norm_label(norm, eps) -> str:
+def attack_label(norm, eps) -> str:
     q = metrics.dual_exponent(norm)
     name = "linf" if q == 1.0 else ("l2" if q == 2.0 else f"l{norm}")
     return f"{name}_{eps:g}"
@@ -92,7 +92,7 @@ class Solution:
             "nonrobust_weight_sd": float(np.std(self.v[self.model.k:])),
             "weight_norm": float(np.linalg.norm(self.v)),
             "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": {_norm_label(n, e): self.robust_accuracy(n, e) for n, e in _parse_grid(eps_grid)},
+            "robust_accuracy": {attack_label(n, e): self.robust_accuracy(n, e) for n, e in _parse_grid(eps_grid)},
             "robust_reliance": self.robust_reliance,
             "loss": self.loss,
             "objective": self.objective,

@@ -40,14 +40,17 @@ SOLUTIONS = {
 
 
 @pytest.mark.parametrize("name", list(SOLUTIONS))
-@pytest.mark.parametrize("norm, eps, steps, loss_fn", [("inf", 0.1, 10, _logistic_sum), ("inf", 0.2, 10, _logistic_sum),
-                                                      (2, 1.0, 50, _neg_margin_sum)])
-def test_closed_form_accuracy_equals_pgd_monte_carlo(data, name, norm, eps, steps, loss_fn):
+@pytest.mark.parametrize("norm, eps, steps, step_size, loss_fn", [
+    ("inf", 0.1, 10, None, _logistic_sum),  # default step eps/4
+    ("inf", 0.2, 10, None, _logistic_sum),
+    (2, 1.0, 15, 0.5, _neg_margin_sum),  # step eps/2: 15 steps reach the worst case to 1e-5 from a random start
+])
+def test_closed_form_accuracy_equals_pgd_monte_carlo(data, name, norm, eps, steps, step_size, loss_fn):
     X, y = data
     v = torch.from_numpy(SOLUTIONS[name]().v)
     forward = lambda x: x @ v  # noqa: E731
     gen = torch.Generator().manual_seed(7)
-    x_adv = pgd(forward, X, y, eps, norm=norm, steps=steps, random_start=True, loss_fn=loss_fn,
+    x_adv = pgd(forward, X, y, eps, norm=norm, steps=steps, step_size=step_size, random_start=True, loss_fn=loss_fn,
                 clamp=None, generator=gen)
     vn = v.numpy()
     # per example, PGD finds the exact worst case of L1: the margin drops by eps*||v||_q
