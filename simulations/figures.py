@@ -1,0 +1,96 @@
+"""Theory-vs-simulation figures (PNG, matplotlib Agg backend, no display needed)."""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["write_figures"]
+
+_LABEL = {"sam-fixed-scale": "SAM (fixed scale), rho", "at-linf": "PGD-AT l_inf, eps"}
+_COLOR = {"sam-fixed-scale": "tab:blue", "at-linf": "tab:red"}
+
+
+def _err(sim: dict):
+    m = sim["mean"]
+    return [[a - lo for a, lo in zip(m, sim["lo"])], [hi - a for a, hi in zip(m, sim["hi"])]]
+
+
+def _save(fig, path: str) -> str:
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_figures(data: dict, fig_dir: str) -> List[str]:
+    """Write sim_tradeoff.png, sim_weight_ratio.png, sim_sam_vs_m.png (those whose data exist)."""
+    os.makedirs(fig_dir, exist_ok=True)
+    written = []
+    curves = data.get("curves") or {}
+    if curves:
+        keys = [k for k in next(iter(curves.values()))["theory"] if k.startswith("robust")]
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2))
+        axes = [axes] if len(keys) == 1 else list(axes)
+        for ax, key in zip(axes, keys):
+            for method, cur in curves.items():
+                c = _COLOR.get(method, None)
+                ax.plot(cur["theory"]["clean"], cur["theory"][key], "-", color=c, alpha=0.6,
+                        label=f"{_LABEL.get(method, method)} (theory)")
+                ax.errorbar(cur["sim"]["clean"]["mean"], cur["sim"][key]["mean"], xerr=_err(cur["sim"]["clean"]),
+                            yerr=_err(cur["sim"][key]), fmt="o", color=c, ms=4, capsize=2,
+                            label=f"{_LABEL.get(method, method)} (SGD, 95% CI)")
+                for s, x, y in zip(cur["strength"], cur["sim"]["clean"]["mean"], cur["sim"][key]["mean"]):
+                    ax.annotate(f"{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel("clean accuracy")
+            ax.set_ylabel(key.replace("_", " "))
+            ax.set_title(f"T6 trade-off: {key.replace('_', ' ')}")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        written.append(_save(fig, os.path.join(fig_dir, "sim_tradeoff.png")))
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for method, cur in curves.items():
+            c = _COLOR.get(method, None)
+            for ax, key in zip(axes, ("ratio", "reliance")):
+                th = cur["theory"][key]
+                sim = cur["sim"][key]
+                if key == "ratio":  # non-robust weights vanish for AT eps >= eta: clip for the log axis
+                    th = [min(abs(t), 1e3) for t in th]
+                    sim = {k: [min(abs(x), 1e3) for x in sim[k]] for k in ("mean", "lo", "hi")}
+                ax.plot(cur["strength"], th, "-", color=c, alpha=0.6, label=f"{_LABEL[method]} (theory)")
+                ax.errorbar(cur["strength"], sim["mean"], yerr=_err(sim), fmt="o", color=c, ms=4, capsize=2,
+                            label=f"{_LABEL[method]} (SGD, 95% CI)")
+        axes[0].set_yscale("log")
+        axes[0].set_ylabel("robust / non-robust weight ratio (clipped at 1e3)")
+        axes[1].set_ylabel("robust reliance r(v)")
+        for ax in axes:
+            ax.set_xlabel("strength (rho or eps)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        written.append(_save(fig, os.path.join(fig_dir, "sim_weight_ratio.png")))
+
+    svm = data.get("sam_vs_m") or []
+    if svm:
+        ms = [e["m"] for e in svm]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, key, ylabel in ((axes[0], "lambda_eff", "matched ridge lambda"),
+                                (axes[1], "rho_eff", "effective rho (via T5)")):
+            mean = [e[key]["mean"] for e in svm]
+            err = [[a - e[key]["lo"] for a, e in zip(mean, svm)], [e[key]["hi"] - a for a, e in zip(mean, svm)]]
+            ax.errorbar(ms, mean, yerr=err, fmt="o-", capsize=3, label="SGD + SAM (95% CI)")
+            ref = svm[0]["theory_lambda_m1"] if key == "lambda_eff" else svm[0]["rho"]
+            ax.axhline(ref, color="k", ls="--", lw=1, label="T5 prediction for m = 1")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("m (examples per SAM ascent)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"SAM effective strength vs m (rho = {svm[0]['rho']:g})")
+        written.append(_save(fig, os.path.join(fig_dir, "sim_sam_vs_m.png")))
+    return written

@@ -1,0 +1,179 @@
+"""``python -m simulations.run``: check THEORY.md's claims S1-S5 with the real training algorithms.
+
+Trains linear models on samples of the feature model (SGD + momentum, SAM with m-sharpness, PGD-AT),
+compares them claim by claim with ``linear_theory``, prints a table, writes
+``<out>/simulations.json`` and ``<out>/simulations.md`` atomically, and the figures
+``<out>/figures/sim_*.png``. Exit status: 0 every check holds, 1 some check fails, 2 bad arguments.
+Finished training jobs are cached in ``<out>/cache/``; a rerun (e.g. after an interruption) skips them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from typing import List, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+import linear_theory as lt
+
+from . import experiments
+from .claims import CLAIM_FUNCS, OPT_TOL
+from .experiments import CLAIMS, PROFILES, Settings, atomic_write_json, jobs_for
+from .figures import write_figures
+from .report import format_table, markdown_report
+
+__all__ = ["run_simulations", "main", "parse_claims"]
+
+
+def parse_claims(text: Optional[str]) -> List[str]:
+    """'S2,S4' -> ['S2', 'S4'] (case-insensitive); None -> all. ValueError names the bad entry."""
+    if text is None:
+        return list(CLAIMS)
+    out = []
+    for part in text.split(","):
+        c = part.strip().upper()
+        if c not in CLAIMS:
+            raise ValueError(f"--only: unknown claim {part.strip()!r}; choose from {','.join(CLAIMS)}")
+        if c not in out:
+            out.append(c)
+    if not out:
+        raise ValueError("--only: no claims given")
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Temporarily set torch's intra-op threads (None: leave as is). The tensors here are tiny
+    (128 x 101), so one thread is fastest; several threads on a busy machine are much slower."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_simulations(settings: Settings, claims: Sequence[str] = CLAIMS, out: str = "results",
+                    force: bool = False, figures: bool = True, model=None, progress: bool = True,
+                    threads: Optional[int] = 1) -> dict:
+    """Run the claims, write results, return the results dict (schema: simulations/README.md)."""
+    with torch_threads(threads):
+        return _run(settings, claims, out, force, figures, model, progress)
+
+
+def _run(settings, claims, out, force, figures, model, progress) -> dict:
+    model = model or lt.FeatureModel()
+    t0 = time.perf_counter()
+    cache_dir = os.path.join(out, "cache")
+    jobs = jobs_for(claims, settings)
+    results, train_time, n_cached = {}, 0.0, 0
+    bar = tqdm(total=sum(j.cfg.epochs for j in jobs), desc="training", unit="epoch",
+               disable=not progress or not jobs, dynamic_ncols=True)
+    try:
+        for job in jobs:
+            bar.set_postfix_str(job.key)
+            res = experiments.run_job(job, model, cache_dir, force=force, progress=bar.update)
+            results[job.key] = res
+            n_cached += bool(res["cached"])
+            train_time += 0.0 if res["cached"] else res["wall_s"]
+    finally:
+        bar.close()
+    rows, extras = [], {"curves": {}, "sam_vs_m": []}
+    for c in tqdm(claims, desc="claims", disable=not progress, leave=False):
+        r, ex = CLAIM_FUNCS[c](model, settings, results)
+        rows += r
+        extras.update(ex)
+    checked = [r for r in rows if r["holds"] is not None]
+    meta = {
+        "profile": settings.profile, "claims": list(claims), "seeds": list(settings.seeds),
+        "settings": settings.to_dict(), "model": {"class": type(model).__name__, **model.__dict__},
+        "opt_tol": dict(OPT_TOL),
+        "wall_time_s": time.perf_counter() - t0, "train_time_s": train_time,
+        "jobs": [{"key": j.key, "cached": results[j.key]["cached"], "wall_s": results[j.key].get("wall_s")}
+                 for j in jobs],
+        "n_checks": len(checked), "n_failed": sum(not r["holds"] for r in checked),
+        "all_hold": all(r["holds"] for r in checked),
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+    }
+    data = {"meta": meta, "claims": rows, "curves": extras.pop("curves"), "sam_vs_m": extras.pop("sam_vs_m"),
+            "extra": extras}
+    os.makedirs(out, exist_ok=True)
+    if figures:
+        meta["figures"] = write_figures(data, os.path.join(out, "figures"))
+    meta["wall_time_s"] = time.perf_counter() - t0
+    atomic_write_json(os.path.join(out, "simulations.json"), data)
+    md = markdown_report(rows, meta)
+    tmp = os.path.join(out, f"simulations.md.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(md)
+    os.replace(tmp, os.path.join(out, "simulations.md"))
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m simulations.run",
+        description="Check THEORY.md's claims S1-S5 by training linear models with the real algorithms "
+                    "(SGD+momentum, SAM with m-sharpness, PGD adversarial training) on samples of the "
+                    "feature model. Exit 0 if every check holds, 1 if one fails, 2 on bad arguments.")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="small sizes (3 seeds, 12 epochs, fewer strengths): well under a minute")
+    size.add_argument("--full", action="store_true",
+                      help="8 seeds, 60 epochs of 10^4 fresh samples, finer sweeps (several minutes)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="number of seeds (independent data streams and SGD runs), >= 2; default: "
+                        "3 quick / 5 default / 8 full")
+    p.add_argument("--only", default=None, metavar="S2,S4",
+                   help="comma-separated subset of claims S1..S5 (default: all)")
+    p.add_argument("--out", default="results", metavar="DIR",
+                   help="output folder for simulations.json, simulations.md, figures/ and cache/ "
+                        "(default: results)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain every job instead of reusing finished jobs from DIR/cache")
+    p.add_argument("--threads", type=int, default=1, metavar="T",
+                   help="torch intra-op threads (default 1: the tensors are tiny, more threads only add "
+                        "overhead)")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        claims = parse_claims(args.only)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    settings = PROFILES["quick" if args.quick else "full" if args.full else "default"]
+    if args.seeds is not None:
+        if args.seeds < 2:
+            parser.error(f"--seeds must be >= 2 (an interval needs two seeds), got {args.seeds}")
+        settings = settings.with_seeds(args.seeds)
+    try:
+        data = run_simulations(settings, claims, out=args.out, force=args.force,
+                               figures=not args.no_figures, progress=not args.no_progress,
+                               threads=args.threads)
+    except KeyboardInterrupt:
+        print("interrupted; finished jobs are cached, rerun the same command to resume", file=sys.stderr)
+        return 130
+    meta = data["meta"]
+    print(format_table(data["claims"]))
+    print(f"\n{meta['n_checks'] - meta['n_failed']}/{meta['n_checks']} checks hold "
+          f"(profile {meta['profile']}, {len(meta['seeds'])} seeds); wall time {meta['wall_time_s']:.1f} s, "
+          f"training {meta['train_time_s']:.1f} s; results in {os.path.join(args.out, 'simulations.json')}")
+    return 0 if meta["all_hold"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
