@@ -176,25 +176,29 @@ def _ridge_objective(model, rho, tau):
     return lambda lam: sam_loss(model, tau * cf.ridge_direction(model, lam), rho * tau)
 
 
+def _argmin_on_ridge(G, scale: float):
+    """argmin_{lam >= 0} G(lam): log-spaced grid (19 points, scale*e^-9 .. scale*e^9, plus 0), then bounded Brent
+    on the bracketing cell. Returns (lam, at_boundary)."""
+    grid = np.concatenate([[0.0], scale * np.exp(np.linspace(-9.0, 9.0, 19))])
+    vals = np.array([G(lam) for lam in grid])
+    i = int(np.argmin(vals))
+    lo, hi = (0.0, grid[1]) if i == 0 else (grid[i - 1], grid[min(i + 1, len(grid) - 1)])
+    res = minimize_scalar(G, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * max(hi, 1e-12)})
+    lam = float(res.x) if res.fun <= vals[i] else float(grid[i])
+    if lam <= 1e-9 * scale and G(0.0) <= G(1e-6 * scale):
+        return 0.0, True
+    return lam, False
+
+
 def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
     if isinstance(model, TsiprasModel):
         v = numeric.minimize_sam_sphere(model, rho, tau)
         return v, None, sam_loss(model, v, rho * tau), {"route": "angle on the sphere (numeric)"}
     G = _ridge_objective(model, rho, tau)
     scale = float(np.mean(model.sigma2))
-    grid = np.concatenate([[0.0], scale * np.exp(np.linspace(-9.0, 9.0, 37))])
-    vals = np.array([G(lam) for lam in grid])
-    i = int(np.argmin(vals))
+    lam, at_boundary = _argmin_on_ridge(G, scale)
     info = {"route": "1-D minimisation over the ridge parameter lam >= 0 (T5)"}
-    if i == 0:
-        # minimiser at (or below) lam = 0: refine on [0, grid[1]]
-        lo, hi = 0.0, grid[1]
-    else:
-        lo, hi = grid[i - 1], grid[min(i + 1, len(grid) - 1)]
-    res = minimize_scalar(G, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * max(hi, 1e-12)})
-    lam = float(res.x) if res.fun <= vals[i] else float(grid[i])
-    if lam <= 1e-9 * scale and G(0.0) <= G(1e-6 * scale):
-        lam = 0.0
+    if at_boundary:
         info["at_boundary"] = "lam = 0 (the unconstrained ridge optimum may lie at lam < 0)"
     v = tau * cf.ridge_direction(model, lam)
     info["l2_at_eps_equivalent"] = cf.ridge_lambda_to_l2_eps(model, lam)
@@ -207,6 +211,14 @@ def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
                                     "objective": f_sphere}
         info["deviation_from_ridge_path"] = _direction_report(v_sphere, v)
         info["objective_gap"] = G(lam) - f_sphere
+        # what replacing ||x|| by sqrt(E||x||^2) (a constant shift) would have given instead
+        rms = math.sqrt(float(np.sum(model.mu**2 + model.sigma2)))
+        G_const = lambda lam_: metrics.population_loss(  # noqa: E731
+            model, tau * cf.ridge_direction(model, lam_), shift=rho * tau * rms)
+        lam_c, _ = _argmin_on_ridge(G_const, scale)
+        v_c = tau * cf.ridge_direction(model, lam_c)
+        info["mean_norm_approximation"] = {"lam": lam_c, "rel_weight_diff": float(np.linalg.norm(v_c - v) / tau),
+                                           "robust_weight": float(v_c[0]), "nonrobust_weight": float(v_c[-1])}
     return v, lam, G(lam), info
 
 

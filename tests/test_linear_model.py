@@ -85,3 +85,22 @@ def test_lp_robust_accuracy_uses_dual_norm():
     for p, q in [("inf", 1.0), (2, 2.0), (1, math.inf), (3.0, 1.5)]:
         nq = np.max(np.abs(v)) if math.isinf(q) else np.sum(np.abs(v) ** q) ** (1 / q)
         assert lt.robust_accuracy(m, v, 0.3, p) == pytest.approx(norm.cdf((mean - 0.3 * nq) / sd), rel=1e-12)
+
+
+def test_robust_reliance_reference_values():
+    m = lt.FeatureModel()
+    # ST: robust share of the mean margin = (mu_r/sigma_r)^2 / ((mu_r/sigma_r)^2 + d (eta/sigma_n)^2) = 1/5
+    assert lt.robust_reliance(m, lt.st_weights(m)) == pytest.approx(0.2, rel=1e-12)
+    assert lt.robust_reliance(m, lt.at_linf_weights(m, 0.25)) == 1.0
+    with pytest.raises(ValueError, match="robust_reliance"):
+        lt.robust_reliance(m, np.zeros(m.D))
+
+
+def test_sam_strength_l4_fields():
+    m = lt.FeatureModel()
+    v = lt.st_weights(m)
+    s = lt.sam_strength(m, 0.1, v)
+    X, _ = m.sample(100_000, 5)
+    rms_mc = 0.1 * np.sqrt(np.mean(np.sum(X**2, axis=1))) / np.linalg.norm(v)
+    assert float(s) == pytest.approx(rms_mc, rel=0.01)
+    assert s.per_coordinate == pytest.approx(float(s) / np.sqrt(101))
