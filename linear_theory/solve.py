@@ -8,7 +8,8 @@ Methods (THEORY.md section 4):
                          min_t E l(t y d.x - rho*||x||) along d = Sigma^{-1} mu / ||Sigma^{-1} mu||;
                          .info reports the exact (symmetric, convex) minimiser and the measured deviation
   "sam-fixed-scale" T5   SAM at fixed scale tau, strength = rho: 1-D minimisation over the ridge parameter
-                         lam of E l(y v.x - rho*tau*||x||) with v = tau*ridge_direction(lam); .lam = ridge lam;
+                         lam of E l(y v.x - rho*tau*||x||) with v = tau*(Sigma + lam I)^{-1} mu/||.||; .lam = ridge
+                         lam (> -min sigma^2; negative only when tau exceeds the unconstrained optimum's norm);
                          .info reports the unrestricted sphere minimiser (one angle) and the deviation
 For ``TsiprasModel`` every method is a direct numeric minimisation (two-parameter reduction, exact by
 convexity and permutation symmetry for st/at/sam; one angle on the sphere for sam-fixed-scale).
@@ -172,22 +173,25 @@ def _solve_sam(model, rho, info_checks: bool):
     return v, None, obj(v), info
 
 
+def _unit_ridge(model, lam: float) -> np.ndarray:
+    r = cf.ridge_vector(model, lam)  # allows -min(sigma^2) < lam < 0
+    return r / np.linalg.norm(r)
+
+
 def _ridge_objective(model, rho, tau):
-    return lambda lam: sam_loss(model, tau * cf.ridge_direction(model, lam), rho * tau)
+    return lambda lam: sam_loss(model, tau * _unit_ridge(model, lam), rho * tau)
 
 
-def _argmin_on_ridge(G, scale: float):
-    """argmin_{lam >= 0} G(lam): log-spaced grid (19 points, scale*e^-9 .. scale*e^9, plus 0), then bounded Brent
-    on the bracketing cell. Returns (lam, at_boundary)."""
+def _argmin_on_ridge(G, scale: float, lam_min: float):
+    """argmin of G(lam) over lam > lam_min = -min(sigma^2): log-spaced grid (19 points, scale*e^-9 .. scale*e^9,
+    plus 0), bounded Brent on the bracketing cell; if lam = 0 is best, Brent on [0.999*lam_min, grid[1]] (the
+    Lagrange multiplier of ||v|| = tau can have either sign: lam < 0 when tau exceeds the unconstrained norm)."""
     grid = np.concatenate([[0.0], scale * np.exp(np.linspace(-9.0, 9.0, 19))])
     vals = np.array([G(lam) for lam in grid])
     i = int(np.argmin(vals))
-    lo, hi = (0.0, grid[1]) if i == 0 else (grid[i - 1], grid[min(i + 1, len(grid) - 1)])
+    lo, hi = (0.999 * lam_min, grid[1]) if i == 0 else (grid[i - 1], grid[min(i + 1, len(grid) - 1)])
     res = minimize_scalar(G, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * max(hi, 1e-12)})
-    lam = float(res.x) if res.fun <= vals[i] else float(grid[i])
-    if lam <= 1e-9 * scale and G(0.0) <= G(1e-6 * scale):
-        return 0.0, True
-    return lam, False
+    return float(res.x) if res.fun <= vals[i] else float(grid[i])
 
 
 def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
@@ -195,12 +199,13 @@ def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
         v = numeric.minimize_sam_sphere(model, rho, tau)
         return v, None, sam_loss(model, v, rho * tau), {"route": "angle on the sphere (numeric)"}
     G = _ridge_objective(model, rho, tau)
-    scale = float(np.mean(model.sigma2))
-    lam, at_boundary = _argmin_on_ridge(G, scale)
-    info = {"route": "1-D minimisation over the ridge parameter lam >= 0 (T5)"}
-    if at_boundary:
-        info["at_boundary"] = "lam = 0 (the unconstrained ridge optimum may lie at lam < 0)"
-    v = tau * cf.ridge_direction(model, lam)
+    scale, lam_min = float(np.mean(model.sigma2)), -float(model.sigma2.min())
+    lam = _argmin_on_ridge(G, scale, lam_min)
+    info = {"route": "1-D minimisation over the ridge parameter lam of (Sigma + lam I)^{-1} mu (T5)"}
+    if lam < 0:
+        info["negative_lam"] = ("tau exceeds the norm of the unconstrained optimum: the scale constraint pushes "
+                                "weight towards low-variance (non-robust) features")
+    v = tau * _unit_ridge(model, lam)
     info["l2_at_eps_equivalent"] = cf.ridge_lambda_to_l2_eps(model, lam)
     # L4 with unit-norm w: SAM acts as l2 AT of radius about rho*sqrt(E||x||^2)
     info["sam_l2_strength_rms"] = metrics.sam_strength(model, rho, v / tau).l2_rms
@@ -214,9 +219,9 @@ def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
         # what replacing ||x|| by sqrt(E||x||^2) (a constant shift) would have given instead
         rms = math.sqrt(float(np.sum(model.mu**2 + model.sigma2)))
         G_const = lambda lam_: metrics.population_loss(  # noqa: E731
-            model, tau * cf.ridge_direction(model, lam_), shift=rho * tau * rms)
-        lam_c, _ = _argmin_on_ridge(G_const, scale)
-        v_c = tau * cf.ridge_direction(model, lam_c)
+            model, tau * _unit_ridge(model, lam_), shift=rho * tau * rms)
+        lam_c = _argmin_on_ridge(G_const, scale, lam_min)
+        v_c = tau * _unit_ridge(model, lam_c)
         info["mean_norm_approximation"] = {"lam": lam_c, "rel_weight_diff": float(np.linalg.norm(v_c - v) / tau),
                                            "robust_weight": float(v_c[0]), "nonrobust_weight": float(v_c[-1])}
     return v, lam, G(lam), info

@@ -200,10 +200,12 @@ def test_sam_exact_minimiser_is_symmetric_full_vector_mc():
     assert rel(v_mc, v_sym) < 0.03  # Monte-Carlo sampling error, 1e5 samples
 
 
-@pytest.mark.parametrize("rho", [0.05, 0.2])
-def test_t5_ridge_solution_equals_sphere_minimiser(rho):
-    sol = lt.solve(REF, "sam-fixed-scale", rho, tau=4.0, checks=True)
-    assert np.linalg.norm(sol.v) == pytest.approx(4.0)
+@pytest.mark.parametrize("rho, tau", [(0.05, 4.0), (0.2, 4.0), (0.0, 8.0)])
+def test_t5_ridge_solution_equals_sphere_minimiser(rho, tau):
+    sol = lt.solve(REF, "sam-fixed-scale", rho, tau=tau, checks=True)
+    assert np.linalg.norm(sol.v) == pytest.approx(tau)
+    # tau above ||v_ST|| = 4.03 with rho = 0: the multiplier changes sign, lam < 0
+    assert (sol.lam < 0) == (tau > np.linalg.norm(lt.st_weights(REF)) and rho == 0.0)
     assert sol.info["deviation_from_ridge_path"]["rel_dir_diff"] < RTOL
     assert abs(sol.info["objective_gap"]) < 1e-10
 
