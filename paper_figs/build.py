@@ -74,7 +74,8 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
         settings=settings, out_dir=out_dir,
         sim_points=curve_points(sim) if sim else None,
         sim_m=sam_vs_m_points(sim) if sim else None, sim_skip=sim_skip,
-        deep=deep, deep_skip=deep_skip, formats=tuple(formats))
+        deep=deep, deep_skip=deep_skip, formats=tuple(formats),
+        sim_tol=dict((sim or {}).get("meta", {}).get("opt_tol") or {}))
     for line in res.errors + res.skipped:
         log(line)
     for fn in FIGURE_FUNCTIONS:

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from . import palette as pal
 from . import theory as th
 from .aggregate import PROBE_KEYS, pick_attack, summarise_runs
-from .figures import FigureContext, FigureResult, SkipFigure, _eval_label, save
+from .figures import FigureContext, FigureResult, SkipFigure, eval_label, save
 from .verdicts import ordering_verdict
 
 __all__ = ["fig5_deep", "fig6_probes", "deep_ordering_checks", "probe_ordering_checks"]
@@ -44,8 +44,12 @@ def _theory_method(key: str) -> str:
     return {"st": "st", "sam": "sam"}.get(key, "at-linf")
 
 
-def deep_ordering_checks(configs, attack: str, theory: dict, tol: float = 0.005):
+def deep_ordering_checks(configs, attack: str, theory: dict, theory_key: str,
+                         tol: float = 0.005):
     """(description, predicted by theory, observed in the deep runs) for figure 5's orderings.
+
+    ``theory`` = :func:`paper_figs.theory.representative_points`; its robust accuracies are taken
+    at evaluation attack ``theory_key``, the deep ones at ``attack``.
 
     Observed relations must hold for every configuration of the methods involved (means over
     seeds); clean accuracies count as 'not lower' within ``tol`` plus the seeds' sd.
@@ -77,11 +81,13 @@ def deep_ordering_checks(configs, attack: str, theory: dict, tol: float = 0.005)
 
     checks = []
     if t_sam is not None:
-        checks.append(("SAM robust > ST robust", t_sam["robust"] > t_st["robust"],
+        checks.append(("SAM robust > ST robust",
+                       t_sam["robust"][theory_key] > t_st["robust"][theory_key],
                        obs((sam, st), better_rob)))
         checks.append(("SAM clean >= ST clean", t_sam["clean"] >= t_st["clean"] - tol,
                        obs((sam, st), clean_not_lower)))
-        checks.append(("AT robust > SAM robust", t_at["robust"] > t_sam["robust"],
+        checks.append(("AT robust > SAM robust",
+                       t_at["robust"][theory_key] > t_sam["robust"][theory_key],
                        obs((at, sam), better_rob)))
     checks.append(("AT clean < ST clean", t_at["clean"] < t_st["clean"],
                    obs((at, st), lambda a, b: a.clean.mean < b.clean.mean)))
@@ -114,6 +120,7 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
                              squeeze=False)
     checks_all, notes = [], []
     theory = th.representative_points(ctx.settings)
+    tkey = ctx.settings.eval_keys[0]
     for ax, ds in zip(axes.flat, datasets):
         configs = summarise_runs(ctx.deep[ds])
         attack = pick_attack(configs)
@@ -122,9 +129,14 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
         ax.set_xlabel("clean acc. (%)")
         ax.set_ylabel(f"robust acc. (%), {_attack_label(attack)}" if attack else "robust acc.")
         ax.margins(0.25)
+        ax.autoscale_view()
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -2.0), min(hi, 102.0))
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(max(lo, -2.0), min(hi, 102.0))
         ax.grid(alpha=0.25, linewidth=0.5)
         if attack:
-            checks = deep_ordering_checks(configs, attack, theory)
+            checks = deep_ordering_checks(configs, attack, theory, tkey)
             checks_all += [(f"{ds}: {d}", p, o) for d, p, o in checks]
             nseeds = sorted({c.clean.n for c in configs})
             notes.append(f"{ds}: robust accuracy under PGD {attack}; seeds per configuration "
@@ -134,16 +146,16 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
         if p is None:
             continue
         st = pal.style(_theory_method(key))
-        ax.plot(100 * p["clean"], 100 * p["robust"], marker=st.marker, color=st.color,
+        ax.plot(100 * p["clean"], 100 * p["robust"][tkey], marker=st.marker, color=st.color,
                 linestyle="none", markersize=5)
         off = _LABEL_OFFSET[_theory_method(key)]
         ax.annotate(_theory_label(key, p).replace(st.label, "").strip(),
-                    (100 * p["clean"], 100 * p["robust"]), xytext=off,
+                    (100 * p["clean"], 100 * p["robust"][tkey]), xytext=off,
                     textcoords="offset points", fontsize=5.5, color=st.color,
                     ha="left" if off[0] > 0 else "right")
     ax.set_title("linear theory")
     ax.set_xlabel("clean acc. (%)")
-    ax.set_ylabel(f"robust acc. (%), {_eval_label(ctx.settings)}")
+    ax.set_ylabel(f"robust acc. (%), {eval_label(tkey)}")
     ax.margins(0.25)
     ax.grid(alpha=0.25, linewidth=0.5)
     hs = [Line2D([], [], color=pal.style(m).color, marker=pal.style(m).marker, mfc="white",
@@ -201,6 +213,15 @@ def probe_ordering_checks(configs, theory: dict):
     return checks
 
 
+def _chance(runs):
+    """1 / number of classes from the runs' config (generated data), else None."""
+    for r in runs:
+        k = ((r.raw.get("config") or {}).get("synthetic") or {}).get("num_classes")
+        if k:
+            return 1.0 / float(k)
+    return None
+
+
 def fig6_probes(ctx: FigureContext) -> FigureResult:
     """Feature-reliance probes on generated data (deep) next to their linear-theory analogue."""
     if not ctx.deep:
@@ -224,8 +245,11 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         ax1.bar(x - 0.4 + width * (i + 0.5), 100 * np.array(means), width * 0.92,
                 yerr=100 * np.array(sds), color=st.color, alpha=1.0 / (1 + 0.8 * rank),
                 edgecolor=st.color, linewidth=0.6, label=c.label, error_kw={"elinewidth": 0.6})
-    ax1.set_ylabel(f"{ds}: accuracy (%)")
-    ax1.set_title("deep network on generated data", pad=2)
+    ax1.set_ylabel("accuracy (%)")
+    ax1.set_title(f"deep network, generated data: {ds}", pad=2)
+    chance = _chance(ctx.deep[ds])
+    if chance is not None:
+        ax1.axhline(100 * chance, color="0.4", linewidth=0.6, linestyle=":")
     ax1.legend(ncol=2, fontsize=6, loc="upper center")
     tkeys = [k for k in ("st", "sam", "at-small", "at-large") if theory.get(k) is not None]
     width = 0.8 / len(tkeys)
@@ -236,7 +260,7 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         ax2.bar(x - 0.4 + width * (i + 0.5), [100 * acc[k] for k in PROBE_KEYS], width * 0.92,
                 color=st.color, alpha=0.55 if key == "at-small" else 1.0, edgecolor=st.color,
                 linewidth=0.6, label=f"{_theory_label(key, p)}, r={p['reliance']:.2f}")
-    ax2.set_ylabel("linear model: accuracy (%)")
+    ax2.set_ylabel("accuracy (%)")
     ax2.set_title("linear theory (r = robust reliance)", pad=2)
     ax2.legend(ncol=2, fontsize=6, loc="upper center")
     ax2.axhline(50, color="0.4", linewidth=0.6, linestyle=":")
@@ -255,4 +279,5 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         "fig6_probes", "Feature-reliance probes", files,
         "Accuracy of deep networks on generated data with the non-robust pattern removed or swapped "
         "to another class, or the robust pattern removed (top), against the same probes of the "
-        "linear-theory optima, whose robust reliance r(v) is given (bottom).", verdict, notes)
+        "linear-theory optima, whose robust reliance r(v) is given (bottom); dotted: chance.",
+        verdict, notes)

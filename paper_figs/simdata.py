@@ -1,9 +1,15 @@
 """Turn the ``curves`` and ``sam_vs_m`` sections of simulations.json into plot points.
 
-Normalised point (one per method and strength, aggregated over seeds by simulations.run):
-``{"method": "st"|"sam"|"at-linf"|"at-l2", "strength": float,
-   "clean": (mean, lo, hi), "robust": (mean, lo, hi), "reliance": (mean, lo, hi) | None,
-   "w_robust": ..., "w_nonrobust": ...}`` with accuracies as fractions and (lo, hi) the 95% CI.
+Schema read (simulations/README.md): ``curves[method] = {"strength": [...], "theory": {...},
+"sim": {quantity: {"mean": [...], "lo": [...], "hi": [...], "per_seed": [...]}}}`` with method
+"sam-fixed-scale" or "at-linf" (also "at-l2"/"st" if present) and quantities "clean",
+"robust_<norm>_<eps>", "reliance", "ratio"; ``sam_vs_m`` = list of ``{"m", "rho",
+"theory_lambda_m1", "lambda_eff"|"rho_eff"|...: {"mean", "lo", "hi", "per_seed"}}``.
+
+Normalised curve point: ``{"method": "sam"|"at-linf"|..., "strength": float, "n_seeds": int,
+"clean": (mean, lo, hi), "robust": {eval key: (mean, lo, hi)}, "reliance": triple | None,
+"ratio": triple | None}``; (lo, hi) is the simulations' 95% interval over seeds. Only measured
+("sim") values are used; the theory stored next to them is ignored (the figures recompute it).
 """
 from __future__ import annotations
 
@@ -14,53 +20,53 @@ from .palette import canonical_method
 __all__ = ["curve_points", "sam_vs_m_points"]
 
 
-def _triple(row: dict, key: str):
-    """(mean, lo, hi) of quantity ``key`` from ``key`` / ``key_mean`` and ``key_ci95``."""
-    mean = row.get(f"{key}_mean", row.get(key))
-    if isinstance(mean, dict):
-        ci = mean.get("ci95")
-        mean = mean.get("mean")
-    else:
-        ci = row.get(f"{key}_ci95")
-    if mean is None:
-        return None
-    mean = float(mean)
-    if not math.isfinite(mean):
-        return None
-    if ci is None:
-        return (mean, mean, mean)
-    return (mean, float(ci[0]), float(ci[1]))
+def _finite(*xs) -> bool:
+    return all(x is not None and math.isfinite(float(x)) for x in xs)
 
 
 def curve_points(sim: dict) -> list[dict]:
-    """Simulation points of the trade-off/weights figures (see module docstring)."""
-    rows = sim.get("curves") or []
-    if isinstance(rows, dict):
-        rows = [dict(r, method=r.get("method", m)) for m, rs in rows.items() for r in rs]
+    """Simulation points of figures 1-3 (see module docstring); non-finite entries dropped."""
+    curves = sim.get("curves") or {}
     pts = []
-    for r in rows:
-        method = canonical_method(r["method"], r.get("norm"))
-        p = {"method": method, "strength": float(r.get("strength", 0.0) or 0.0)}
-        for key in ("clean", "robust", "reliance", "w_robust", "w_nonrobust"):
-            p[key] = _triple(r, key)
-        if p["clean"] is None or p["robust"] is None:
-            continue
-        pts.append(p)
+    for method, cur in curves.items():
+        sims = cur.get("sim") or {}
+        canon = canonical_method(method)
+        for i, strength in enumerate(cur.get("strength", [])):
+            def triple(q):
+                s = sims.get(q)
+                if not s or i >= len(s["mean"]):
+                    return None
+                m, lo, hi = s["mean"][i], s["lo"][i], s["hi"][i]
+                return (float(m), float(lo), float(hi)) if _finite(m, lo, hi) else None
+
+            clean = triple("clean")
+            if clean is None:
+                continue
+            robust = {q[len("robust_"):]: triple(q) for q in sims if q.startswith("robust_")}
+            per_seed = (sims.get("clean") or {}).get("per_seed") or []
+            pts.append({
+                "method": canon, "strength": float(strength),
+                "n_seeds": len(per_seed[i]) if i < len(per_seed) else None,
+                "clean": clean,
+                "robust": {k: v for k, v in robust.items() if v is not None},
+                "reliance": triple("reliance"), "ratio": triple("ratio"),
+            })
     return pts
 
 
 def sam_vs_m_points(sim: dict) -> list[dict]:
-    """``{"m", "value": (mean, lo, hi), "theory", "quantity_label"}`` rows of S4."""
-    rows = sim.get("sam_vs_m") or []
-    if isinstance(rows, dict):
-        rows = rows.get("rows", [])
+    """``{"m", "rho", "rho_eff": triple | None, "lambda_eff": triple | None,
+    "theory_lambda": float | None}`` rows of S4, sorted by m."""
     out = []
-    for r in rows:
-        val = _triple(r, "lambda") or _triple(r, "strength")
-        if val is None:
-            continue
-        th = r.get("theory_lambda", r.get("theory"))
-        out.append({"m": float(r["m"]), "value": val,
-                    "theory": None if th is None else float(th),
-                    "quantity_label": r"matched ridge $\lambda$"})
-    return out
+    for r in sim.get("sam_vs_m") or []:
+        def triple(q):
+            s = r.get(q)
+            if not isinstance(s, dict) or not _finite(s.get("mean"), s.get("lo"), s.get("hi")):
+                return None
+            return (float(s["mean"]), float(s["lo"]), float(s["hi"]))
+
+        th = r.get("theory_lambda_m1")
+        out.append({"m": float(r["m"]), "rho": float(r["rho"]) if "rho" in r else None,
+                    "rho_eff": triple("rho_eff"), "lambda_eff": triple("lambda_eff"),
+                    "theory_lambda": float(th) if _finite(th) else None})
+    return sorted(out, key=lambda p: p["m"])

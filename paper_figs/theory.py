@@ -7,8 +7,8 @@ strength of THEORY.md L4:
 * AT l_inf of radius eps perturbs each coordinate by eps;
 * AT l2 of radius eps perturbs each coordinate by about eps / sqrt(D);
 * SAM perturbs the features by s_SAM = rho * ||x||_2 / ||v||_2 in l2 (L4), i.e. about
-  s_SAM / sqrt(D) per coordinate (``linear_theory.sam_strength`` gives s_SAM). SAM at fixed scale
-  (T5) takes its ascent on the unit direction, so there ||v|| = 1 and s_SAM = rho*sqrt(E||x||^2).
+  s_SAM / sqrt(D) per coordinate (``linear_theory.sam_strength``). SAM at fixed scale (T5) takes
+  its ascent on the unit direction w = v/||v||, so there s_SAM = rho * sqrt(E||x||^2).
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import numpy as np
 
 import linear_theory as lt
 
-__all__ = ["TheorySettings", "settings_from_meta", "theory_point", "method_curve",
-           "coordinate_strength", "weight_summary", "rho_grid",
-           "representative_points", "probe_accuracies"]
-
+__all__ = ["TheorySettings", "settings_from_meta", "theory_point", "method_curve", "rho_grid",
+           "coordinate_strength", "weight_summary", "eval_key", "parse_eval_key",
+           "representative_points", "probe_accuracies", "probe_accuracies_from_point"]
 
 
 def rho_grid(top: float = 0.4, n: int = 17) -> tuple:
@@ -31,57 +30,66 @@ def rho_grid(top: float = 0.4, n: int = 17) -> tuple:
     return tuple(float(x) for x in np.round(np.linspace(0.0, top, n), 6))
 
 
+def eval_key(norm, eps: float) -> str:
+    """Name of an evaluation attack, as the simulations use it: ("inf", 0.1) -> "linf_0.1"."""
+    name = "linf" if str(norm).lower() in ("inf", "linf") else "l2"
+    return f"{name}_{float(eps):g}"
+
+
+def parse_eval_key(key: str) -> tuple:
+    """Inverse of :func:`eval_key`: "linf_0.1" -> ("inf", 0.1), "l2_1" -> (2, 1.0)."""
+    name, _, eps = key.partition("_")
+    if name not in ("linf", "l2") or not eps:
+        raise ValueError(f"evaluation key must look like linf_0.1 or l2_1, got {key!r}")
+    return ("inf" if name == "linf" else 2), float(eps)
+
+
 @dataclass(frozen=True)
 class TheorySettings:
-    """Feature-model parameters, SAM's fixed scale tau and the evaluation attack of the figures."""
+    """Feature-model parameters, SAM's fixed scale tau and the evaluation attacks of the figures.
 
-    model_kwargs: tuple = ()     # (name, value) pairs passed to lt.FeatureModel (hashable)
-    tau: float = 5.0
-    eval_norm: str = "inf"
-    eval_eps: float = 0.1
+    Defaults are those of ``simulations.run`` (tau 4, l_inf 0.1 and l2 1.0); a simulation's own
+    values are read from its ``meta`` by :func:`settings_from_meta`.
+    """
+
+    model_kwargs: tuple = ()                       # (name, value) pairs for lt.FeatureModel
+    tau: float = 4.0
+    evals: tuple = (("inf", 0.1), (2, 1.0))        # (norm, eps) of the robust accuracies
 
     def model(self):
         return lt.FeatureModel(**dict(self.model_kwargs))
+
+    @property
+    def eval_keys(self) -> tuple:
+        return tuple(eval_key(n, e) for n, e in self.evals)
 
 
 _MODEL_FIELDS = ("k", "mu_r", "sigma_r", "d", "eta", "sigma_n")
 
 
-def _find(meta: dict, names) -> dict:
-    """First dict inside ``meta`` (depth <= 2) holding any of ``names``."""
-    stack = [meta]
-    for _ in range(3):
-        nxt = []
-        for node in stack:
-            if isinstance(node, dict):
-                if any(n in node for n in names):
-                    return node
-                nxt.extend(v for v in node.values() if isinstance(v, dict))
-        stack = nxt
-    return {}
-
-
 def settings_from_meta(meta: dict | None) -> TheorySettings:
-    """Settings matching a simulation run (its ``meta``), defaults where it says nothing.
-
-    Looks for the feature-model fields (k, mu_r, sigma_r, d, eta, sigma_n), ``tau`` and the
-    evaluation attack (``eval_eps``/``eval_norm``) anywhere in the first two levels of ``meta``.
-    """
+    """Settings matching a simulation run: ``meta["model"]`` (feature-model fields),
+    ``meta["settings"]`` (tau, eval_linf, eval_l2). Defaults where ``meta`` says nothing.
+    ValueError when the simulated model is not the Gaussian FeatureModel."""
     meta = meta or {}
-    node = _find(meta, _MODEL_FIELDS)
-    model_kwargs = tuple((k, node[k]) for k in _MODEL_FIELDS if k in node)
+    model = meta.get("model") or {}
+    if model.get("class", "FeatureModel") != "FeatureModel":
+        raise ValueError(f"theory curves need a FeatureModel simulation, got {model.get('class')!r}")
+    sim = meta.get("settings") or {}
     base = TheorySettings()
-    tau_node = _find(meta, ("tau",))
-    ev = _find(meta, ("eval_eps",))
+    evals = []
+    if sim.get("eval_linf") is not None:
+        evals.append(("inf", float(sim["eval_linf"])))
+    if sim.get("eval_l2") is not None:
+        evals.append((2, float(sim["eval_l2"])))
     return TheorySettings(
-        model_kwargs=model_kwargs,
-        tau=float(tau_node.get("tau", base.tau)),
-        eval_norm=str(ev.get("eval_norm", base.eval_norm)),
-        eval_eps=float(ev.get("eval_eps", base.eval_eps)),
+        model_kwargs=tuple((k, model[k]) for k in _MODEL_FIELDS if k in model),
+        tau=float(sim.get("tau", base.tau)),
+        evals=tuple(evals) or base.evals,
     )
 
 
-def coordinate_strength(model, method: str, strength: float, v) -> float:
+def coordinate_strength(model, method: str, strength: float) -> float:
     """Per-coordinate perturbation strength of a method (L4); see the module docstring."""
     if method == "st":
         return 0.0
@@ -90,13 +98,10 @@ def coordinate_strength(model, method: str, strength: float, v) -> float:
     if method == "at-l2":
         return float(strength) / math.sqrt(model.D)
     if method in ("sam", "sam-fixed-scale"):
-        # T5: the ascent acts on the unit direction w = v/||v|| (scale tau held fixed), so the
-        # feature perturbation is rho*||x||_2 in l2, i.e. L4's s_SAM evaluated at ||w|| = 1.
-        n = float(np.linalg.norm(v))
-        if n == 0.0:
-            return float("nan")
-        return float(lt.sam_strength(model, strength, np.asarray(v) / n)) / math.sqrt(model.D)
-    raise ValueError(f"method must be st, at-linf, at-l2 or sam-fixed-scale, got {method!r}")
+        unit = np.zeros(model.D)
+        unit[0] = 1.0   # T5: ||w|| = 1; the strength does not depend on the direction
+        return float(lt.sam_strength(model, strength, unit).per_coordinate)
+    raise ValueError(f"method must be st, at-linf, at-l2 or sam, got {method!r}")
 
 
 def weight_summary(model, v) -> tuple[float, float]:
@@ -115,8 +120,9 @@ def theory_point(settings: TheorySettings, method: str, strength: float) -> dict
     one-dimensional minimisation that costs a fraction of a second).
 
     method in {"st", "at-linf", "at-l2", "sam"}; "sam" means SAM at fixed scale tau (T5).
-    Keys: v, method, strength, coord_strength, clean, robust (at the settings' evaluation attack),
-    reliance, w_robust, w_nonrobust; accuracies are NaN where the optimum is v = 0.
+    Keys: settings, v, method, strength, coord_strength, clean, robust ({eval key: accuracy}),
+    reliance, w_robust, w_nonrobust (unit-norm direction), ratio (mean robust weight / mean
+    non-robust weight, inf when the non-robust weights vanish); accuracies NaN where v = 0.
     """
     return dict(_theory_point(settings, method, float(strength)))
 
@@ -131,17 +137,22 @@ def _theory_point(settings: TheorySettings, method: str, strength: float) -> dic
     w_r, w_n = weight_summary(model, v)
     zero = not np.any(v)
     nan = float("nan")
+    mask = np.asarray(model.robust_mask, dtype=bool)
+    vr, vn = float(v[mask].mean()), float(v[~mask].mean())
+    ratio = nan if zero else (vr / vn if vn > 0 else float("inf"))
     return {
         "settings": settings,
         "v": v,
         "method": method,
         "strength": float(strength),
-        "coord_strength": coordinate_strength(model, lt_method, strength, v),
+        "coord_strength": coordinate_strength(model, lt_method, strength),
         "clean": nan if zero else float(sol.clean_accuracy),
-        "robust": nan if zero else float(sol.robust_accuracy(settings.eval_norm, settings.eval_eps)),
-        "reliance": float("nan") if zero else float(sol.robust_reliance),
+        "robust": {eval_key(n, e): (nan if zero else float(sol.robust_accuracy(n, e)))
+                   for n, e in settings.evals},
+        "reliance": nan if zero else float(sol.robust_reliance),
         "w_robust": w_r,
         "w_nonrobust": w_n,
+        "ratio": ratio,
     }
 
 
@@ -153,9 +164,10 @@ def method_curve(settings: TheorySettings, method: str, strengths) -> list[dict]
 def representative_points(settings: TheorySettings, rhos=None, clean_drop: float = 0.005):
     """Theory optima that stand for each method in the deep comparison (figures 5 and 6).
 
-    ST; SAM at the largest rho of ``rhos`` whose clean accuracy is within ``clean_drop`` of ST's
-    (T6: robustness at almost no clean cost); AT l_inf at eps = eta/2 (keeps the non-robust
-    features) and at eps = 1.5*eta (drops them, T3). Returns {label_key: theory_point dict}.
+    ST; SAM at the largest rho of ``rhos`` (default :func:`rho_grid`) whose clean accuracy is
+    within ``clean_drop`` of ST's (T6: robustness at almost no clean cost); AT l_inf at
+    eps = eta/2 (keeps the non-robust features) and at eps = 1.5*eta (drops them, T3).
+    Returns {"st", "sam", "at-small", "at-large": theory_point dict (sam may be None)}.
     """
     eta = settings.model().eta
     st = theory_point(settings, "st", 0.0)
@@ -190,6 +202,6 @@ def probe_accuracies(settings: TheorySettings, v) -> dict:
     }
 
 
-def probe_accuracies_from_point(point: dict, settings: TheorySettings | None = None) -> dict:
-    """:func:`probe_accuracies` of a :func:`theory_point` result (uses its stored ``v``)."""
-    return probe_accuracies(point.get("settings") or settings or TheorySettings(), point["v"])
+def probe_accuracies_from_point(point: dict) -> dict:
+    """:func:`probe_accuracies` of a :func:`theory_point` result (its settings and ``v``)."""
+    return probe_accuracies(point["settings"], point["v"])

@@ -24,32 +24,39 @@ def no_data(reason: str) -> Verdict:
     return Verdict(None, f"Not compared: {reason}.")
 
 
-def interval_verdict(items, what: str, tol: float = 0.0) -> Verdict:
+def interval_verdict(items, what: str, tol: float = 0.0, tol_note: str = "") -> Verdict:
     """Theory values against measured intervals.
 
-    ``items``: iterable of (label, theory, lo, hi); a point agrees when
-    lo - tol <= theory <= hi + tol. NaN theory or interval entries are skipped.
+    ``items``: iterable of (label, theory, lo, hi) or (label, theory, lo, hi, tol_i); a point
+    agrees when lo - t <= theory <= hi + t with t = tol_i if given else ``tol`` (the measurement's
+    allowance for systematic error, e.g. the simulations' optimisation tolerance). Entries with a
+    non-finite theory or interval are skipped.
     """
     n = ok = 0
     worst = None
-    for label, theory, lo, hi in items:
-        if any(x is None or not math.isfinite(x) for x in (theory, lo, hi)):
+    any_tol = False
+    for item in items:
+        label, theory, lo, hi = item[:4]
+        t = item[4] if len(item) > 4 else tol
+        if any(x is None or not math.isfinite(x) for x in (theory, lo, hi, t)):
             continue
+        any_tol = any_tol or t > 0
         n += 1
-        gap = max(lo - tol - theory, theory - hi - tol, 0.0)
+        gap = max(lo - t - theory, theory - hi - t, 0.0)
         if gap <= 0:
             ok += 1
         elif worst is None or gap > worst[1]:
             worst = (label, gap, theory, lo, hi)
     if n == 0:
         return no_data(f"no {what} with a finite interval")
-    tol_txt = f" (+-{tol:g} tolerance)" if tol else ""
+    tol_txt = (f" widened by {tol_note}" if tol_note else " widened by the stated tolerance") \
+        if any_tol else ""
     if ok == n:
         return Verdict(True, f"Agree: theory lies inside all {n} {what} intervals{tol_txt}.")
     label, gap, theory, lo, hi = worst
     return Verdict(False, f"Disagree: theory outside {n - ok} of {n} {what} intervals{tol_txt}; "
-                          f"largest gap {gap:.3g} at {label} (theory {theory:.3g}, "
-                          f"measured [{lo:.3g}, {hi:.3g}]).")
+                          f"largest excess {gap:.3g} at {label} (theory {theory:.4g}, "
+                          f"measured [{lo:.4g}, {hi:.4g}]).")
 
 
 def ordering_holds(values: dict, order, strict: bool = True, tol: float = 0.0) -> bool:
