@@ -3,6 +3,7 @@ verdicts derived from the data (not hard-coded)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ ALL_FIGS = ("fig1_tradeoff", "fig2_strength", "fig3_weights", "fig4_sam_vs_m", "
 # The smallest runs the two CLIs allow that still produce every section the figures read.
 SIM_CMD = ["-m", "simulations.run", "--quick", "--only", "S4,S5", "--seeds", "2", "--no-figures",
            "--no-progress"]
-DEEP_CMD = ["-m", "deep.run", "--quick", "--seeds", "0,1", "--n-train", "64", "--n-test", "32",
+DEEP_CMD = ["-m", "deep.run", "--quick", "--seeds", "0", "--n-train", "64", "--n-test", "32",
             "--probe-n", "32", "--width", "4", "--batch-size", "32", "--attack-steps", "2",
             "--at-steps", "2", "--eval-attacks", "linf:1/255,l2:16/255", "--no-progress"]
 
@@ -32,7 +33,8 @@ def real_results(tmp_path_factory):
     """results/ made by the real simulations.run and deep.run in (reduced) quick mode."""
     root = tmp_path_factory.mktemp("figs_results")
     # the two CLIs are independent: run them side by side (one core each)
-    procs = {name: subprocess.Popen([sys.executable, *cmd, "--out", str(out)], cwd=ROOT,
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = {name: subprocess.Popen([sys.executable, *cmd, "--out", str(out)], cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, cmd, out in (("sim", SIM_CMD, root), ("deep", DEEP_CMD, root / "deep"))}
     results = {name: (p.communicate()[1], p.returncode) for name, p in procs.items()}
