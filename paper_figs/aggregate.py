@@ -45,13 +45,16 @@ def _fmt_eps(eps: float) -> str:
     return f"{round(k):d}/255" if abs(k - round(k)) < 1e-6 and eps < 1 else f"{eps:g}"
 
 
-def strength_label(method: str, rho, eps) -> str:
-    """Human label of a configuration, e.g. 'SAM ρ=0.1', 'AT ℓ∞ ε=8/255', 'ST'."""
-    lab = style(method).label
+def strength_label(method: str, rho, eps, tex: bool = True) -> str:
+    """Label of a configuration: TeX for figures ('SAM $\\rho$=0.1'), else plain text
+    ('SAM rho=0.1', 'AT l_inf eps=8/255', 'ST')."""
+    st = style(method)
+    lab = st.label if tex else st.text
+    rho_name, eps_name = (r"$\rho$", r"$\epsilon$") if tex else ("rho", "eps")
     if method == "sam" and rho is not None:
-        return f"{lab} $\\rho$={rho:g}"
+        return f"{lab} {rho_name}={rho:g}"
     if method.startswith("at") and eps is not None:
-        return f"{lab} $\\epsilon$={_fmt_eps(eps)}"
+        return f"{lab} {eps_name}={_fmt_eps(eps)}"
     return lab
 
 
@@ -74,6 +77,10 @@ class ConfigSummary:
     @property
     def label(self) -> str:
         return strength_label(self.method, self.rho, self.eps)
+
+    @property
+    def text(self) -> str:
+        return strength_label(self.method, self.rho, self.eps, tex=False)
 
     @property
     def order_key(self):

@@ -43,39 +43,42 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
     pal.apply_paper_style()
     res = BuildResult()
     inputs = []
-    sim = deep = None
-    sim_skip = deep_skip = None
+
+    def load(what, loader, describe):
+        """(data, skip line) of one input; records the input line, skips and errors."""
+        try:
+            data = loader(results_dir)
+        except MissingInput as exc:
+            line = _skip_line(exc)
+            res.skipped.append(line)
+            inputs.append(f"{what}: missing (`{exc.command}`)")
+            return None, line
+        except CorruptInput as exc:
+            line = f"{what} results unreadable: {exc}"
+            res.errors.append(line)
+            inputs.append(f"{what}: unreadable ({exc.problem})")
+            return None, line
+        inputs.append(f"{what}: {describe(data)}")
+        return data, None
+
+    sim, sim_skip = load("simulations", load_simulations,
+                         lambda d: f"`{results_dir / 'simulations.json'}` ({len(d['claims'])} "
+                                   f"claim rows, profile {d['meta'].get('profile', '?')})")
+    deep, deep_skip = load("deep", load_deep,
+                           lambda d: ", ".join(f"{ds} ({len(r)} runs)" for ds, r in d.items())
+                           + f" under `{results_dir / 'deep'}`")
     try:
-        sim = load_simulations(results_dir)
-        inputs.append(f"simulations: `{results_dir / 'simulations.json'}` "
-                      f"({len(sim['claims'])} claim rows)")
-    except MissingInput as exc:
-        sim_skip = _skip_line(exc)
-        res.skipped.append(sim_skip)
-        inputs.append(f"simulations: missing (`{exc.command}`)")
-    except CorruptInput as exc:
-        sim_skip = f"simulation results unreadable: {exc}"
+        settings = th.settings_from_meta(sim["meta"] if sim else None)
+    except ValueError as exc:
+        sim_skip = f"simulation results not comparable with the theory curves: {exc}"
         res.errors.append(sim_skip)
-        inputs.append(f"simulations: unreadable ({exc.problem})")
-    try:
-        deep = load_deep(results_dir)
-        inputs.append("deep: " + ", ".join(f"{ds} ({len(r)} runs)" for ds, r in deep.items())
-                      + f" under `{results_dir / 'deep'}`")
-    except MissingInput as exc:
-        deep_skip = _skip_line(exc)
-        res.skipped.append(deep_skip)
-        inputs.append(f"deep: missing (`{exc.command}`)")
-    except CorruptInput as exc:
-        deep_skip = f"deep results unreadable: {exc}"
-        res.errors.append(deep_skip)
-        inputs.append(f"deep: unreadable ({exc.problem})")
-    settings = th.settings_from_meta(sim["meta"] if sim else None)
+        sim, settings = None, th.TheorySettings()
     ctx = figures.FigureContext(
         settings=settings, out_dir=out_dir,
         sim_points=curve_points(sim) if sim else None,
         sim_m=sam_vs_m_points(sim) if sim else None, sim_skip=sim_skip,
         deep=deep, deep_skip=deep_skip, formats=tuple(formats),
-        sim_tol=dict((sim or {}).get("meta", {}).get("opt_tol") or {}))
+        sim_tol=dict((sim or {}).get("meta", {}).get("opt_tol") or {}), results_dir=results_dir)
     for line in res.errors + res.skipped:
         log(line)
     for fn in FIGURE_FUNCTIONS:

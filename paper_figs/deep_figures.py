@@ -140,7 +140,9 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
             checks_all += [(f"{ds}: {d}", p, o) for d, p, o in checks]
             nseeds = sorted({c.clean.n for c in configs})
             notes.append(f"{ds}: robust accuracy under PGD {attack}; seeds per configuration "
-                         f"{nseeds}; error bars = sd over seeds.")
+                         f"{nseeds}; error bars = sd over seeds."
+                         + (" Smoke runs (deep.run --quick): not evidence about the methods."
+                            if "(quick)" in ds else ""))
     ax = axes.flat[len(datasets)]
     for key, p in theory.items():
         if p is None:
@@ -174,7 +176,7 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
                    fontsize=6)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (1.75 * nrows + 0.35)), h_pad=0.6)
     files = save(fig, ctx.out_dir, "fig5_deep", ctx.formats)
-    verdict = ordering_verdict(checks_all)
+    verdict = _smoke_prefix(ordering_verdict(checks_all), datasets)
     return FigureResult(
         "fig5_deep", "Deep networks vs the linear theory's ordering", files,
         "Clean vs robust accuracy of deep networks per method and dataset (mean, sd over seeds), "
@@ -213,6 +215,14 @@ def probe_ordering_checks(configs, theory: dict):
     return checks
 
 
+def _smoke_prefix(verdict, datasets):
+    """Flag verdicts that rest only on ``deep.run --quick`` smoke runs."""
+    if datasets and all("(quick)" in ds for ds in datasets):
+        return type(verdict)(verdict.agree, "Smoke runs only (deep.run --quick), not evidence: "
+                             + verdict.text)
+    return verdict
+
+
 def _chance(runs):
     """1 / number of classes from the runs' config (generated data), else None."""
     for r in runs:
@@ -230,8 +240,9 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
                    for ds, runs in ctx.deep.items()}
     with_probes = {ds: cs for ds, cs in with_probes.items() if cs}
     if not with_probes:
-        raise SkipFigure("fig6_probes skipped: no deep run stores probes; produce them with: "
-                         "python -m deep.run --dataset synthetic (generated data)")
+        raise SkipFigure("fig6_probes skipped: no deep run stores probes (generated data only); "
+                         "produce them with: python -m deep.run --dataset synthetic --out "
+                         f"{ctx.results_dir}/deep")
     ds, configs = next(iter(with_probes.items()))
     theory = th.representative_points(ctx.settings)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(pal.COLUMN_WIDTH_IN, 3.6), sharex=True)
@@ -272,7 +283,7 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         ax.set_ylim(0, 150)
         ax.set_yticks([0, 25, 50, 75, 100])
     files = save(fig, ctx.out_dir, "fig6_probes", ctx.formats)
-    verdict = ordering_verdict(probe_ordering_checks(configs, theory))
+    verdict = _smoke_prefix(ordering_verdict(probe_ordering_checks(configs, theory)), [ds])
     notes = [f"Probes from dataset '{ds}'" + (f"; also present: {', '.join(list(with_probes)[1:])}"
                                               if len(with_probes) > 1 else "") + "."]
     return FigureResult(

@@ -53,6 +53,7 @@ class FigureContext:
     deep_skip: str | None = None
     formats: tuple = ("png", "pdf")
     sim_tol: dict = field(default_factory=dict)   # simulations' meta["opt_tol"]
+    results_dir: Path = Path("results")
 
     def tol(self, quantity: str, theory: float) -> float:
         """Allowance for systematic (optimisation) error of a simulated quantity, from the
@@ -188,7 +189,7 @@ def _place_labels(ax, labels, box_pt=(30.0, 7.0)):
 
 def _sim_label(p) -> str:
     name = "rho" if p["method"] == "sam" else "eps"
-    return f"{pal.style(p['method']).label.replace('$', '')} {name}={p['strength']:g}"
+    return f"{pal.style(p['method']).text} {name}={p['strength']:g}"
 
 
 _TOL_NOTE = "the simulations' optimisation allowance (meta.opt_tol)"

@@ -21,7 +21,8 @@ __all__ = [
 ]
 
 SIM_COMMAND = "python -m simulations.run --out {results}"
-DEEP_COMMAND = "python -m deep.run --out {results}/deep"
+DEEP_COMMAND = ("python -m deep.run --out {results}/deep (generated data, no download: add "
+                "--dataset synthetic)")
 
 SIM_KEYS = ("meta", "claims", "curves", "sam_vs_m")
 CLAIM_KEYS = ("id", "claim", "description", "theory", "sim_mean", "ci95", "diff", "tolerance",

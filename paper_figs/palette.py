@@ -27,10 +27,11 @@ THEORY_LINE = {"linewidth": 1.3}
 class MethodStyle:
     """Display attributes of one training method."""
 
-    label: str
+    label: str          # TeX label for figures
     color: str
     marker: str
     linestyle: object = "-"
+    text: str = ""      # plain-text label for tables and captions
 
     def line(self) -> dict:
         """Keyword arguments of a theory line of this method."""
@@ -38,10 +39,10 @@ class MethodStyle:
 
 
 _STYLES = {
-    "st": MethodStyle("ST", "#000000", "o"),
-    "sam": MethodStyle("SAM", "#0072B2", "s"),
-    "at-linf": MethodStyle(r"AT $\ell_\infty$", "#D55E00", "^", (0, (4, 1.5))),
-    "at-l2": MethodStyle(r"AT $\ell_2$", "#E69F00", "v", (0, (5, 1.5, 1, 1.5))),
+    "st": MethodStyle("ST", "#000000", "o", "-", "ST"),
+    "sam": MethodStyle("SAM", "#0072B2", "s", "-", "SAM"),
+    "at-linf": MethodStyle(r"AT $\ell_\infty$", "#D55E00", "^", (0, (4, 1.5)), "AT l_inf"),
+    "at-l2": MethodStyle(r"AT $\ell_2$", "#E69F00", "v", (0, (5, 1.5, 1, 1.5)), "AT l2"),
 }
 
 _ALIASES = {
