@@ -94,7 +94,7 @@ def _run(settings, claims, out, force, figures, model, progress) -> dict:
     meta = {
         "profile": settings.profile, "claims": list(claims), "seeds": list(settings.seeds),
         "settings": settings.to_dict(), "model": {"class": type(model).__name__, **model.__dict__},
-        "opt_tol": dict(OPT_TOL),
+        "opt_tol": {k: v * settings.opt_tol_scale for k, v in OPT_TOL.items()},
         "wall_time_s": time.perf_counter() - t0, "train_time_s": train_time,
         "jobs": [{"key": j.key, "cached": results[j.key]["cached"], "wall_s": results[j.key].get("wall_s")}
                  for j in jobs],

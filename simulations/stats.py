@@ -43,7 +43,8 @@ def weight_ratio(model, v) -> float:
     """Mean robust weight / mean non-robust weight (scale-free; 1.25 for T1 at the reference model)."""
     v = np.asarray(v, dtype=float)
     mask = np.asarray(model.robust_mask)
-    return float(v[mask].mean() / v[~mask].mean())
+    with np.errstate(divide="ignore", invalid="ignore"):  # inf when the non-robust weights vanish (T3)
+        return float(np.float64(v[mask].mean()) / np.float64(v[~mask].mean()))
 
 
 def cosine(a, b) -> float:

@@ -1,0 +1,24 @@
+"""``python -m simulations {run,bench} [options]``; ``python -m simulations`` alone is ``run``."""
+import sys
+
+from . import bench, run
+
+USAGE = "usage: python -m simulations {run,bench} [options]   (see --help of each)"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        print("  run    check THEORY.md's claims S1-S5 with the real algorithms (same as python -m simulations.run)")
+        print("  bench  vectorised vs looped per-example SAM steps/s, and the default run's wall time")
+        return 0
+    if argv and argv[0] == "bench":
+        return bench.main(argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    return run.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
