@@ -19,10 +19,10 @@ import numpy as np  # noqa: E402
 
 from . import palette as pal  # noqa: E402
 from . import theory as th  # noqa: E402
-from .verdicts import (Verdict, interval_verdict, no_data, ordering_holds,  # noqa: E402
-                       ordering_verdict)
+from .verdicts import Verdict, interval_verdict, no_data  # noqa: E402
 
-__all__ = ["FigureContext", "FigureResult", "SkipFigure", "FIGURES", "save"]
+__all__ = ["FigureContext", "FigureResult", "SkipFigure", "save", "eval_label", "fig1_tradeoff",
+           "fig2_strength", "fig3_weights", "fig4_sam_vs_m"]
 
 
 class SkipFigure(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Verdict", "interval_verdict", "ordering_holds", "ordering_verdict", "no_data"]
+__all__ = ["Verdict", "interval_verdict", "ordering_verdict", "no_data"]
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,6 @@ def interval_verdict(items, what: str, tol: float = 0.0, tol_note: str = "") -> 
     return Verdict(False, f"Disagree: theory outside {n - ok} of {n} {what} intervals{tol_txt}; "
                           f"largest excess {gap:.3g} at {label} (theory {theory:.4g}, "
                           f"measured [{lo:.4g}, {hi:.4g}]).")
-
-
-def ordering_holds(values: dict, order, strict: bool = True, tol: float = 0.0) -> bool:
-    """Whether values[order[0]] < values[order[1]] < ... (each step by more than ``tol``;
-    with strict=False, each step only must not fall by more than ``tol``)."""
-    seq = [values[k] for k in order]
-    if strict:
-        return all(b - a > tol for a, b in zip(seq, seq[1:]))
-    return all(b - a >= -tol for a, b in zip(seq, seq[1:]))
 
 
 def ordering_verdict(checks) -> Verdict:
