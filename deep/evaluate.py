@@ -1,0 +1,163 @@
+"""Evaluation: clean accuracy, PGD robust accuracy on an (norm, eps) grid, feature-reliance probes.
+
+Robust accuracy at (norm, eps) is the share of test images classified correctly both clean and under
+every one of ``restarts`` PGD attacks (``steps`` steps, random start, step eps/4 for l_inf and eps/8 for
+l2 as in PROTOCOL.md), i.e. the per-example worst case over restarts. The model is in eval mode (BN running
+statistics) and the attack runs in fp32 unless ``bf16`` is asked for.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import distributed as ddist
+from .attacks import default_step_size, normalize_norm, pgd
+from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
+
+__all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "DEFAULT_GRID", "evaluate", "probes"]
+
+
+def parse_eps(text) -> float:
+    """'8/255' -> 0.0313..., '0.5' -> 0.5; ValueError naming eps when not a non-negative number."""
+    try:
+        val = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
+    if not val >= 0:
+        raise ValueError(f"eps must be >= 0, got {text!r}")
+    return val
+
+
+def format_eps(eps: float) -> str:
+    """0.0313... -> '8/255' when eps*255 is (nearly) an integer, else the shortest decimal."""
+    k = eps * 255.0
+    if eps > 0 and abs(k - round(k)) < 1e-6:
+        return f"{int(round(k))}/255"
+    return f"{eps:g}"
+
+
+@dataclass(frozen=True)
+class Attack:
+    norm: str   # "inf" | "l2"
+    eps: float
+
+    @property
+    def label(self) -> str:
+        return f"{'linf' if self.norm == 'inf' else 'l2'}_{format_eps(self.eps)}"
+
+
+def parse_attack(text: str) -> Attack:
+    """'linf:8/255' or 'l2:0.5' -> Attack."""
+    if ":" not in text:
+        raise ValueError(f"attack must look like linf:8/255 or l2:0.5, got {text!r}")
+    norm, eps = text.split(":", 1)
+    return Attack(normalize_norm(norm), parse_eps(eps))
+
+
+DEFAULT_GRID = tuple(parse_attack(s) for s in
+                     ("linf:1/255", "linf:2/255", "linf:8/255", "l2:16/255", "l2:32/255", "l2:0.5"))
+
+
+def _batches(data: ImageData, batch_size: int, sharded: bool):
+    n = len(data)
+    sl = ddist.shard_range(n) if sharded else slice(0, n)
+    for s in range(sl.start, sl.stop, batch_size):
+        e = min(s + batch_size, sl.stop)
+        yield to_float(data.x[s:e]), data.y[s:e]
+
+
+@torch.no_grad()
+def _count_correct(model, x, y, ctx):
+    with ctx():
+        return (model(x).argmax(1) == y).sum()
+
+
+def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] = DEFAULT_GRID,
+             steps: int = 10, restarts: int = 1, batch_size: int = 500, seed: int = 0,
+             bf16: bool = False, channels_last: bool = False, sharded: bool = True,
+             progress: bool = False) -> Dict:
+    """{"clean_acc": float, "robust": {label: float}} on ``data`` (already on the model's device).
+
+    Under torch.distributed each rank evaluates its slice and the counts are summed (``sharded``).
+    """
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    model = ddist.unwrap(model)
+    was_training = model.training
+    model.eval()
+    device = data.x.device
+
+    def ctx():
+        if bf16:
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def fwd(z):
+        with ctx():
+            return model(z).float()
+
+    clean = torch.zeros((), device=device, dtype=torch.long)
+    robust = {a.label: torch.zeros((), device=device, dtype=torch.long) for a in attacks}
+    total = torch.zeros((), device=device, dtype=torch.long)
+    batches = list(_batches(data, batch_size, sharded))
+    bar = None
+    if progress and ddist.is_main():
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(batches) * (1 + len(attacks) * restarts), desc="eval", unit="pass",
+                   leave=False, dynamic_ncols=True)
+    for bi, (x, y) in enumerate(batches):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            ok = fwd(x).argmax(1) == y
+        clean += ok.sum()
+        total += y.shape[0]
+        if bar is not None:
+            bar.update(1)
+        for ai, a in enumerate(attacks):
+            still = ok.clone()
+            for r in range(restarts):
+                g = torch.Generator(device=device)
+                g.manual_seed((int(seed) * 1_000_003 + bi * 7919 + ai * 104_729 + r * 31
+                               + ddist.get_rank() * 15_485_863) % (2 ** 62))
+                x_adv = pgd(fwd, x, y, eps=a.eps, norm=a.norm, steps=steps,
+                            step_size=default_step_size(a.eps, a.norm), random_start=True, generator=g)
+                with torch.no_grad():
+                    still &= fwd(x_adv).argmax(1) == y
+                if bar is not None:
+                    bar.update(1)
+            robust[a.label] += still.sum()
+    if bar is not None:
+        bar.close()
+    if sharded:
+        for t in [clean, total, *robust.values()]:
+            ddist.all_reduce_sum(t)
+    model.train(was_training)
+    n = max(int(total), 1)
+    return {"clean_acc": int(clean) / n, "robust": {k: int(v) / n for k, v in robust.items()}}
+
+
+def probes(model: torch.nn.Module, spec: SyntheticSpec, n: int, seed: int, device,
+           batch_size: int = 500) -> Dict[str, float]:
+    """Clean accuracy (w.r.t. the true label) on the probe variants of the generated test set:
+    clean, non-robust pattern removed, non-robust pattern swapped to class y+1, robust pattern removed
+    (PROTOCOL.md). All variants share labels, coefficients and noise."""
+    model = ddist.unwrap(model)
+    was_training = model.training
+    model.eval()
+    out = {}
+    for v in PROBE_VARIANTS:
+        d = make_synthetic(n, seed, spec, variant=v).to(device)
+        correct = 0
+        with torch.no_grad():
+            for s in range(0, n, batch_size):
+                correct += int((model(d.x[s:s + batch_size]).argmax(1) == d.y[s:s + batch_size]).sum())
+        out[v] = correct / n
+    model.train(was_training)
+    return out

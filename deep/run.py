@@ -1,0 +1,412 @@
+"""``python -m deep.run``: the deep experiment of PROTOCOL.md (ST, SAM, AT on PreActResNet-18).
+
+Runs every (method, strength, seed) of the grid, each resumable, then prints the results table and writes
+``<out>/<dataset>/<run_id>.json`` per run plus ``<out>/<dataset>/summary.md`` (``<out>/quick/`` for
+``--quick``). Finished runs (a JSON with the same configuration) are skipped.
+
+Examples::
+
+    python -m deep.run --quick                                   # ~1 min on 2 CPU cores, generated data
+    python -m deep.run --data-dir data --download                # reference grid on CIFAR-10 (GPU)
+    python -m deep.run --dataset synthetic --epochs 30 --seeds 0,1,2
+    python -m deep.run --methods at --norm l2 --eps 16/255,32/255 --resume
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
+from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
+from .train import DivergenceError, TrainConfig, fit, resolve_device, _flags
+
+QUICK = dict(dataset="synthetic", methods="st,sam,at", rho="0.1", eps="8/255", epochs=1, n_train=1024,
+             n_test=200, width=8, batch_size=16, lr=0.05, probe_n=500)
+SYNTHETIC_DEFAULT_N = (10000, 2000)
+
+
+def _csv(text: str) -> List[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m deep.run",
+        description="Train PreActResNet-18 with ST, SAM and PGD adversarial training (AT) and evaluate clean "
+                    "and PGD robust accuracy (PROTOCOL.md). Defaults are the reference settings.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("grid")
+    g.add_argument("--quick", action="store_true",
+                   help=f"smoke run: generated data ({QUICK['n_train']} train / {QUICK['n_test']} test images), "
+                        f"width {QUICK['width']}, batch {QUICK['batch_size']}, lr {QUICK['lr']}, one epoch each of ST, SAM rho 0.1, AT l_inf 8/255; results in "
+                        f"<out>/quick/. About a minute on two CPU cores. Explicit options override it.")
+    g.add_argument("--dataset", choices=["cifar10", "cifar100", "synthetic"], default=None,
+                   help="cifar10 / cifar100 (python archives in --data-dir) or the generated robust/non-robust "
+                        "images [default: cifar10; synthetic with --quick]")
+    g.add_argument("--methods", default=None, help="comma list of st, sam, at [default: st,sam,at]")
+    g.add_argument("--rho", default=None, help="comma list of SAM radii [default: 0.1,0.2,0.4]")
+    g.add_argument("--adaptive", action="store_true", help="adaptive SAM (ASAM): e = rho w^2 g / ||w g||")
+    g.add_argument("--eps", default=None, help="comma list of AT radii, fractions allowed [default: 8/255]")
+    g.add_argument("--norm", default="linf", choices=["linf", "l2"], help="AT threat model")
+    g.add_argument("--at-steps", type=int, default=10, help="PGD steps in AT's inner loop")
+    g.add_argument("--at-step-size", default=None,
+                   help="PGD step in AT (fraction allowed) [default: eps/4 for linf, eps/8 for l2]")
+    g.add_argument("--seeds", default="0", help="comma list of seeds (one run per seed)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=None, help="epochs per run [default: 100; 1 with --quick]")
+    t.add_argument("--batch-size", type=int, default=None, help="mini-batch size [default: 128]")
+    t.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate; piecewise x0.1 at 75%% and x0.01 at 90%% of the epochs "
+                        "[default: 0.1; 0.05 with --quick]")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (not in SAM's ascent)")
+    t.add_argument("--width", type=int, default=None, help="first-stage width of PreActResNet-18 [default: 64]")
+    t.add_argument("--n-train", type=int, default=None,
+                   help="training images (first n; generated set: its size) [default: all; synthetic 10000]")
+    t.add_argument("--n-test", type=int, default=None, help="test images [default: all; synthetic 2000]")
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (reflect pad 4) + flip [default: on for CIFAR, off for synthetic]")
+    t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast in training [default: on for CUDA, off on CPU]")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format [default: on for CUDA, off on CPU]")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (0: torch's default) [default: 0; 1 with --quick, whose tiny "
+                        "model gains nothing from more and slows down badly on a busy machine]")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--attack-steps", type=int, default=10, help="PGD steps in evaluation")
+    e.add_argument("--restarts", type=int, default=1, help="PGD random restarts in evaluation (worst case)")
+    e.add_argument("--eval-attacks", default=None,
+                   help="comma list of norm:eps [default: linf:1/255,linf:2/255,linf:8/255,l2:16/255,"
+                        "l2:32/255,l2:0.5]")
+    e.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
+    e.add_argument("--probe-n", type=int, default=None,
+                   help="images per probe variant (synthetic only) [default: 2000; 500 with --quick]")
+    s = p.add_argument_group("generated dataset (--dataset synthetic)")
+    d0 = SyntheticSpec()
+    s.add_argument("--robust-amplitude", type=float, default=d0.robust_amplitude,
+                   help="RMS per pixel of the robust class patterns")
+    s.add_argument("--robust-spread", type=float, default=d0.robust_spread,
+                   help="spread of the robust coefficients (0.4: robust feature alone ~81%%)")
+    s.add_argument("--nonrobust-amplitude", default=format_eps(d0.nonrobust_amplitude),
+                   help="per-pixel amplitude of the non-robust sign patterns (fraction allowed)")
+    s.add_argument("--nonrobust-spread", type=float, default=d0.nonrobust_spread,
+                   help="relative spread of the non-robust amplitude")
+    s.add_argument("--pixel-noise", type=float, default=d0.pixel_noise, help="i.i.d. Gaussian pixel noise")
+    s.add_argument("--synthetic-seed", type=int, default=0,
+                   help="seed of the class patterns and of the generated images (train, test, probes)")
+    o = p.add_argument_group("files")
+    o.add_argument("--data-dir", default="data", help="folder with the CIFAR archives or extracted folders")
+    o.add_argument("--download", action="store_true", help="download CIFAR (md5-verified) if missing")
+    o.add_argument("--out", default="results/deep", help="results root; runs go to <out>/<dataset>/")
+    o.add_argument("--resume", action="store_true",
+                   help="continue interrupted runs from their last epoch checkpoint")
+    o.add_argument("--force", action="store_true", help="rerun and overwrite finished runs")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _float_list(parser, text, name) -> List[float]:
+    try:
+        vals = [parse_eps(v) for v in _csv(text)]
+    except ValueError as err:
+        parser.error(f"--{name}: {err}".replace("eps", name) if name != "eps" else f"--eps: {err}")
+    if not vals:
+        parser.error(f"--{name} is empty")
+    return vals
+
+
+def _resolve(parser, args) -> Dict:
+    """Validate the arguments and fill in --quick / dataset defaults."""
+    q = args.quick
+    dataset = args.dataset or ("synthetic" if q else "cifar10")
+    methods = _csv(args.methods or (QUICK["methods"] if q else "st,sam,at"))
+    bad = [m for m in methods if m not in ("st", "sam", "at")]
+    if bad or not methods:
+        parser.error(f"--methods: unknown method(s) {bad}; choose from st, sam, at")
+    rhos = _float_list(parser, args.rho or (QUICK["rho"] if q else "0.1,0.2,0.4"), "rho")
+    epss = _float_list(parser, args.eps or (QUICK["eps"] if q else "8/255"), "eps")
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError:
+        parser.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+    if not seeds:
+        parser.error("--seeds is empty")
+    epochs = args.epochs if args.epochs is not None else (QUICK["epochs"] if q else 100)
+    width = args.width if args.width is not None else (QUICK["width"] if q else 64)
+    batch = args.batch_size if args.batch_size is not None else (QUICK["batch_size"] if q else 128)
+    n_train, n_test = args.n_train, args.n_test
+    if dataset == "synthetic":
+        n_train = n_train if n_train is not None else (QUICK["n_train"] if q else SYNTHETIC_DEFAULT_N[0])
+        n_test = n_test if n_test is not None else (QUICK["n_test"] if q else SYNTHETIC_DEFAULT_N[1])
+    probe_n = args.probe_n if args.probe_n is not None else (QUICK["probe_n"] if q else 2000)
+    for name, val, lo in (("epochs", epochs, 1), ("width", width, 1), ("batch-size", batch, 1),
+                          ("attack-steps", args.attack_steps, 0), ("at-steps", args.at_steps, 0),
+                          ("restarts", args.restarts, 1), ("eval-batch-size", args.eval_batch_size, 1),
+                          ("probe-n", probe_n, 1), ("n-train", n_train, 1), ("n-test", n_test, 1)):
+        if val is not None and val < lo:
+            parser.error(f"--{name} must be >= {lo}, got {val}")
+    threads = args.threads if args.threads is not None else (1 if q else 0)
+    if threads < 0:
+        parser.error(f"--threads must be >= 0, got {threads}")
+    if args.lr is None:
+        args.lr = QUICK["lr"] if q else 0.1
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    if not args.weight_decay >= 0:
+        parser.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if not 0 <= args.momentum < 1:
+        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    try:
+        attacks = tuple(parse_attack(a) for a in _csv(args.eval_attacks)) if args.eval_attacks else DEFAULT_GRID
+        at_step = parse_eps(args.at_step_size) if args.at_step_size is not None else None
+        spec = SyntheticSpec(robust_amplitude=args.robust_amplitude, robust_spread=args.robust_spread,
+                             nonrobust_amplitude=parse_eps(args.nonrobust_amplitude),
+                             nonrobust_spread=args.nonrobust_spread, pixel_noise=args.pixel_noise,
+                             pattern_seed=args.synthetic_seed,
+                             num_classes=10)
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
+    out_dir = Path(args.out) / ("quick" if q else dataset)
+    return dict(threads=threads, dataset=dataset, methods=methods, rhos=rhos, epss=epss, seeds=seeds, epochs=epochs,
+                width=width, batch=batch, n_train=n_train, n_test=n_test, probe_n=probe_n, attacks=attacks,
+                at_step=at_step, spec=spec, device=device, out_dir=out_dir)
+
+
+def run_id(cfg: TrainConfig) -> str:
+    if cfg.method == "st":
+        base = "st"
+    elif cfg.method == "sam":
+        base = f"{'asam' if cfg.adaptive else 'sam'}_rho{cfg.rho:g}"
+    else:
+        base = f"at_{'linf' if cfg.norm == 'inf' else 'l2'}_{format_eps(cfg.eps).replace('/', '-')}"
+    return f"{base}_s{cfg.seed}"
+
+
+def make_configs(args, r: Dict) -> List[TrainConfig]:
+    common = dict(dataset=r["dataset"], epochs=r["epochs"], batch_size=r["batch"], lr=args.lr,
+                  momentum=args.momentum, weight_decay=args.weight_decay, width=r["width"],
+                  augment=args.augment, bf16=args.bf16, channels_last=args.channels_last, device=args.device,
+                  n_train=r["n_train"], n_test=r["n_test"], synthetic=r["spec"].to_dict(),
+                  attack_steps=args.at_steps, attack_step_size=r["at_step"],
+                  norm="inf" if args.norm == "linf" else "l2", adaptive=args.adaptive)
+    cfgs = []
+    for seed in r["seeds"]:
+        for m in r["methods"]:
+            if m == "st":
+                cfgs.append(TrainConfig(method="st", seed=seed, **common))
+            elif m == "sam":
+                cfgs.extend(TrainConfig(method="sam", rho=rho, seed=seed, **common) for rho in r["rhos"])
+            else:
+                cfgs.extend(TrainConfig(method="at", eps=eps, seed=seed, **common) for eps in r["epss"])
+    return cfgs
+
+
+def load_data(r: Dict, args):
+    """(train, test) on the device."""
+    if r["dataset"] == "synthetic":
+        spec = r["spec"]
+        train = make_synthetic(r["n_train"], 2 * args.synthetic_seed, spec)
+        test = make_synthetic(r["n_test"], 2 * args.synthetic_seed + 1, spec)
+    else:
+        train, test = load_cifar(r["dataset"], args.data_dir, download=args.download)
+        train, test = train.subset(r["n_train"]), test.subset(r["n_test"])
+    return train.to(r["device"]), test.to(r["device"])
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _eval_settings(args, r) -> Dict:
+    return {"attack_steps": args.attack_steps, "restarts": args.restarts,
+            "attacks": [a.label for a in r["attacks"]], "n_test": r["n_test"],
+            "probe_n": r["probe_n"] if r["dataset"] == "synthetic" else None}
+
+
+def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True) -> Optional[Dict]:
+    """Train (or resume) and evaluate one run; returns its result dict (None if it was skipped)."""
+    rid = run_id(cfg)
+    out_dir: Path = r["out_dir"]
+    path = out_dir / f"{rid}.json"
+    ckpt = out_dir / "checkpoints" / f"{rid}.pt"
+    if path.exists() and not args.force:
+        old = json.loads(path.read_text())
+        if old.get("config") == cfg.to_dict() and old.get("eval") == _eval_settings(args, r):
+            return old | {"skipped": True}
+        raise ValueError(f"{path} exists with a different configuration; use another --out or --force")
+    if not args.resume and ckpt.exists() and is_main:
+        ckpt.unlink()
+    t0 = time.perf_counter()
+    res = fit(cfg, train, checkpoint=str(ckpt), resume=args.resume, is_main=is_main,
+              progress=not args.no_progress, desc=rid)
+    bf16, channels_last, _ = _flags(cfg, train.x.device)
+    ev = evaluate(res.model, test, r["attacks"], steps=args.attack_steps, restarts=args.restarts,
+                  batch_size=args.eval_batch_size, seed=cfg.seed, channels_last=channels_last,
+                  progress=not args.no_progress)
+    result = {
+        "run_id": rid, "dataset": cfg.dataset, "method": cfg.method,
+        "rho": cfg.rho if cfg.method == "sam" else None,
+        "eps": cfg.eps if cfg.method == "at" else None,
+        "norm": ("linf" if cfg.norm == "inf" else "l2") if cfg.method == "at" else None,
+        "seed": cfg.seed, "epochs": cfg.epochs, "clean_acc": ev["clean_acc"], "robust": ev["robust"],
+        "wall_time_s": res.train_time_s, "images_per_s": res.images_per_s,
+        "total_time_s": time.perf_counter() - t0,
+        "probes": probes(res.model, cfg.synthetic_spec, r["probe_n"], 2 * args.synthetic_seed + 1,
+                         train.x.device, args.eval_batch_size) if cfg.dataset == "synthetic" else None,
+        "history": res.history, "eval": _eval_settings(args, r), "config": cfg.to_dict(),
+        "device": str(train.x.device) + (f" ({torch.cuda.get_device_name(train.x.device)})"
+                                         if train.x.device.type == "cuda" else ""),
+        "torch": torch.__version__,
+    }
+    if is_main:
+        write_json_atomic(path, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+def _strength(res: Dict) -> str:
+    if res["method"] == "sam":
+        return f"rho={res['rho']:g}"
+    if res["method"] == "at":
+        return f"{res['norm']} eps={format_eps(res['eps'])}"
+    return "-"
+
+
+def results_table(results: Sequence[Dict]) -> str:
+    """Markdown table: one row per run."""
+    labels = []
+    for res in results:
+        labels += [k for k in res["robust"] if k not in labels]
+    probe_cols = []
+    for res in results:
+        probe_cols += [k for k in (res.get("probes") or {}) if k not in probe_cols and k != "clean"]
+    head = ["method", "strength", "seed", "clean"] + labels + [f"probe {p}" for p in probe_cols] + \
+        ["train time (s)", "images/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in results:
+        row = [res["method"], _strength(res), str(res["seed"]), f"{100 * res['clean_acc']:.2f}"]
+        row += [f"{100 * res['robust'][k]:.2f}" if k in res["robust"] else "" for k in labels]
+        row += [f"{100 * res['probes'][p]:.2f}" if res.get("probes") and p in res["probes"] else ""
+                for p in probe_cols]
+        row += [f"{res['wall_time_s']:.1f}", f"{res['images_per_s']:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _mean_sd(vals: List[float]) -> str:
+    if len(vals) == 1:
+        return f"{100 * vals[0]:.2f}"
+    return f"{100 * statistics.mean(vals):.2f} ± {100 * statistics.stdev(vals):.2f}"
+
+
+def aggregate_table(results: Sequence[Dict]) -> str:
+    """Markdown table: mean ± sd over seeds per (method, strength)."""
+    groups: Dict[str, List[Dict]] = {}
+    for res in results:
+        groups.setdefault((res["method"], _strength(res)), []).append(res)
+    labels = []
+    for res in results:
+        labels += [k for k in res["robust"] if k not in labels]
+    head = ["method", "strength", "seeds", "clean"] + labels + ["train time (s)", "images/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (m, s), rs in groups.items():
+        row = [m, s, str(len(rs)), _mean_sd([x["clean_acc"] for x in rs])]
+        row += [_mean_sd([x["robust"][k] for x in rs if k in x["robust"]]) if any(k in x["robust"] for x in rs)
+                else "" for k in labels]
+        row += [f"{statistics.mean(x['wall_time_s'] for x in rs):.1f}",
+                f"{statistics.mean(x['images_per_s'] for x in rs):.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(out_dir: Path) -> Path:
+    """summary.md from every run JSON in ``out_dir`` (accuracies in %)."""
+    results = []
+    for p in sorted(out_dir.glob("*.json")):
+        try:
+            res = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(res, dict) and "clean_acc" in res:
+            results.append(res)
+    order = {"st": 0, "sam": 1, "at": 2}
+    results.sort(key=lambda x: (order.get(x["method"], 9), x.get("rho") or 0, x.get("eps") or 0,
+                                x.get("norm") or "", x["seed"]))
+    text = [f"# deep results: {out_dir.name}", "",
+            "Accuracies in % on the test set; robust columns are PGD (random start, worst case over restarts);"
+            " train time and images/s cover training only.", ""]
+    if results:
+        ev = results[0].get("eval", {})
+        text += [f"Evaluation: PGD-{ev.get('attack_steps')} x {ev.get('restarts')} restart(s), "
+                 f"{ev.get('n_test') or 'all'} test images; epochs {results[0]['epochs']}; "
+                 f"device {results[0].get('device')}.", "",
+                 "## Mean over seeds", "", aggregate_table(results), "", "## Runs", "", results_table(results), ""]
+    else:
+        text.append("(no finished runs)")
+    path = out_dir / "summary.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("summary.md.tmp")
+    tmp.write_text("\n".join(text))
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    r = _resolve(parser, args)
+    old_threads = torch.get_num_threads()
+    if r["threads"] > 0:
+        torch.set_num_threads(r["threads"])
+    try:
+        return _run_all(parser, args, r)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run_all(parser, args, r) -> int:
+    cfgs = make_configs(args, r)
+    try:
+        train, test = load_data(r, args)
+    except DataError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"deep.run: {len(cfgs)} run(s) on {r['dataset']} ({len(train)} train / {len(test)} test images), "
+          f"device {r['device']}, results in {r['out_dir']}", flush=True)
+    results = []
+    t0 = time.perf_counter()
+    for cfg in cfgs:
+        try:
+            res = run_one(cfg, train, test, args, r)
+        except DivergenceError as err:
+            print(f"{parser.prog}: {run_id(cfg)}: {err}", file=sys.stderr)
+            return 1
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        if res.get("skipped"):
+            print(f"{run_id(cfg)}: finished earlier, skipped ({r['out_dir'] / (run_id(cfg) + '.json')})")
+        results.append(res)
+    summary = write_summary(r["out_dir"])
+    print()
+    print(results_table(results))
+    print(f"\n{len(results)} run(s) in {time.perf_counter() - t0:.1f} s; JSON per run and {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Training of PreActResNet-18 with standard training (ST), SAM or PGD adversarial training (AT).
+
+Structure (kept small so that data parallelism is a local change, see deep/distributed.py):
+
+* :func:`train_step` - one optimisation step on one batch, no host synchronisation (returns device
+  tensors: summed loss, number correct, a non-finite flag);
+* :func:`train_epoch` - one pass over this process's share of the epoch's permutation;
+* :func:`fit` - epochs, lr schedule, divergence check, atomic per-epoch checkpoints and resume.
+
+Methods (THEORY.md: ST = T1, SAM = L2-L4, AT = L1):
+    st:  w <- SGD(w, grad L(w))
+    sam: e = rho g/||g|| (deep/sam.py), w <- SGD(w, grad L(w + e)); BN running stats from the first pass
+    at:  x_adv = PGD_eps(x) (deep/attacks.py, model in train mode with BN running stats frozen),
+         w <- SGD(w, grad L(w; x_adv))
+Learning rate (reference piecewise schedule): lr(t) = lr * (1, 0.1, 0.01) for t/epochs in
+[0, 0.75), [0.75, 0.9), [0.9, 1], evaluated at the fractional epoch t = epoch + (i + 1) / steps.
+
+Reproducibility: the example order of each epoch, the augmentation and the PGD random starts are drawn
+from generators seeded by (seed, epoch, rank), so an epoch does not depend on the RNG history; the global
+torch RNG states are saved in the checkpoint as well. A run interrupted after any epoch and resumed gives
+the same weights as an uninterrupted one (bitwise on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed as ddist
+from .attacks import normalize_norm, pgd
+from .data import ImageData, SyntheticSpec, augment_batch, to_float
+from .model import PreActResNet18, normalization_for
+from .sam import SAM, frozen_bn_stats
+
+__all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
+           "train_step", "train_epoch", "fit", "FitResult", "save_checkpoint", "load_checkpoint"]
+
+METHODS = ("st", "sam", "at")
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (defaults: PROTOCOL.md reference settings)."""
+    dataset: str = "cifar10"            # cifar10 | cifar100 | synthetic
+    method: str = "st"                  # st | sam | at
+    rho: float = 0.1                    # SAM radius
+    adaptive: bool = False              # adaptive SAM (ASAM)
+    sam_all_reduce_ascent: bool = False  # multi-process: ascent from the global batch gradient
+    eps: float = 8.0 / 255.0            # AT radius
+    norm: str = "inf"                   # AT norm: inf | l2
+    attack_steps: int = 10              # AT PGD steps
+    attack_step_size: Optional[float] = None  # default eps/4 (l_inf) or eps/8 (l2)
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: tuple = (0.75, 0.9)
+    lr_factors: tuple = (0.1, 0.01)
+    seed: int = 0
+    width: int = 64
+    final_bn: bool = True
+    augment: Optional[bool] = None      # None: on for CIFAR, off for synthetic (pixel-aligned patterns)
+    bf16: Optional[bool] = None         # None: on for CUDA, off on CPU
+    channels_last: Optional[bool] = None  # None: on for CUDA, off on CPU
+    device: str = "auto"
+    n_train: Optional[int] = None       # use the first n training images (None: all)
+    n_test: Optional[int] = None
+    synthetic: dict = field(default_factory=lambda: SyntheticSpec().to_dict())
+    check_every: int = 50               # steps between non-finite checks (one host sync each)
+
+    def __post_init__(self):
+        if self.dataset not in ("cifar10", "cifar100", "synthetic"):
+            raise ValueError(f"dataset must be cifar10, cifar100 or synthetic, got {self.dataset!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not self.rho >= 0:
+            raise ValueError(f"rho must be >= 0, got {self.rho!r}")
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps!r}")
+        self.norm = normalize_norm(self.norm)
+        for name in ("epochs", "batch_size", "width"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.attack_steps < 0:
+            raise ValueError(f"attack_steps must be >= 0, got {self.attack_steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
+        self.lr_factors = tuple(float(f) for f in self.lr_factors)
+        if len(self.lr_milestones) != len(self.lr_factors):
+            raise ValueError("lr_milestones and lr_factors must have the same length")
+        if isinstance(self.synthetic, SyntheticSpec):
+            self.synthetic = self.synthetic.to_dict()
+        SyntheticSpec(**self.synthetic)  # validate
+
+    @property
+    def synthetic_spec(self) -> SyntheticSpec:
+        return SyntheticSpec(**self.synthetic)
+
+    @property
+    def num_classes(self) -> int:
+        return {"cifar10": 10, "cifar100": 100}.get(self.dataset, self.synthetic_spec.num_classes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        d["lr_factors"] = list(self.lr_factors)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**d)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return dev
+
+
+def _flags(cfg: TrainConfig, device: torch.device):
+    on_cuda = device.type == "cuda"
+    bf16 = on_cuda if cfg.bf16 is None else bool(cfg.bf16)
+    channels_last = on_cuda if cfg.channels_last is None else bool(cfg.channels_last)
+    augment = (cfg.dataset != "synthetic") if cfg.augment is None else bool(cfg.augment)
+    return bf16, channels_last, augment
+
+
+def autocast_ctx(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> PreActResNet18:
+    """PreActResNet-18 for ``cfg`` (weights from torch.manual_seed(cfg.seed))."""
+    torch.manual_seed(cfg.seed)
+    mean, std = normalization_for(cfg.dataset)
+    model = PreActResNet18(num_classes=cfg.num_classes, width=cfg.width, mean=mean, std=std,
+                           final_bn=cfg.final_bn).to(device)
+    if _flags(cfg, device)[1]:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) for ST/AT; SAM over that SGD for SAM (weight decay not in the ascent)."""
+    kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.method == "sam":
+        return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, adaptive=cfg.adaptive, **kw)
+    return torch.optim.SGD(model.parameters(), **kw)
+
+
+def lr_at(cfg: TrainConfig, t: float) -> float:
+    """Piecewise-constant lr at fractional epoch t: lr * factor of the last milestone passed."""
+    frac = t / cfg.epochs
+    lr = cfg.lr
+    for m, f in zip(cfg.lr_milestones, cfg.lr_factors):
+        if frac >= m:
+            lr = cfg.lr * f
+    return lr
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+               opt: torch.optim.Optimizer, generator: Optional[torch.Generator] = None,
+               bf16: bool = False):
+    """One step of cfg.method on the batch (x in [0,1], float). Returns device tensors
+    (summed loss, number correct, non-finite flag) measured on the first forward pass (ST/SAM: at w on
+    clean x; AT: at w on x_adv). No ``.item()``: nothing here waits for the device."""
+    device = x.device
+    raw = ddist.unwrap(model)
+    if cfg.method == "at":
+        with frozen_bn_stats(raw), autocast_ctx(device, bf16):
+            x = pgd(raw, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
+                    step_size=cfg.attack_step_size, random_start=True, generator=generator)
+    opt.zero_grad(set_to_none=True)
+    ascent = ddist.ascent_sync(model, cfg.sam_all_reduce_ascent) if cfg.method == "sam" \
+        else contextlib.nullcontext()
+    with ascent:
+        with autocast_ctx(device, bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+    if cfg.method == "sam":
+        opt.first_step(zero_grad=True)
+        with frozen_bn_stats(raw):
+            with autocast_ctx(device, bf16):
+                logits2 = model(x)
+            F.cross_entropy(logits2.float(), y).backward()
+        opt.second_step(zero_grad=True)
+    else:
+        opt.step()
+    loss = loss.detach()
+    n = y.shape[0]
+    correct = (logits.detach().argmax(1) == y).sum()
+    return loss * n, correct, ~torch.isfinite(loss)
+
+
+def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int, salt: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 9_176 + int(rank) * 7919 + salt) % (2 ** 62))
+    return g
+
+
+def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageData, cfg: TrainConfig,
+                epoch: int, indices: Optional[torch.Tensor] = None, rank: int = 0,
+                bf16: bool = False, channels_last: bool = False, augment: bool = False,
+                on_step: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
+    """One epoch over ``indices`` (default: the whole permutation of epoch ``epoch``; under
+    torch.distributed pass this rank's shard). Full batches of cfg.batch_size; a last partial batch is
+    kept. Returns device tensors {loss_sum, correct, count, nonfinite}; raises DivergenceError when a
+    non-finite loss is seen (checked every cfg.check_every steps and at the end)."""
+    device = data.x.device
+    if indices is None:
+        indices = ddist.epoch_permutation(len(data), cfg.seed, epoch)
+    indices = indices.to(device)
+    steps = math.ceil(indices.shape[0] / cfg.batch_size)
+    g_aug = _epoch_generator(device, cfg.seed, epoch, rank, 1)
+    g_pgd = _epoch_generator(device, cfg.seed, epoch, rank, 2)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+    model.train()
+    for i in range(steps):
+        _set_lr(opt, lr_at(cfg, epoch + (i + 1) / steps))
+        idx = indices[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        x = to_float(data.x[idx])
+        y = data.y[idx]
+        if augment:
+            x = augment_batch(x, g_aug)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ls, c, bad = train_step(model, x, y, cfg, opt, generator=g_pgd, bf16=bf16)
+        loss_sum += ls
+        correct += c
+        nonfinite |= bad
+        if on_step is not None:
+            on_step(i)
+        if (i + 1) % cfg.check_every == 0 and bool(nonfinite):
+            _diverged(cfg, epoch, i)
+    if bool(nonfinite):
+        _diverged(cfg, epoch, steps - 1)
+    return {"loss_sum": loss_sum, "correct": correct, "count": torch.tensor(indices.shape[0]),
+            "nonfinite": nonfinite}
+
+
+def _diverged(cfg: TrainConfig, epoch: int, step: int):
+    raise DivergenceError(
+        f"training diverged: non-finite loss in epoch {epoch + 1} by step {step + 1} (method {cfg.method}, "
+        f"lr {cfg.lr}, rho {cfg.rho}, eps {cfg.eps:.4g}). The last good checkpoint is kept; try a smaller "
+        f"--lr (or --rho), or turn off bf16 (--no-bf16).")
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, state: dict) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device) -> dict:
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"].cpu())
+    if "cuda" in st and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
+        except (RuntimeError, IndexError):
+            pass  # different number of GPUs: epoch randomness is seeded per epoch anyway
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    history: List[dict]
+    train_time_s: float
+    images_per_s: float
+    epochs_done: int
+    finished: bool
+
+
+def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, resume: bool = False,
+        is_main: bool = True, progress: bool = True, stop_after_epoch: Optional[int] = None,
+        model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None,
+        shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, rank: int = 0,
+        desc: str = "") -> FitResult:
+    """Train cfg.method for cfg.epochs on ``train`` (an ImageData already on the target device).
+
+    checkpoint: file written atomically after every epoch (only when ``is_main``); with ``resume`` an
+    existing checkpoint of the same config is continued (a checkpoint of a different config raises
+    ValueError). stop_after_epoch: return after that many epochs in total (simulates an interruption).
+    model_wrapper: e.g. DistributedDataParallel; shard: maps the epoch's global permutation to this
+    process's indices. Returns the trained (unwrapped) model and per-epoch history.
+    """
+    device = train.x.device
+    bf16, channels_last, augment = _flags(cfg, device)
+    model = build_model(cfg, device)
+    opt = build_optimizer(cfg, model)
+    history: List[dict] = []
+    start_epoch, train_time = 0, 0.0
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        ck = load_checkpoint(checkpoint, device)
+        if ck.get("config") != cfg.to_dict():
+            raise ValueError(f"checkpoint {checkpoint} was written for a different configuration; "
+                             f"delete it or choose another --out")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, history, train_time = ck["epoch"], ck["history"], ck["train_time_s"]
+        _set_rng_state(ck["rng"])
+    net = model_wrapper(model) if model_wrapper is not None else model
+    end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    steps_per_epoch = math.ceil(
+        (len(train) if shard is None else shard(torch.arange(len(train))).shape[0]) / cfg.batch_size)
+    bar = None
+    if progress and is_main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                   desc=desc or f"{cfg.method}", unit="step", dynamic_ncols=True, leave=True)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            order = ddist.epoch_permutation(len(train), cfg.seed, epoch)
+            idx = shard(order) if shard is not None else order
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            m = train_epoch(net, opt, train, cfg, epoch, indices=idx, rank=rank, bf16=bf16,
+                            channels_last=channels_last, augment=augment,
+                            on_step=(lambda i: bar.update(1)) if bar is not None else None)
+            loss_sum, correct = ddist.all_reduce_sum(m["loss_sum"].clone()), \
+                ddist.all_reduce_sum(m["correct"].clone().float())
+            count = ddist.all_reduce_sum(m["count"].to(device).float())
+            rec = {"epoch": epoch + 1, "train_loss": float(loss_sum / count),
+                   "train_acc": float(correct / count), "lr_end": lr_at(cfg, epoch + 1)}
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time += time.perf_counter() - t0
+            rec["images"] = int(count)
+            history.append(rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
+            if checkpoint is not None and is_main:
+                save_checkpoint(checkpoint, {
+                    "config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "history": history, "train_time_s": train_time,
+                    "rng": _rng_state()})
+    finally:
+        if bar is not None:
+            bar.close()
+    images = sum(h["images"] for h in history)
+    return FitResult(model=model, history=history, train_time_s=train_time,
+                     images_per_s=images / train_time if train_time > 0 else float("nan"),
+                     epochs_done=len(history), finished=len(history) >= cfg.epochs)
