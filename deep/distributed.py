@@ -26,7 +26,7 @@ How the pieces fit (PROTOCOL.md, issue "deep/ at full speed and on several GPUs"
 * BatchNorm: in train mode each rank normalises with its own per-rank batch statistics, so W ranks of
   b images are not bit-identical to one process of W*b images when the model has BatchNorm (the
   reference implementations accept this).  Running statistics are broadcast from rank 0 at each
-  forward (DDP's ``broadcast_buffers``).
+  forward (DDP's default buffer synchronisation).
 * attacks and evaluation run on :func:`unwrap` (the plain module): a forward through the DDP wrapper
   that is not followed by a parameter backward would leave DDP waiting for a gradient reduction.
   Evaluation is sharded (:func:`shard_range`) and the per-rank counts are summed (:func:`all_reduce_sum`).
@@ -314,7 +314,8 @@ def broadcast_object(obj, src: int = 0):
 
 def wrap_model(model: torch.nn.Module, ctx: DistContext | None = None, **ddp_kwargs) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` (already on ctx.device) when running on several ranks;
-    the model itself otherwise.  Parameters are broadcast from rank 0 at construction."""
+    the model itself otherwise.  Parameters and buffers are broadcast from rank 0 at construction, buffers
+    again at every forward (DDP defaults)."""
     world_size = ctx.world_size if ctx is not None else get_world_size()
     if world_size == 1:
         return model
@@ -322,7 +323,7 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext | None = None, **ddp_kwa
     if device.type == "cuda":
         ddp_kwargs.setdefault("device_ids", [device.index])
         ddp_kwargs.setdefault("output_device", device.index)
-    ddp_kwargs.setdefault("broadcast_buffers", True)
+    # buffers (BatchNorm running statistics) are broadcast from rank 0 at each forward: DDP's default
     return DistributedDataParallel(model, **ddp_kwargs)
 
 
