@@ -16,7 +16,9 @@ def make_parser() -> argparse.ArgumentParser:
                     "linear_theory; simulation points come from <results>/simulations.json "
                     "(python -m simulations.run) and deep points from <results>/deep/<dataset>/"
                     "*.json (python -m deep.run). A missing input skips what needs it with one "
-                    "line naming the command that produces it.")
+                    "line naming the command that produces it.",
+        epilog="Exit status: 0 when every available input was drawn (missing inputs included), "
+               "2 for bad options or an unreadable (corrupt) input file.")
     p.add_argument("--results", default="results",
                    help="folder holding simulations.json and deep/ (default: results)")
     p.add_argument("--out", default=None,
