@@ -8,7 +8,11 @@ the extracted folder ``cifar-10-batches-py/`` (``cifar-100-python/``), the layou
 The generated dataset ("synthetic") mirrors the linear feature model of THEORY.md section 1 in images:
 every class y has a smooth, large-amplitude *robust* pattern R_y whose presence varies strongly between
 images, and a tiny-amplitude (2/255 per pixel by default), nearly deterministic, high-frequency
-*non-robust* pattern N_y (random signs per pixel)::
+*non-robust* pattern N_y: a sign tile of ``nonrobust_period`` x ``nonrobust_period`` pixels (x 3 channels;
+for K <= 15 at period 4 the tiles are orthogonal Hadamard rows with a random sign per channel) repeated over
+the image. The repetition makes the non-robust feature local, as texture is in
+natural images: a convolutional network can detect it anywhere and its global average pooling adds up the
+weak per-pixel evidence (a pattern of independent signs per pixel would be invisible after pooling)::
 
     x = clip( 1/2 + a_r * sum_k c_k R_k + a_n * (1 + s_n z) N_y + sigma_pix * xi , 0, 1 )
     c = e_y + s_r * zeta,   zeta ~ N(0, I_K),  z ~ N(0, 1),  xi ~ N(0, I)
@@ -240,7 +244,8 @@ class SyntheticSpec:
     nonrobust_amplitude a_n: per-pixel amplitude of the sign pattern (tiny: 2/255).
     nonrobust_spread s_n: relative spread of its amplitude (small: nearly deterministic).
     pixel_noise sigma_pix: i.i.d. Gaussian pixel noise; robust_resolution: grid size of the smooth
-    robust patterns before bilinear upsampling. pattern_seed fixes the class patterns (shared by the
+    robust patterns before bilinear upsampling; nonrobust_period: side of the repeated sign tile
+    (= image_size: one independent sign per pixel, no repetition). pattern_seed fixes the class patterns (shared by the
     train and test sets, which differ in their sample seed).
     """
     num_classes: int = 10
@@ -251,6 +256,7 @@ class SyntheticSpec:
     nonrobust_spread: float = 0.1
     pixel_noise: float = 0.12
     robust_resolution: int = 4
+    nonrobust_period: int = 4
     pattern_seed: int = 0
 
     def __post_init__(self):
@@ -262,6 +268,10 @@ class SyntheticSpec:
                       "pixel_noise"):
             if not getattr(self, field) >= 0.0:
                 raise ValueError(f"{field} must be >= 0, got {getattr(self, field)!r}")
+        if not 1 <= self.nonrobust_period <= self.image_size:
+            raise ValueError(f"nonrobust_period must be in [1, image_size], got {self.nonrobust_period}")
+        if self.num_classes > 2 ** (3 * self.nonrobust_period ** 2 - 1):
+            raise ValueError("num_classes exceeds the number of distinct non-robust tiles; raise nonrobust_period")
         if not 1 <= self.robust_resolution <= self.image_size:
             raise ValueError(f"robust_resolution must be in [1, image_size], got {self.robust_resolution}")
         if self.num_classes > 3 * self.robust_resolution ** 2:
@@ -274,7 +284,9 @@ class SyntheticSpec:
 
 def synthetic_patterns(spec: SyntheticSpec) -> Tuple[torch.Tensor, torch.Tensor]:
     """(R, N): robust patterns (K,3,H,W), orthonormal with unit RMS per pixel and smooth; non-robust
-    sign patterns (K,3,H,W) in {-1,+1}. Deterministic from ``spec.pattern_seed``."""
+    sign patterns (K,3,H,W) in {-1,+1}, periodic with period ``nonrobust_period``; orthogonal when the
+    period's square is a power of two larger than K (Hadamard rows), else random and distinct up to sign.
+    Deterministic from ``spec.pattern_seed``."""
     K, S, r = spec.num_classes, spec.image_size, spec.robust_resolution
     g = torch.Generator().manual_seed(int(spec.pattern_seed))
     low = torch.randn(K, 3, r, r, generator=g, dtype=torch.float64)
@@ -283,7 +295,26 @@ def synthetic_patterns(spec: SyntheticSpec) -> Tuple[torch.Tensor, torch.Tensor]
     q, _ = torch.linalg.qr(smooth.T)  # (P, K) orthonormal columns spanning the smooth patterns
     P = smooth.shape[1]
     R = (q.T * P ** 0.5).reshape(K, 3, S, S).float()
-    N = (torch.randint(0, 2, (K, 3, S, S), generator=g) * 2 - 1).float()
+    t = spec.nonrobust_period
+    m = t * t
+    if m & (m - 1) == 0 and K <= m - 1:
+        # orthogonal tiles: distinct non-constant rows of the Sylvester-Hadamard matrix of order t^2 (spatial)
+        # times a random sign per channel
+        H = torch.ones(1, 1)
+        while H.shape[0] < m:
+            H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+        rows = torch.randperm(m - 1, generator=g)[:K] + 1
+        chan = (torch.randint(0, 2, (K, 3), generator=g) * 2 - 1).float()
+        tiles = chan[:, :, None, None] * H[rows].reshape(K, 1, t, t)
+    else:
+        while True:  # random tiles, distinct also up to a global sign flip
+            tiles = (torch.randint(0, 2, (K, 3, t, t), generator=g) * 2 - 1).float()
+            flat = tiles.reshape(K, -1)
+            gram = (flat @ flat.T).abs() - torch.eye(K) * flat.shape[1]
+            if K == 1 or gram.max() < flat.shape[1]:
+                break
+    reps = -(-S // t)
+    N = tiles.repeat(1, 1, reps, reps)[:, :, :S, :S].contiguous()
     return R, N
 
 

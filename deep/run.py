@@ -250,6 +250,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True) 
             return old | {"skipped": True}
         raise ValueError(f"{path} exists with a different configuration; use another --out or --force")
     if not args.resume and ckpt.exists() and is_main:
+        print(f"{rid}: found an unfinished checkpoint, starting over (--resume continues it)")
         ckpt.unlink()
     t0 = time.perf_counter()
     res = fit(cfg, train, checkpoint=str(ckpt), resume=args.resume, is_main=is_main,

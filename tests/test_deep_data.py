@@ -121,6 +121,14 @@ def test_synthetic_is_deterministic_and_probe_variants_change_one_feature():
     # robust patterns orthogonal with unit RMS; non-robust patterns are signs
     torch.testing.assert_close(Rf @ Rf.T / Rf.shape[1], torch.eye(10), atol=1e-5, rtol=0)
     assert set(N.unique().tolist()) == {-1.0, 1.0}
+    # non-robust patterns: periodic tiles (period 4), mutually orthogonal, orthogonal-ish to the robust ones
+    assert torch.equal(N[..., :4, :4], N[..., 4:8, 8:12])
+    Nf = N.reshape(10, -1)
+    torch.testing.assert_close(Nf @ Nf.T / Nf.shape[1], torch.eye(10), atol=1e-6, rtol=0)
+    assert (Nf @ Rf.T / Nf.shape[1]).abs().max() < 0.15
+    # other periods / class counts fall back to random distinct tiles
+    _, N3 = synthetic_patterns(SyntheticSpec(image_size=16, nonrobust_period=3))
+    assert torch.equal(N3[..., :3, :3], N3[..., 3:6, 6:9]) and len({tuple(t.flatten().tolist()) for t in N3}) == 10
     # without clipping the variants differ by exactly the removed / swapped pattern
     spec_nc = SyntheticSpec(image_size=16, robust_amplitude=0.01, pixel_noise=0.01)
     base = make_synthetic(32, 1, spec_nc)
