@@ -13,6 +13,7 @@ batch it sees, which are per-rank statistics under DDP (b images) but global one
 images), so the two runs would legitimately differ.  Without BatchNorm the only difference is the order
 of floating-point sums.
 """
+import contextlib
 import os
 import socket
 import tempfile
@@ -26,6 +27,15 @@ from deep import distributed as D
 RHO = 0.3
 LR = 0.1
 N, B_RANK, WORLD, EPOCHS, SEED = 24, 4, 2, 2, 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-process references on one thread (fast on a busy CPU; results do not depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------- single process
@@ -112,6 +122,25 @@ def _ascent(params, rho):
     return [rho * g / (norm + 1e-12) for g in grads]
 
 
+def _sam_gradient(model, params, xb, yb, ascent_ctx=None):
+    """Leaves in p.grad the gradient at w + e, e = rho g / ||g|| with g the gradient at w (computed inside
+    ``ascent_ctx``); the weights are back at w afterwards."""
+    for p in params:
+        p.grad = None
+    with ascent_ctx if ascent_ctx is not None else contextlib.nullcontext():
+        _loss(model, xb, yb).backward()
+    es = _ascent(params, RHO)
+    with torch.no_grad():
+        for p, e in zip(params, es):
+            p.add_(e)
+    for p in params:
+        p.grad = None
+    _loss(model, xb, yb).backward()
+    with torch.no_grad():
+        for p, e in zip(params, es):
+            p.sub_(e)
+
+
 def _train_ddp(mode, model, x, y):
     """Per-rank loop: strided shard of the epoch permutation, DDP gradients, SAM via ascent_sync."""
     opt = _opt(model)
@@ -124,17 +153,8 @@ def _train_ddp(mode, model, x, y):
             if mode == "st":
                 _loss(model, xb, yb).backward()
             else:
-                with D.ascent_sync(model, all_reduce_ascent=(mode == "sam-allreduce")):
-                    _loss(model, xb, yb).backward()
-                es = _ascent(params, RHO)
-                with torch.no_grad():
-                    for p, e in zip(params, es):
-                        p.add_(e)
-                opt.zero_grad()
-                _loss(model, xb, yb).backward()
-                with torch.no_grad():
-                    for p, e in zip(params, es):
-                        p.sub_(e)
+                _sam_gradient(model, params, xb, yb,
+                              D.ascent_sync(model, all_reduce_ascent=(mode == "sam-allreduce")))
             opt.step()
     return model
 
@@ -154,32 +174,14 @@ def _train_single(mode):
             if mode == "st":
                 _loss(model, x[batch], y[batch]).backward()
             elif mode == "sam":
-                _loss(model, x[batch], y[batch]).backward()
-                es = _ascent(params, RHO)
-                with torch.no_grad():
-                    for p, e in zip(params, es):
-                        p.add_(e)
-                opt.zero_grad()
-                _loss(model, x[batch], y[batch]).backward()
-                with torch.no_grad():
-                    for p, e in zip(params, es):
-                        p.sub_(e)
+                _sam_gradient(model, params, x[batch], y[batch])
             else:  # "sam-m": the half of rank r is batch[r::WORLD]
                 total = [torch.zeros_like(p) for p in params]
                 for r in range(WORLD):
                     half = batch[r::WORLD]
-                    opt.zero_grad()
-                    _loss(model, x[half], y[half]).backward()
-                    es = _ascent(params, RHO)
-                    with torch.no_grad():
-                        for p, e in zip(params, es):
-                            p.add_(e)
-                    opt.zero_grad()
-                    _loss(model, x[half], y[half]).backward()
-                    with torch.no_grad():
-                        for p, e, t in zip(params, es, total):
-                            p.sub_(e)
-                            t.add_(p.grad / WORLD)
+                    _sam_gradient(model, params, x[half], y[half])
+                    for p, t in zip(params, total):
+                        t.add_(p.grad / WORLD)
                 for p, t in zip(params, total):
                     p.grad = t
             opt.step()
@@ -212,6 +214,7 @@ def _worker(rank, world, port, out_dir):
         results["state"] = results["sam-local"]
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         D.barrier()
+        _fit_part(ctx, out_dir)
 
 
 def _free_port():
@@ -221,18 +224,25 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def two_rank_results():
+def two_rank_run():
+    """One 2-process gloo run (spawned once for the module): the tiny loop, then deep.train.fit."""
     with tempfile.TemporaryDirectory() as out:
         ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), out), nprocs=WORLD, join=False,
                                  start_method="spawn")
-        for _ in range(120):                       # at most 120 s, never hang the suite
+        for _ in range(240):                       # never hang the suite
             if ctx.join(timeout=1):
                 break
         else:
             for p in ctx.processes:
                 p.terminate()
-            pytest.fail("2-process gloo run did not finish in 120 s")
-        yield [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+            pytest.fail("2-process gloo run did not finish in 240 s")
+        yield out, sorted(os.listdir(out))
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(two_rank_run):
+    out, _ = two_rank_run
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
 
 
 def _assert_same_weights(a, b, atol):
@@ -268,3 +278,99 @@ def test_sharded_counts_mean_and_broadcast(two_rank_results):
         torch.testing.assert_close(res["mean"][0], torch.full((3,), 0.5))
         torch.testing.assert_close(res["mean"][2], torch.full((2, 2), 1.0, dtype=torch.float64))
         assert res["bcast"] == {"rank": 0}
+
+
+# ------------------------------------------------- the real training loop (deep.train.fit) under DDP
+
+FIT_N, FIT_B_RANK = 32, 8
+
+
+def _strip_bn(module):
+    """Replace every BatchNorm by the identity (see the module docstring for why)."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, torch.nn.Identity())
+        else:
+            _strip_bn(child)
+    return module
+
+
+def _patch_bn_free():
+    import deep.train as T
+    if not getattr(T.build_model, "_bn_free", False):
+        orig = T.build_model
+
+        def build_model(cfg, device):
+            return _strip_bn(orig(cfg, device))
+        build_model._bn_free = True
+        T.build_model = build_model
+
+
+def _fit_cfg(method, batch_size, **kw):
+    from deep.train import TrainConfig
+    return TrainConfig(dataset="synthetic", method=method, rho=0.2, epochs=2, batch_size=batch_size, width=4,
+                       lr=0.02, seed=3, n_train=FIT_N, augment=False, **kw)
+
+
+def _fit_data():
+    from deep.data import make_synthetic
+    return make_synthetic(FIT_N, 11)
+
+
+def _fit_part(ctx, out_dir):
+    """Runs inside each rank of the spawned run: deep.train.fit with DDP, then interrupt + resume."""
+    _patch_bn_free()
+    from deep.train import fit
+    data = _fit_data()
+    kw = dict(model_wrapper=lambda m: D.wrap_model(m, ctx), shard=D.shard_indices, rank=ctx.rank,
+              is_main=ctx.is_main, progress=False)
+    res = {}
+    for mode, cfg in (("st", _fit_cfg("st", FIT_B_RANK)),
+                      ("sam-allreduce", _fit_cfg("sam", FIT_B_RANK, sam_all_reduce_ascent=True))):
+        res[mode] = fit(cfg, data, **kw).model.state_dict()
+    # interrupted after epoch 1 (rank 0 writes the checkpoint), then resumed by all ranks
+    ck = os.path.join(out_dir, "ck.pt")
+    cfg = _fit_cfg("sam", FIT_B_RANK)
+    part = fit(cfg, data, checkpoint=ck, stop_after_epoch=1, **kw)
+    D.barrier()
+    res["ckpt_epochs"] = part.epochs_done
+    res["resumed"] = fit(cfg, data, checkpoint=ck, resume=True, **kw).model.state_dict()
+    res["sam-local"] = fit(cfg, data, **kw).model.state_dict()
+    torch.save(res, os.path.join(out_dir, f"fit{ctx.rank}.pt"))
+    D.barrier()
+
+
+@pytest.fixture(scope="module")
+def two_rank_fit(two_rank_run):
+    out, files = two_rank_run
+    return [torch.load(os.path.join(out, f"fit{r}.pt")) for r in range(WORLD)], files
+
+
+def _single_fit(cfg, **kw):
+    _patch_bn_free()
+    from deep.train import fit
+    return fit(cfg, _fit_data(), progress=False, **kw).model.state_dict()
+
+
+@pytest.mark.parametrize("mode,method", [("st", "st"), ("sam-allreduce", "sam")])
+def test_fit_under_ddp_matches_one_process_with_global_batch(two_rank_fit, mode, method):
+    """deep.train.fit with DDP on 2 ranks (per-rank batch 8, strided shards of the epoch permutation)
+    equals fit in one process with batch 16, for ST and for SAM with the all-reduced ascent (float32)."""
+    ranks, _ = two_rank_fit
+    ref = _single_fit(_fit_cfg(method, WORLD * FIT_B_RANK))
+    for r in range(WORLD):
+        _assert_same_weights(ranks[r][mode], ref, atol=2e-5)
+    init = _single_fit(_fit_cfg(method, WORLD * FIT_B_RANK), stop_after_epoch=0)
+    assert max((ref[k] - init[k]).abs().max().item() for k in ref) > 1e-3
+
+
+def test_fit_resumes_under_ddp_and_only_rank0_writes(two_rank_fit):
+    """Interrupted after epoch 1 and resumed on 2 ranks == uninterrupted 2-rank run; only rank 0 wrote the
+    checkpoint (one file, no leftovers); the default local ascent differs from the all-reduced one."""
+    ranks, files = two_rank_fit
+    assert ranks[0]["ckpt_epochs"] == 1
+    assert files == ["ck.pt", "fit0.pt", "fit1.pt", "rank0.pt", "rank1.pt"]
+    for r in range(WORLD):
+        _assert_same_weights(ranks[r]["resumed"], ranks[0]["sam-local"], atol=0)
+    a, b = ranks[0]["sam-local"], ranks[0]["sam-allreduce"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-6
