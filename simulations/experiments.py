@@ -64,6 +64,7 @@ class Settings:
     eval_linf: float = 0.1
     eval_l2: float = 1.0
     opt_tol_scale: float = 1.0
+    weight_decay: float = 0.01
 
     def __post_init__(self):
         if len(self.seeds) < 2:
@@ -154,6 +155,12 @@ def sam_fixed_job(st: Settings, m: int) -> Job:
     return Job(f"sam-fixed-m{m}", _fixed(st, method="sam", m=int(m), rho=st.s4_m_rho), st.seeds)
 
 
+def sam_wd_job(st: Settings) -> Job:
+    """S4's weight-decay form: f = v.x, SGD weight decay, SAM m = 1 at rho 0 and st.s4_m_rho."""
+    return Job("sam-wd-m1", _free(st, method="sam", m=1, weight_decay=st.weight_decay), st.seeds,
+               (0.0, float(st.s4_m_rho)))
+
+
 def jobs_for(claims: Sequence[str], st: Settings) -> List[Job]:
     """The distinct training jobs the given claims need (S1 needs none)."""
     jobs: List[Job] = []
@@ -168,6 +175,8 @@ def jobs_for(claims: Sequence[str], st: Settings) -> List[Job]:
         jobs += [sam_fixed_job(st, m) for m in st.s4_m]
         if 1 not in st.s4_m:
             jobs.append(sam_fixed_job(st, 1))
+        if st.weight_decay > 0:
+            jobs.append(sam_wd_job(st))
     if "S5" in claims:
         jobs.append(sam_fixed_job(st, 1))
         jobs += [at_job(st, "inf", e) for e in st.s5_eps]

@@ -40,7 +40,8 @@ def write_figures(data: dict, fig_dir: str) -> List[str]:
         for ax, key in zip(axes, keys):
             for method, cur in curves.items():
                 c = _COLOR.get(method, None)
-                ax.plot(cur["theory"]["clean"], cur["theory"][key], "-", color=c, alpha=0.6,
+                th = cur.get("theory_grid", cur["theory"])
+                ax.plot(th["clean"], th[key], "-", color=c, alpha=0.6,
                         label=f"{_LABEL.get(method, method)} (theory)")
                 ax.errorbar(cur["sim"]["clean"]["mean"], cur["sim"][key]["mean"], xerr=_err(cur["sim"]["clean"]),
                             yerr=_err(cur["sim"][key]), fmt="o", color=c, ms=4, capsize=2,
@@ -58,12 +59,13 @@ def write_figures(data: dict, fig_dir: str) -> List[str]:
         for method, cur in curves.items():
             c = _COLOR.get(method, None)
             for ax, key in zip(axes, ("ratio", "reliance")):
-                th = cur["theory"][key]
+                grid = cur.get("theory_grid", {"strength": cur["strength"], **cur["theory"]})
+                th = grid[key]
                 sim = cur["sim"][key]
                 if key == "ratio":  # non-robust weights vanish for AT eps >= eta: clip for the log axis
                     th = [min(abs(t), 1e3) for t in th]
                     sim = {k: [min(abs(x), 1e3) for x in sim[k]] for k in ("mean", "lo", "hi")}
-                ax.plot(cur["strength"], th, "-", color=c, alpha=0.6, label=f"{_LABEL[method]} (theory)")
+                ax.plot(grid["strength"], th, "-", color=c, alpha=0.6, label=f"{_LABEL[method]} (theory)")
                 ax.errorbar(cur["strength"], sim["mean"], yerr=_err(sim), fmt="o", color=c, ms=4, capsize=2,
                             label=f"{_LABEL[method]} (SGD, 95% CI)")
         axes[0].set_yscale("log")

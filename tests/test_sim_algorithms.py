@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import linear_theory as lt
+from simulations.run import torch_threads
 from simulations.training import (TrainConfig, fixed_data, fresh_data, logistic_loss, margins, pgd_linear,
                                   sam_gradient_loop, sam_gradient_vectorized, train_replicas)
 
@@ -21,12 +22,8 @@ MODEL = lt.FeatureModel()
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is fastest (and kind to a shared CI machine)."""
-    import torch as _torch
-    old = _torch.get_num_threads()
-    _torch.set_num_threads(1)
-    yield
-    _torch.set_num_threads(old)
+    with torch_threads(1):  # tiny tensors: one thread is fastest, and kind to a shared machine
+        yield
 
 def _batch(R=3, B=16, seed=0):
     X, y = fresh_data(MODEL, B, range(seed, seed + R))(0)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from simulations import experiments
+from simulations.run import torch_threads
 from simulations import run as sim_run
 from simulations.experiments import PROFILES, Settings
 
@@ -17,12 +18,8 @@ TINY = Settings(profile="tiny", seeds=(0, 1), n_per_epoch=256, epochs=2, batch_s
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is fastest (and kind to a shared CI machine)."""
-    import torch as _torch
-    old = _torch.get_num_threads()
-    _torch.set_num_threads(1)
-    yield
-    _torch.set_num_threads(old)
+    with torch_threads(1):  # tiny tensors: one thread is fastest, and kind to a shared machine
+        yield
 
 def test_quick_end_to_end(tmp_path):
     out = str(tmp_path / "res")
