@@ -10,10 +10,18 @@ Examples::
     python -m deep.run --data-dir data --download                # reference grid on CIFAR-10 (GPU)
     python -m deep.run --dataset synthetic --epochs 30 --seeds 0,1,2
     python -m deep.run --methods at --norm l2 --eps 16/255,32/255 --resume
+    torchrun --nproc_per_node=4 -m deep.run --data-dir data     # each run on 4 GPUs (DDP)
+
+Under torchrun every run trains with DistributedDataParallel (deep/distributed.py): --batch-size is the
+global batch, split evenly over the processes; each process takes a strided share of the epoch's
+permutation; SAM's ascent uses each process's own batch gradient (m-sharpness with m = batch/N) unless
+--sam-all-reduce-ascent; evaluation is sharded and the counts summed; only rank 0 prints and writes results
+and checkpoints, and every rank reads the checkpoint on --resume (same number of processes required).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import distributed as ddist
 from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
 from .train import DivergenceError, TrainConfig, fit, resolve_device, _flags
@@ -38,12 +47,22 @@ def _csv(text: str) -> List[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless X is None/False or the help states it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deep.run",
         description="Train PreActResNet-18 with ST, SAM and PGD adversarial training (AT) and evaluate clean "
                     "and PGD robust accuracy (PROTOCOL.md). Defaults are the reference settings.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     g = p.add_argument_group("grid")
     g.add_argument("--quick", action="store_true",
                    help=f"smoke run: generated data ({QUICK['n_train']} train / {QUICK['n_test']} test images), "
@@ -61,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--at-step-size", default=None,
                    help="PGD step in AT (fraction allowed) [default: eps/4 for linf, eps/8 for l2]")
     g.add_argument("--seeds", default="0", help="comma list of seeds (one run per seed)")
+    g.add_argument("--sam-all-reduce-ascent", action="store_true",
+                   help="under torchrun: SAM's ascent from the all-reduced (global batch) gradient; default: "
+                        "each process's own batch gradient (m-sharpness, m = per-process batch)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=None, help="epochs per run [default: 100; 1 with --quick]")
-    t.add_argument("--batch-size", type=int, default=None, help="mini-batch size [default: 128]")
+    t.add_argument("--batch-size", type=int, default=None, help="mini-batch size; under torchrun the global batch, split over the processes "
+                        "[default: 128]")
     t.add_argument("--lr", type=float, default=None,
                    help="peak learning rate; piecewise x0.1 at 75%% and x0.01 at 90%% of the epochs "
                         "[default: 0.1; 0.05 with --quick]")
@@ -200,7 +223,8 @@ def make_configs(args, r: Dict) -> List[TrainConfig]:
                   augment=args.augment, bf16=args.bf16, channels_last=args.channels_last, device=args.device,
                   n_train=r["n_train"], n_test=r["n_test"], synthetic=r["spec"].to_dict(),
                   attack_steps=args.at_steps, attack_step_size=r["at_step"],
-                  norm="inf" if args.norm == "linf" else "l2", adaptive=args.adaptive)
+                  norm="inf" if args.norm == "linf" else "l2", adaptive=args.adaptive,
+                  sam_all_reduce_ascent=args.sam_all_reduce_ascent)
     cfgs = []
     for seed in r["seeds"]:
         for m in r["methods"]:
@@ -238,8 +262,12 @@ def _eval_settings(args, r) -> Dict:
             "probe_n": r["probe_n"] if r["dataset"] == "synthetic" else None}
 
 
-def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True) -> Optional[Dict]:
-    """Train (or resume) and evaluate one run; returns its result dict (None if it was skipped)."""
+def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
+            ctx: Optional[ddist.DistContext] = None) -> Optional[Dict]:
+    """Train (or resume) and evaluate one run; returns its result dict (None if it was skipped).
+
+    With a multi-process ``ctx`` (torchrun) the model is trained with DDP, each process with batch
+    cfg.batch_size / world_size on its shard of every epoch (cfg.batch_size stays the global batch)."""
     rid = run_id(cfg)
     out_dir: Path = r["out_dir"]
     path = out_dir / f"{rid}.json"
@@ -253,8 +281,12 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True) 
         print(f"{rid}: found an unfinished checkpoint, starting over (--resume continues it)")
         ckpt.unlink()
     t0 = time.perf_counter()
-    res = fit(cfg, train, checkpoint=str(ckpt), resume=args.resume, is_main=is_main,
-              progress=not args.no_progress, desc=rid)
+    world = ctx.world_size if ctx is not None else 1
+    dist_kw = dict(model_wrapper=lambda m: ddist.wrap_model(m, ctx), shard=ddist.shard_indices,
+                   rank=ctx.rank) if world > 1 else {}
+    fit_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // world) if world > 1 else cfg
+    res = fit(fit_cfg, train, checkpoint=str(ckpt), resume=args.resume, is_main=is_main,
+              progress=not args.no_progress, desc=rid, **dist_kw)
     bf16, channels_last, _ = _flags(cfg, train.x.device)
     ev = evaluate(res.model, test, r["attacks"], steps=args.attack_steps, restarts=args.restarts,
                   batch_size=args.eval_batch_size, seed=cfg.seed, channels_last=channels_last,
@@ -268,11 +300,12 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True) 
         "wall_time_s": res.train_time_s, "images_per_s": res.images_per_s,
         "total_time_s": time.perf_counter() - t0,
         "probes": probes(res.model, cfg.synthetic_spec, r["probe_n"], 2 * args.synthetic_seed + 1,
-                         train.x.device, args.eval_batch_size) if cfg.dataset == "synthetic" else None,
+                         train.x.device, args.eval_batch_size) if cfg.dataset == "synthetic" and is_main
+        else None,
         "history": res.history, "eval": _eval_settings(args, r), "config": cfg.to_dict(),
         "device": str(train.x.device) + (f" ({torch.cuda.get_device_name(train.x.device)})"
                                          if train.x.device.type == "cuda" else ""),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "world_size": world, "per_process_batch": fit_cfg.batch_size,
     }
     if is_main:
         write_json_atomic(path, result)
@@ -382,26 +415,59 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_all(parser, args, r) -> int:
-    cfgs = make_configs(args, r)
     try:
-        train, test = load_data(r, args)
-    except DataError as err:
+        ctx = ddist.init_distributed(device=args.device)   # torchrun: process group; else single process
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
+    try:
+        return _run_grid(parser, args, r, ctx)
+    finally:
+        ddist.teardown(ctx)
+
+
+def _run_grid(parser, args, r, ctx: ddist.DistContext) -> int:
+    cfgs = make_configs(args, r)
+    if ctx.distributed:
+        r["device"] = ctx.device                    # under torchrun on CUDA: cuda:LOCAL_RANK
+    if r["batch"] % ctx.world_size:
+        parser.error(f"--batch-size {r['batch']} must be divisible by the number of processes {ctx.world_size}")
+    err = None
+    if ctx.is_main:                                 # rank 0 first, so that a --download happens once
+        try:
+            train, test = load_data(r, args)
+        except DataError as e:
+            err = str(e)
+    err = ddist.broadcast_object(err)
+    if err is None and not ctx.is_main:
+        try:
+            train, test = load_data(r, args)
+        except DataError as e:
+            err = str(e)
+    if err is not None:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(f"deep.run: {len(cfgs)} run(s) on {r['dataset']} ({len(train)} train / {len(test)} test images), "
-          f"device {r['device']}, results in {r['out_dir']}", flush=True)
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    say(f"deep.run: {len(cfgs)} run(s) on {r['dataset']} ({len(train)} train / {len(test)} test images), "
+          f"device {r['device']}" + (f" x {ctx.world_size} processes (DDP)" if ctx.distributed else "")
+        + f", results in {r['out_dir']}", flush=True)
     results = []
     t0 = time.perf_counter()
     for cfg in cfgs:
         try:
-            res = run_one(cfg, train, test, args, r)
+            res = run_one(cfg, train, test, args, r, is_main=ctx.is_main, ctx=ctx)
         except DivergenceError as err:
             print(f"{parser.prog}: {run_id(cfg)}: {err}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print(f"\n{parser.prog}: interrupted in {run_id(cfg)}; the last finished epoch is checkpointed, "
+                  f"rerun the same command with --resume to continue", file=sys.stderr)
+            return 130
         except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         if res.get("skipped"):
-            print(f"{run_id(cfg)}: finished earlier, skipped ({r['out_dir'] / (run_id(cfg) + '.json')})")
+            say(f"{run_id(cfg)}: finished earlier, skipped ({r['out_dir'] / (run_id(cfg) + '.json')})")
         results.append(res)
+    if not ctx.is_main:
+        return 0
     summary = write_summary(r["out_dir"])
     print()
     print(results_table(results))
