@@ -26,10 +26,11 @@ def mean_ci(values: Iterable[float], level: float = 0.95):
     x = np.asarray(list(values), dtype=float)
     if x.size == 0:
         raise ValueError("values must not be empty")
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, (mean, mean), 0.0
-    half = float(sps.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN statistics (e.g. ratio with v_N = 0)
+        mean = float(x.mean())
+        if x.size < 2:
+            return mean, (mean, mean), 0.0
+        half = float(sps.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return mean, (mean - half, mean + half), half
 
 

@@ -110,3 +110,21 @@ def test_parse_claims():
     assert sim_run.parse_claims(None) == ["S1", "S2", "S3", "S4", "S5"]
     assert PROFILES["quick"].profile == "quick"
     assert replace(PROFILES["quick"], epochs=1).epochs == 1
+
+
+def test_comparison_rows():
+    import numpy as np
+    from scipy import stats as sps
+
+    from simulations.stats import compare, mean_ci, measure
+
+    vals = [1.0, 1.2, 0.9, 1.1]
+    mean, (lo, hi), half = mean_ci(vals)
+    ref = sps.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=sps.sem(vals))
+    assert np.allclose((lo, hi), ref) and np.isclose(half, (hi - lo) / 2)
+    row = compare("x", "S2", "d", 1.0, vals, 0.01, "r")
+    assert row["holds"] and np.isclose(row["tolerance"], half + 0.01)
+    assert not compare("x", "S2", "d", 1.5, vals, 0.01, "r")["holds"]
+    assert compare("x", "S4", "d", 0.0, vals, 0.0, "", relation=">")["holds"]
+    assert not compare("x", "S4", "d", 0.95, vals, 0.0, "", relation=">")["holds"]
+    assert measure("x", "S4", "d", vals)["holds"] is None
