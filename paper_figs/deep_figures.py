@@ -100,7 +100,9 @@ def _scatter_configs(ax, configs, attack):
         r = c.robust.get(attack)
         if r is None or not r.n:
             continue
-        ax.errorbar(100 * c.clean.mean, 100 * r.mean, xerr=100 * c.clean.sd, yerr=100 * r.sd,
+        multi = c.clean.n > 1   # no error bar from a single seed
+        ax.errorbar(100 * c.clean.mean, 100 * r.mean, xerr=100 * c.clean.sd if multi else None,
+                    yerr=100 * r.sd if r.n > 1 else None,
                     marker=st.marker, color=st.color, mfc="white", mew=1.0, linestyle="none",
                     elinewidth=0.8, markersize=5, zorder=5)
         ax.annotate(c.label.replace(st.label, "").strip(), (100 * c.clean.mean, 100 * r.mean),
@@ -160,9 +162,10 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
     ax.set_ylabel(f"robust acc. (%), {eval_label(tkey)}")
     ax.margins(0.25)
     ax.grid(alpha=0.25, linewidth=0.5)
+    present = {c.method for runs in ctx.deep.values() for c in summarise_runs(runs)}
     hs = [Line2D([], [], color=pal.style(m).color, marker=pal.style(m).marker, mfc="white",
                  linestyle="none", label=pal.style(m).label + " (deep)")
-          for m in ("st", "sam", "at-linf", "at-l2")]
+          for m in ("st", "sam", "at-linf", "at-l2") if m in present]
     hs += [Line2D([], [], color="0.3", marker="o", linestyle="none",
                   label="filled: linear theory")]  # noqa: E501
     spare = list(axes.flat)[n:]
@@ -254,7 +257,8 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         sds = [c.probes[k].sd if k in c.probes else np.nan for k in PROBE_KEYS]
         rank = sum(1 for d in configs[:i] if d.method == c.method)
         ax1.bar(x - 0.4 + width * (i + 0.5), 100 * np.array(means), width * 0.92,
-                yerr=100 * np.array(sds), color=st.color, alpha=1.0 / (1 + 0.8 * rank),
+                yerr=100 * np.array(sds) if c.clean.n > 1 else None, color=st.color,
+                alpha=1.0 / (1 + 0.8 * rank),
                 edgecolor=st.color, linewidth=0.6, label=c.label, error_kw={"elinewidth": 0.6})
     ax1.set_ylabel("accuracy (%)")
     ax1.set_title(f"deep network, generated data: {ds}", pad=2)
