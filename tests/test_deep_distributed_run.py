@@ -1,5 +1,6 @@
 """``torchrun --nproc_per_node=2 -m deep.run`` end to end on CPU (gloo): the wiring of deep/distributed.py
-into deep.run (process group, DDP, shards, sharded evaluation, rank-0-only output).  The numerical
+into deep.run (process group, DDP, shards, SAM's ascent under no_sync, PGD on the unwrapped module inside
+a DDP run, sharded evaluation, rank-0-only output).  The numerical
 equivalence of DDP and one process is tested in test_deep_distributed.py."""
 import json
 import os
@@ -12,9 +13,10 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
 def _args(out, batch=32):
-    return ["--dataset", "synthetic", "--methods", "st,sam", "--rho", "0.1", "--epochs", "1", "--n-train", "64",
-            "--n-test", "40", "--width", "4", "--batch-size", str(batch), "--eval-attacks", "linf:2/255",
-            "--probe-n", "16", "--device", "cpu", "--no-progress", "--out", str(out)]
+    return ["--dataset", "synthetic", "--methods", "st,sam,at", "--rho", "0.1", "--eps", "2/255",
+            "--at-steps", "3", "--epochs", "1", "--n-train", "64", "--n-test", "40", "--width", "4",
+            "--batch-size", str(batch), "--eval-attacks", "linf:2/255", "--probe-n", "16", "--device", "cpu",
+            "--no-progress", "--out", str(out)]
 
 
 def _torchrun(args, env_extra=None):
@@ -28,10 +30,10 @@ def test_torchrun_trains_each_run_with_ddp_and_rank0_writes(tmp_path):
     p = _torchrun(_args(tmp_path))
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     out = tmp_path / "synthetic"
-    assert sorted(f.name for f in out.iterdir()) == ["checkpoints", "sam_rho0.1_s0.json", "st_s0.json",
-                                                     "summary.md"]
-    assert sorted(f.name for f in (out / "checkpoints").iterdir()) == ["sam_rho0.1_s0.pt", "st_s0.pt"]
-    for name in ("st_s0.json", "sam_rho0.1_s0.json"):
+    runs = ["at_linf_2-255_s0", "sam_rho0.1_s0", "st_s0"]
+    assert sorted(f.name for f in out.iterdir()) == sorted(["checkpoints", "summary.md"] + [r + ".json" for r in runs])
+    assert sorted(f.name for f in (out / "checkpoints").iterdir()) == [r + ".pt" for r in runs]
+    for name in (r + ".json" for r in runs):
         res = json.loads((out / name).read_text())
         assert res["world_size"] == 2 and res["per_process_batch"] == 16
         assert res["config"]["batch_size"] == 32                      # the global batch is what is recorded
