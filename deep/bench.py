@@ -521,14 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "[default: 5 GPU, 1 CPU]")
     p.add_argument("--width", type=int, default=None,
                    help="PreActResNet-18 first-stage width [default: 64 GPU (the paper's model), 16 CPU]")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the reference loop [default: %(default)s]")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader worker processes of the reference loop [default: %(default)s]")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure every phase this often, ours and reference interleaved; the median is reported "
                         "[default: %(default)s]")
     p.add_argument("--phases", default=",".join(PHASES), help="comma list of st, sam, at, eval [default: %(default)s]")
     p.add_argument("--loops", default="ours,reference", help="comma list of ours, reference [default: %(default)s]")
     p.add_argument("--rho", type=float, default=0.1, help="SAM radius [default: %(default)s]")
-    p.add_argument("--eps", default="8/255", help="l_inf radius of the PGD attack (AT and eval); fraction ok [default: %(default)s]")
+    p.add_argument("--eps", default="8/255",
+                   help="l_inf radius of the PGD attack (AT and eval); fraction ok [default: %(default)s]")
     p.add_argument("--attack-steps", type=int, default=10, help="PGD steps (AT and eval) [default: %(default)s]")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast in our loop [default: on for CUDA, off on CPU]")
@@ -539,8 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "device name, e.g. H100 SXM 989.4; none on CPU]")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (intra-op) [default: torch's choice]; 1 is often fastest on a busy CPU")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random benchmark images and the models [default: %(default)s]")
-    p.add_argument("--out", default=DEFAULT_OUT, help="JSON output; the markdown table goes next to it (.md) [default: %(default)s]")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random benchmark images and the models [default: %(default)s]")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="JSON output; the markdown table goes next to it (.md) [default: %(default)s]")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
