@@ -190,9 +190,11 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
 def probe_ordering_checks(configs, theory: dict):
     """Orderings of the probes predicted by the linear theory and observed in the deep runs.
 
-    Reliance on the non-robust pattern shows as a low 'nonrobust_swapped' and a high
-    'robust_removed' accuracy. Theory: ST <= SAM (SAM moves weight to the robust feature) and
-    SAM <= AT with eps above the non-robust amplitude.
+    Reliance on the non-robust pattern shows as a low 'nonrobust_swapped' accuracy. Theory:
+    ST < SAM (SAM moves weight to the robust feature) < AT with eps above the non-robust
+    amplitude. 'robust_removed' in the linear model is Phi(eta sqrt(d) / sigma_n) for any weights
+    with non-zero (all equal) non-robust part and chance when AT beyond eta zeroes that part, so
+    the only ordering it predicts is AT < ST.
     """
     t = {k: th.probe_accuracies_from_point(p) for k, p in theory.items() if p is not None}
     by = {m: [c for c in configs if c.method == m and c.probes] for m in ("st", "sam")}
@@ -209,12 +211,15 @@ def probe_ordering_checks(configs, theory: dict):
         checks.append(("swapped-probe acc.: SAM > ST",
                        t["sam"]["nonrobust_swapped"] > t["st"]["nonrobust_swapped"],
                        all_pairs("sam", "st", "nonrobust_swapped", +1)))
-        checks.append(("robust-removed acc.: SAM < ST",
-                       t["sam"]["robust_removed"] < t["st"]["robust_removed"],
-                       all_pairs("sam", "st", "robust_removed", -1)))
+        checks.append(("swapped-probe acc.: AT > SAM",
+                       t["at-large"]["nonrobust_swapped"] > t["sam"]["nonrobust_swapped"],
+                       all_pairs("at", "sam", "nonrobust_swapped", +1)))
     checks.append(("swapped-probe acc.: AT > ST",
                    t["at-large"]["nonrobust_swapped"] > t["st"]["nonrobust_swapped"],
                    all_pairs("at", "st", "nonrobust_swapped", +1)))
+    checks.append(("robust-removed acc.: AT < ST",
+                   t["at-large"]["robust_removed"] < t["st"]["robust_removed"],
+                   all_pairs("at", "st", "robust_removed", -1)))
     return checks
 
 
