@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import ImageData
-from .evaluate import evaluate, parse_attack
+from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
 from .train import TrainConfig, _flags, build_model, build_optimizer, resolve_device, train_epoch
@@ -552,7 +552,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .evaluate import parse_eps
     try:
         eps = parse_eps(args.eps)
         cfg = BenchConfig(device=args.device, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
