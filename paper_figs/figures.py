@@ -246,8 +246,9 @@ def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
                     color="k", linestyle="none", zorder=6)
             labels = []
             if col == 0:
-                _strength_ticks(ax, ctx, "at-linf", [round(eta * f, 6) for f in (0.5, 1.0)],
-                                key, r"$\epsilon$=", (4, -7), "left", labels)
+                _strength_ticks(ax, ctx, "at-linf", [eta], key, r"$\epsilon=\eta=$", (5, -3),
+                                "left", labels)
+                ax.margins(y=0.1)
                 _strength_ticks(ax, ctx, "sam", [0.2, 0.4], key, r"$\rho$=", (-4, 3), "right",
                                 labels)
             for p in ctx.sim_points or []:
