@@ -45,14 +45,16 @@ def markdown_report(rows: List[dict], meta: dict) -> str:
     failed = [r for r in checked if not r["holds"]]
     out = ["# Simulations: theory (linear_theory) vs the real algorithms", "",
            f"Profile `{meta.get('profile')}`, seeds {meta.get('seeds')}, wall time "
-           f"{meta.get('wall_time_s', 0):.1f} s (training {meta.get('train_time_s', 0):.1f} s).", "",
+           f"{meta.get('wall_time_s', 0):.1f} s (training {meta.get('train_time_s', 0):.1f} s; "
+           f"{sum(j['cached'] for j in meta.get('jobs', []))} of {len(meta.get('jobs', []))} training jobs "
+           f"reused from the cache, originally {meta.get('cached_jobs_train_time_s', 0):.1f} s).", "",
            f"**{len(checked) - len(failed)} of {len(checked)} checks hold**"
            + (f"; failing: {', '.join(r['id'] for r in failed)}." if failed else "."), "",
            "| " + " | ".join(HEADER + ["description"]) + " |",
            "|" + "---|" * (len(HEADER) + 1)]
     for r in rows:
         out.append("| " + " | ".join(_cells(r) + [r["description"]]) + " |")
-    out += ["", "Tolerances (one line per distinct reason):", ""]
+    out += ["", "Tolerance of each row:", ""]
     seen = []
     for r in rows:
         reason = r["tolerance_reason"]

@@ -96,6 +96,7 @@ def _run(settings, claims, out, force, figures, model, progress) -> dict:
         "settings": settings.to_dict(), "model": {"class": type(model).__name__, **model.__dict__},
         "opt_tol": {k: v * settings.opt_tol_scale for k, v in OPT_TOL.items()},
         "wall_time_s": time.perf_counter() - t0, "train_time_s": train_time,
+        "cached_jobs_train_time_s": sum(r.get("wall_s") or 0.0 for r in results.values() if r["cached"]),
         "jobs": [{"key": j.key, "cached": results[j.key]["cached"], "wall_s": results[j.key].get("wall_s")}
                  for j in jobs],
         "n_checks": len(checked), "n_failed": sum(not r["holds"] for r in checked),
