@@ -135,3 +135,18 @@ def test_fixed_scale_training_keeps_unit_norm_and_learns():
     W = train_replicas(data, cfg, seed=0)
     assert np.allclose(np.linalg.norm(W, axis=1), 1.0, atol=1e-12)
     assert all(lt.clean_accuracy(MODEL, w) > 0.95 for w in W)
+
+
+def test_step_schedule_and_cosine_schedule():
+    from simulations.training import make_optimizer
+
+    for schedule, at_half, at_end in (("step", 0.01, 0.001), ("cosine", 0.05, 0.0)):
+        P = torch.zeros(1, 3, requires_grad=True)
+        opt, sched = make_optimizer(P, TrainConfig(lr=0.1, schedule=schedule), total_steps=100)
+        lrs = []
+        for _ in range(100):
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        assert math.isclose(lrs[49], at_half, rel_tol=1e-6, abs_tol=1e-9)
+        assert math.isclose(lrs[-1], at_end, rel_tol=1e-6, abs_tol=1e-9)

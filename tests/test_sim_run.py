@@ -128,3 +128,17 @@ def test_comparison_rows():
     assert compare("x", "S4", "d", 0.0, vals, 0.0, "", relation=">")["holds"]
     assert not compare("x", "S4", "d", 0.95, vals, 0.0, "", relation=">")["holds"]
     assert measure("x", "S4", "d", vals)["holds"] is None
+
+
+def test_exit_status_1_when_a_check_fails(tmp_path, monkeypatch):
+    from simulations.stats import compare
+
+    def failing_claim(model, st, results):
+        return [compare("S3-fake", "S3", "a check that cannot hold", 0.0, [1.0, 1.1], 0.0, "test")], {}
+
+    monkeypatch.setitem(sim_run.CLAIM_FUNCS, "S3", failing_claim)
+    monkeypatch.setitem(sim_run.PROFILES, "quick", TINY)
+    rc = sim_run.main(["--quick", "--only", "S3", "--out", str(tmp_path), "--no-progress", "--no-figures"])
+    assert rc == 1
+    with open(os.path.join(str(tmp_path), "simulations.json")) as f:
+        assert json.load(f)["meta"]["n_failed"] == 1
