@@ -73,10 +73,18 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
         sim_skip = f"simulation results not comparable with the theory curves: {exc}"
         res.errors.append(sim_skip)
         sim, settings = None, th.TheorySettings()
+    sim_points = sim_m = None
+    if sim:
+        try:
+            sim_points, sim_m = curve_points(sim), sam_vs_m_points(sim)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            sim_skip = (f"simulation results unreadable: {results_dir / 'simulations.json'}: "
+                        f"unexpected curves/sam_vs_m layout ({type(exc).__name__}: {exc})")
+            res.errors.append(sim_skip)
+            sim = None
     ctx = figures.FigureContext(
         settings=settings, out_dir=out_dir,
-        sim_points=curve_points(sim) if sim else None,
-        sim_m=sam_vs_m_points(sim) if sim else None, sim_skip=sim_skip,
+        sim_points=sim_points, sim_m=sim_m, sim_skip=sim_skip,
         deep=deep, deep_skip=deep_skip, formats=tuple(formats),
         sim_tol=dict((sim or {}).get("meta", {}).get("opt_tol") or {}), results_dir=results_dir)
     for line in res.errors + res.skipped:
