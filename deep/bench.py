@@ -58,6 +58,7 @@ __all__ = ["BenchConfig", "DENSE_BF16_PEAK_TFLOPS", "peak_tflops_for", "Referenc
            "main"]
 
 PHASES = ("st", "sam", "at", "eval")
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000   # images per CIFAR epoch / test pass, for the time estimate
 DEFAULT_OUT = "results/bench/deep_bench.json"
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.  Matched in order
@@ -410,7 +411,8 @@ def run_bench(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = None
                      "images": r["images"], "images_per_s_all": [x["images"] / x["seconds"] for x in rs],
                      "flops_per_image": r["flops_per_step"] / r["batch"], "tflops": tflops,
                      "fraction_of_peak": tflops / peak if peak else None,
-                     "peak_mem_bytes": max(x["peak_mem_bytes"] for x in rs), "flags": r["flags"]})
+                     "peak_mem_bytes": max(x["peak_mem_bytes"] for x in rs), "flags": r["flags"],
+                     "cifar_epoch_s": (CIFAR_TEST if phase == "eval" else CIFAR_TRAIN) / ips})
     ratios = compute_ratios(rows)
     targets = {}
     for key, (op, val) in TARGETS.items():
@@ -461,19 +463,20 @@ def format_table(result: Dict) -> str:
     """Markdown: one row per (phase, loop), then the ratios and targets."""
     meta, rows = result["meta"], result["rows"]
     gpu = meta["device"].startswith("cuda")
-    head = ["phase", "loop", "images/s", "GFLOP/image", "TFLOP/s"] + (["% bf16 peak"] if gpu else []) + \
-        ["peak memory (MiB)"]
+    head = ["phase", "loop", "images/s", "CIFAR epoch (s)", "GFLOP/image", "TFLOP/s"] + \
+        (["% bf16 peak"] if gpu else []) + ["peak memory (MiB)"]
     lines = [f"Device: {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
              f"batch {meta['config']['batch_size']}, width {meta['config']['width']}, "
              f"{meta['config']['steps']} timed steps after {meta['config']['warmup']} warm-up; "
              f"model {meta['model_flops_per_image']['forward_backward'] / 1e9:.3f} GFLOP fwd+bwd per image "
-             f"(counted). Memory: {meta['memory_kind']}.", "",
+             f"(counted). CIFAR epoch = 50,000 training images (eval: the 10,000 test images) at the "
+             f"measured rate. Memory: {meta['memory_kind']}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     label = {"st": "train ST", "sam": "train SAM", "at": f"train AT PGD-{meta['config']['attack_steps']}",
              "eval": f"eval PGD-{meta['config']['attack_steps']}"}
     for r in rows:
-        row = [label[r["phase"]], r["loop"], f"{r['images_per_s']:.1f}", f"{r['flops_per_image'] / 1e9:.3f}",
-               f"{r['tflops']:.3g}"]
+        row = [label[r["phase"]], r["loop"], f"{r['images_per_s']:.1f}", f"{r['cifar_epoch_s']:.1f}",
+               f"{r['flops_per_image'] / 1e9:.3f}", f"{r['tflops']:.3g}"]
         if gpu:
             row.append(_fmt(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f"))
         row.append(f"{r['peak_mem_bytes'] / 2 ** 20:.0f}")

@@ -104,6 +104,8 @@ def test_tiny_cpu_run_writes_consistent_results(tiny_run):
     for r in rows.values():
         assert r["images"] == 8 and r["images_per_s"] > 0 and r["peak_mem_bytes"] > 0
         assert r["fraction_of_peak"] is None                    # no peak on CPU
+        n = 10_000 if r["phase"] == "eval" else 50_000
+        assert r["cifar_epoch_s"] == pytest.approx(n / r["images_per_s"])
     # FLOPs of real steps vs the closed form: ST = fwd+bwd; SAM = 2 x ST; AT = 10 PGD steps + ST, where a
     # PGD step of ours is forward + input gradient (2 fwd) and of the reference forward + full backward
     fwd, stem = analytic_forward_flops(4), 2 * 3 * 4 * 9 * 32 * 32
