@@ -32,6 +32,9 @@ How the pieces fit (PROTOCOL.md, issue "deep/ at full speed and on several GPUs"
   Evaluation is sharded (:func:`shard_range`) and the per-rank counts are summed (:func:`all_reduce_sum`).
 * only rank 0 writes files (:func:`is_main`, :func:`main_only`); every rank reads checkpoints, so a resume
   under torchrun continues from the same state on all ranks.
+
+``deep.run`` uses all of this under torchrun, with ``--batch-size`` as the global batch (each of the W
+processes trains on batch/W) and ``--sam-all-reduce-ascent`` for the global ascent.
 """
 from __future__ import annotations
 
