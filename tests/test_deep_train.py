@@ -12,6 +12,15 @@ from deep.train import DivergenceError, TrainConfig, fit, lr_at
 SPEC = SyntheticSpec(image_size=16, robust_resolution=4)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine they slow down badly."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _cfg(**kw):
     base = dict(dataset="synthetic", method="sam", epochs=3, width=4, batch_size=16, n_train=48,
                 synthetic=SPEC.to_dict(), check_every=2)
