@@ -1,1 +1,14 @@
-"""deep package."""
+"""deep: the deep-network experiment of PROTOCOL.md (PreActResNet-18, ST / SAM / PGD-AT).
+
+Modules (each importable on its own):
+
+* :mod:`deep.attacks` - ``pgd``: l_inf / l2 PGD in input space (THEORY.md L1); reused by simulations/.
+* :mod:`deep.sam` - ``sam_perturbation`` and the ``SAM`` optimizer wrapper (THEORY.md L2-L4).
+* :mod:`deep.model` - ``PreActResNet18`` with input normalisation inside ``forward``.
+* :mod:`deep.data` - CIFAR-10/100 reader and md5-checked download, the generated robust / non-robust
+  image dataset with its probe variants, batched augmentation on device tensors.
+* :mod:`deep.train` - ``TrainConfig``, ``train_step``, ``train_epoch``, ``fit`` (resumable).
+* :mod:`deep.evaluate` - clean and PGD robust accuracy on a grid, feature-reliance probes.
+* :mod:`deep.run` - ``python -m deep.run`` (``--quick`` for a one-minute CPU smoke run).
+* :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark.
+"""
