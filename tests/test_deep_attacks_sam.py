@@ -210,3 +210,34 @@ def test_frozen_bn_stats_keeps_running_statistics():
     assert int(bn.num_batches_tracked) == int(before[2]) and bn.momentum == before[3]
     m(x)
     assert not torch.equal(bn.running_mean, before[0])  # tracking is back on
+
+
+def test_sam_wraps_any_optimizer_class_or_instance():
+    """rho = 0 over Adam equals Adam; a constructed instance behaves like the class form."""
+    ps, batches = _mlp_params(3), _batches(3)
+
+    def run(make):
+        m = _module_from(ps)
+        opt = make(m)
+        for x, y in batches:
+            F.cross_entropy(m(x), y).backward()
+            opt.first_step(zero_grad=True)
+            F.cross_entropy(m(x), y).backward()
+            opt.second_step(zero_grad=True)
+        return [p.detach() for p in m.parameters()]
+
+    a = run(lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.0, lr=1e-2, weight_decay=1e-3))
+    m = _module_from(ps)
+    adam = torch.optim.Adam(m.parameters(), lr=1e-2, weight_decay=1e-3)
+    for x, y in batches:
+        adam.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        adam.step()
+    for u, v in zip(a, m.parameters()):
+        torch.testing.assert_close(u, v.detach(), rtol=0, atol=0)
+    b = run(lambda m: SAM(m.parameters(), torch.optim.AdamW, rho=0.2, lr=1e-2))
+    c = run(lambda m: SAM(None, torch.optim.AdamW(m.parameters(), lr=1e-2), rho=0.2))
+    for u, v in zip(b, c):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="base_optimizer"):
+        SAM([torch.zeros(1, requires_grad=True)], "sgd", rho=0.1)
