@@ -125,16 +125,33 @@ def _hand_sam_sgd(ps, batches, rho, lr, mom, wd, adaptive=False):
     return ps
 
 
-def _run_our_sam(ps, batches, rho, lr, mom, wd, adaptive=False):
+def _train_two_pass(ps, batches, make_opt):
+    """Two-pass loop with first_step / second_step; make_opt(module) builds the optimizer."""
     m = _module_from(ps)
-    opt = SAM(m.parameters(), torch.optim.SGD, rho=rho, adaptive=adaptive, lr=lr, momentum=mom,
-              weight_decay=wd)
+    opt = make_opt(m)
     for x, y in batches:
         F.cross_entropy(m(x), y).backward()
         opt.first_step(zero_grad=True)
         F.cross_entropy(m(x), y).backward()
         opt.second_step(zero_grad=True)
     return [p.detach() for p in m.parameters()]
+
+
+def _train_plain(ps, batches, make_opt):
+    """Ordinary one-pass loop for the base optimizer alone."""
+    m = _module_from(ps)
+    opt = make_opt(m)
+    for x, y in batches:
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    return [p.detach() for p in m.parameters()]
+
+
+def _run_our_sam(ps, batches, rho, lr, mom, wd, adaptive=False):
+    return _train_two_pass(ps, batches, lambda m: SAM(m.parameters(), torch.optim.SGD, rho=rho,
+                                                      adaptive=adaptive, lr=lr, momentum=mom,
+                                                      weight_decay=wd))
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -152,14 +169,10 @@ def test_sam_equals_hand_computed_two_pass_update(adaptive):
 def test_sam_rho_zero_equals_base_optimizer():
     ps, batches = _mlp_params(1), _batches(4)
     got = _run_our_sam(ps, batches, rho=0.0, lr=0.05, mom=0.9, wd=5e-4)
-    m = _module_from(ps)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    for x, y in batches:
-        opt.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        opt.step()
-    for a, b in zip(got, m.parameters()):
-        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    want = _train_plain(ps, batches, lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9,
+                                                               weight_decay=5e-4))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -217,24 +230,12 @@ def test_sam_wraps_any_optimizer_class_or_instance():
     ps, batches = _mlp_params(3), _batches(3)
 
     def run(make):
-        m = _module_from(ps)
-        opt = make(m)
-        for x, y in batches:
-            F.cross_entropy(m(x), y).backward()
-            opt.first_step(zero_grad=True)
-            F.cross_entropy(m(x), y).backward()
-            opt.second_step(zero_grad=True)
-        return [p.detach() for p in m.parameters()]
+        return _train_two_pass(ps, batches, make)
 
     a = run(lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.0, lr=1e-2, weight_decay=1e-3))
-    m = _module_from(ps)
-    adam = torch.optim.Adam(m.parameters(), lr=1e-2, weight_decay=1e-3)
-    for x, y in batches:
-        adam.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        adam.step()
-    for u, v in zip(a, m.parameters()):
-        torch.testing.assert_close(u, v.detach(), rtol=0, atol=0)
+    want = _train_plain(ps, batches, lambda m: torch.optim.Adam(m.parameters(), lr=1e-2, weight_decay=1e-3))
+    for u, v in zip(a, want):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
     b = run(lambda m: SAM(m.parameters(), torch.optim.AdamW, rho=0.2, lr=1e-2))
     c = run(lambda m: SAM(None, torch.optim.AdamW(m.parameters(), lr=1e-2), rho=0.2))
     for u, v in zip(b, c):
