@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true",
                       help="small sizes (3 seeds, 12 epochs, fewer strengths): well under a minute")
     size.add_argument("--full", action="store_true",
-                      help="8 seeds, 60 epochs of 10^4 fresh samples, finer sweeps (several minutes)")
+                      help="8 seeds, 60 epochs of 10^4 fresh samples, finer sweeps (about 15 minutes)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="number of seeds (independent data streams and SGD runs), >= 2; default: "
                         "3 quick / 5 default / 8 full")
