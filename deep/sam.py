@@ -24,7 +24,7 @@ are updated only once per step, by the first pass at w: wrap the second forward 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
