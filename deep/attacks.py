@@ -10,7 +10,8 @@ PGD (Madry et al. 2018) approximately solves the AT inner maximisation (THEORY.m
 by ``steps`` iterations of
 
     l_inf:  delta <- Proj_{||.||_inf <= eps}( delta + alpha * sign(grad) )
-    l2:     delta <- Proj_{||.||_2  <= eps}( delta + alpha * grad / ||grad||_2 )   (per example)
+    l2:     delta <- Proj_{||.||_2  <= eps}( delta + alpha * grad / ||grad||_2 )   (per example;
+            computed scale-invariantly, so vanishing-but-nonzero gradients still take full steps)
 
 each followed by the box projection x + delta in [lo, hi] (when ``clamp`` is given).
 """
@@ -51,6 +52,15 @@ def _per_example_l2(t: torch.Tensor) -> torch.Tensor:
     """l2 norm of each example (first dimension), shaped to broadcast against ``t``."""
     n = t.flatten(1).norm(p=2, dim=1)
     return n.view(-1, *([1] * (t.dim() - 1)))
+
+
+def _l2_direction(g: torch.Tensor) -> torch.Tensor:
+    """Per-example ``g / ||g||_2``, scale-invariant: each example is first divided by its max-abs
+    entry, so tiny gradients (e.g. a logistic loss at margin > ~28, ||g|| < 1e-12) still give a unit
+    direction instead of being swamped by the 1e-12 guard. An all-zero example stays zero."""
+    m = g.flatten(1).abs().amax(dim=1).view(-1, *([1] * (g.dim() - 1)))
+    g = g / torch.where(m > 0, m, torch.ones_like(m))
+    return g / (_per_example_l2(g) + 1e-12)
 
 
 def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -142,6 +152,6 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         if norm_ == "inf":
             delta = delta + step_size * grad.sign()
         else:
-            delta = delta + step_size * grad / (_per_example_l2(grad) + 1e-12)
+            delta = delta + step_size * _l2_direction(grad)
         delta = _clamp_box(x, _project(delta, eps, norm_), clamp)
     return (x + delta).detach()

@@ -63,6 +63,29 @@ def test_pgd_on_linear_model_reaches_closed_form_worst_case(norm, random_start, 
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
+def test_pgd_l2_full_steps_on_very_confident_examples():
+    """L1 at margin ~40, where the logistic gradient (~e^-40 ||v||) is far below 1e-12: the l2 step
+    must still be scale-invariant, so PGD reaches the worst-case margin shift eps*||v||_2 exactly."""
+    g = torch.Generator().manual_seed(5)
+    D, n, eps = 10, 16, 0.5
+    v = torch.randn(D, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (n,), generator=g).to(torch.float64) * 2 - 1
+    x = torch.randn(n, D, generator=g, dtype=torch.float64)
+    # move each x along v so that its margin y v.x is 40 (plus a little spread)
+    target = 40.0 + torch.rand(n, generator=g, dtype=torch.float64)
+    x = x + ((target - y * (x @ v)) * y / v.dot(v))[:, None] * v[None, :]
+
+    def loss_fn(margin, yy):
+        return F.softplus(-yy * margin).sum()
+
+    x_adv = pgd(lambda z: z @ v, x, y, eps=eps, norm="l2", steps=10, step_size=eps / 5,
+                loss_fn=loss_fn, clamp=None, random_start=False)
+    got = y * (x_adv @ v)
+    expected = y * (x @ v) - eps * v.norm()
+    assert (expected > 35).all()  # still deep in the underflow regime
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+
+
 def test_pgd_rejects_bad_arguments():
     m = _tiny_cnn()
     x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
