@@ -205,13 +205,18 @@ def _jsonable(obj):
     return obj
 
 
-def atomic_write_json(path: str, obj) -> None:
-    """Write strict JSON (NaN/inf -> null) to ``path`` atomically (temporary file, then os.replace)."""
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then os.replace)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=1, allow_nan=False)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    """Write strict JSON (NaN/inf -> null) to ``path`` atomically (via :func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False))
 
 
 def load_job(job: Job, cache_dir: str, model) -> Optional[dict]:

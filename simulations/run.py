@@ -24,7 +24,7 @@ import linear_theory as lt
 
 from . import experiments
 from .claims import CLAIM_FUNCS, OPT_TOL
-from .experiments import CLAIMS, PROFILES, Settings, atomic_write_json, jobs_for
+from .experiments import CLAIMS, PROFILES, Settings, atomic_write_json, atomic_write_text, jobs_for
 from .figures import write_figures
 from .report import format_table, markdown_report
 
@@ -110,11 +110,7 @@ def _run(settings, claims, out, force, figures, model, progress) -> dict:
         meta["figures"] = write_figures(data, os.path.join(out, "figures"))
     meta["wall_time_s"] = time.perf_counter() - t0
     atomic_write_json(os.path.join(out, "simulations.json"), data)
-    md = markdown_report(rows, meta)
-    tmp = os.path.join(out, f"simulations.md.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(md)
-    os.replace(tmp, os.path.join(out, "simulations.md"))
+    atomic_write_text(os.path.join(out, "simulations.md"), markdown_report(rows, meta))
     return data
 
 
