@@ -8,7 +8,7 @@ from .closed_forms import (at_l2_lambda, at_l2_weights, at_linf_weights, match_r
 from .metrics import (SamStrength, attack_margin_shift, clean_accuracy, dual_exponent, logistic_loss,
                       population_loss, robust_accuracy, robust_reliance, sam_strength)
 from .model import FeatureModel, TsiprasModel
-from .sam_objective import sam_loss, sam_loss_mc
+from .sam_objective import SAM_NORMS, sam_loss, sam_loss_mc
 from .solve import DEFAULT_EPS_GRID, METHODS, Solution, solve, tradeoff
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "attack_margin_shift", "dual_exponent", "logistic_loss",
     "st_weights", "at_linf_weights", "at_l2_lambda", "at_l2_weights",
     "ridge_direction", "match_ridge_lambda", "ridge_lambda_to_l2_eps",
-    "sam_loss", "sam_loss_mc",
+    "sam_loss", "sam_loss_mc", "SAM_NORMS",
     "solve", "tradeoff", "Solution", "METHODS", "DEFAULT_EPS_GRID",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 from . import metrics
 from .derive import derive_all
 from .model import FeatureModel, TsiprasModel
+from .sam_objective import SAM_NORMS
 from .solve import METHODS, attack_label, solve, tradeoff
 
 
@@ -40,6 +41,13 @@ def _add_model_options(p):
     g.add_argument("--d", type=int, default=100, help="number of non-robust features")
     g.add_argument("--eta", type=float, default=0.2, help="non-robust amplitude eta")
     g.add_argument("--sigma-n", type=float, default=1.0, help="non-robust spread sigma_n")
+
+
+def _add_sam_norm_option(p):
+    p.add_argument("--sam-norm", choices=SAM_NORMS, default=None,
+                   help="sam-fixed-scale margin drop: full = rho*tau*||x|| (T5, default), "
+                        "projected = rho*tau*||P_w x|| (the exact fixed-scale ascent; P_w projects out the weight "
+                        "direction)")
 
 
 def _model_from_args(a):
@@ -108,15 +116,22 @@ def _cmd_derive(a):
         print()
 
 
+def _check_sam_norm_option(a, methods):
+    if a.sam_norm is not None and "sam-fixed-scale" not in methods:
+        raise ValueError("--sam-norm applies only to method sam-fixed-scale")
+
+
 def _cmd_solve(a):
     model = _model_from_args(a)
     grid = _parse_eps_grid(a.eps_grid)
-    sol = solve(model, a.method, a.strength, tau=a.tau, checks=a.checks)
+    _check_sam_norm_option(a, [a.method])
+    sol = solve(model, a.method, a.strength, tau=a.tau, checks=a.checks, sam_norm=a.sam_norm)
     out = {"model": _model_dict(model), **sol.to_dict(grid, full_weights=True)}
     if a.json:
         print(json.dumps(out, indent=2))
         return
     print(f"{a.method} at strength {a.strength:g}" + (f", tau {a.tau:g}" if a.tau is not None else "")
+          + (f", {sol.sam_norm} norm" if sol.sam_norm is not None else "")
           + f" on {type(model).__name__}({', '.join(f'{k}={v}' for k, v in dataclasses.asdict(model).items())})")
     print(f"  robust weight      {out['robust_weight']:.6f}")
     print(f"  non-robust weight  {out['nonrobust_weight']:.6f} (mean; sd {out['nonrobust_weight_sd']:.2e})")
@@ -172,6 +187,7 @@ def _cmd_tradeoff(a):
     if summary_attack[0] not in grid:
         grid.append(summary_attack[0])
     summary_key = attack_label(*summary_attack[0])
+    _check_sam_norm_option(a, a.methods)
     if a.num < 2:
         raise ValueError(f"num must be at least 2, got {a.num}")
     for name in ("rho_max", "eps_max"):
@@ -184,14 +200,17 @@ def _cmd_tradeoff(a):
             raise ValueError("method st has no strength; use solve --method st")
         top = a.rho_max if method.startswith("sam") else a.eps_max
         strengths = np.linspace(0.0, top, a.num)
-        tau = a.tau if method == "sam-fixed-scale" else None
-        curves[method] = tradeoff(model, method, strengths, eps_grid=grid, tau=tau, progress=a.progress)
+        fixed = method == "sam-fixed-scale"
+        curves[method] = tradeoff(model, method, strengths, eps_grid=grid, tau=a.tau if fixed else None,
+                                  progress=a.progress, sam_norm=a.sam_norm if fixed else None)
     wall = time.perf_counter() - t0
-    out = {"model": _model_dict(model), "tau": a.tau, "eps_grid": [[str(n), e] for n, e in grid],
+    sam_norm = (a.sam_norm or "full") if "sam-fixed-scale" in a.methods else None
+    out = {"model": _model_dict(model), "tau": a.tau, "sam_norm": sam_norm, "eps_grid": [[str(n), e] for n, e in grid],
            "curves": curves, "summary": _summaries(model, curves, a.clean_tol, summary_key), "wall_time_s": wall}
     if a.out:
         _atomic_write(a.out, json.dumps(out, indent=2))
-        md = [f"# linear_theory tradeoff ({type(model).__name__}, tau={a.tau})", ""]
+        md = [f"# linear_theory tradeoff ({type(model).__name__}, tau={a.tau}"
+              + (f", sam-norm={sam_norm})" if sam_norm else ")"), ""]
         for method, rows in curves.items():
             md += [f"## {method}", "", "```", _table(rows, "rho" if method.startswith("sam") else "eps"), "```", ""]
         md += ["## summary", "", "```", json.dumps(out["summary"], indent=2), "```", ""]
@@ -200,7 +219,7 @@ def _cmd_tradeoff(a):
         print(json.dumps(out, indent=2))
         return
     for method, rows in curves.items():
-        print(f"== {method}" + (f" (tau {a.tau:g})" if method == "sam-fixed-scale" else ""))
+        print(f"== {method}" + (f" (tau {a.tau:g}, {sam_norm} norm)" if method == "sam-fixed-scale" else ""))
         print(_table(rows, "rho" if method.startswith("sam") else "eps"))
         print()
     for method, s in out["summary"].items():
@@ -222,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="st (T1), at-linf (T3), at-l2 (T4), sam (T2, unconstrained), sam-fixed-scale (T5, needs --tau)")
     s.add_argument("--strength", type=float, default=0.0, help="eps for AT, rho for SAM (>= 0; 0 for st)")
     s.add_argument("--tau", type=float, default=None, help="fixed weight norm for sam-fixed-scale")
+    _add_sam_norm_option(s)
     s.add_argument("--eps-grid", default="inf:0.1,inf:0.2,inf:0.3,2:0.5,2:1",
                    help="attack radii for robust accuracies, comma-separated NORM:EPS (NORM inf, 2 or p >= 1)")
     s.add_argument("--checks", action="store_true",
@@ -237,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rho-max", type=float, default=0.3, help="largest SAM radius rho")
     t.add_argument("--eps-max", type=float, default=0.5, help="largest AT radius eps")
     t.add_argument("--tau", type=float, default=4.0, help="fixed weight norm for sam-fixed-scale")
+    _add_sam_norm_option(t)
     t.add_argument("--eps-grid", default="inf:0.1,inf:0.2,inf:0.3,2:0.5,2:1",
                    help="attack radii for robust accuracies, comma-separated NORM:EPS")
     t.add_argument("--summary-attack", default="inf:0.2",

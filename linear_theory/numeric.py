@@ -10,6 +10,7 @@
   (one angle), the check for T5's ridge-path form.
 * ``minimize_sam_full_mc``: full-vector minimisation of the fixed-scale SAM objective on a fixed Monte-Carlo
   sample (small D), the check that T5's minimiser is a ridge direction even without imposing symmetry.
+Both fixed-scale routes take ``sam_norm="projected"`` for the margin drop rho*tau*||P_w x|| (w = v/tau).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from scipy.special import expit
 
 from .metrics import _trapezoid_nodes, check_nonnegative, dual_exponent, logistic_loss
 from .model import FeatureModel, TsiprasModel
-from .sam_objective import block_vector, sam_loss
+from .sam_objective import block_vector, check_sam_norm, sam_loss
 
 __all__ = [
     "block_basis",
@@ -157,39 +158,51 @@ def _sphere_vector(model, tau, theta):
     return tau * block_vector(model, math.cos(theta) / math.sqrt(model.k), math.sin(theta) / math.sqrt(model.d))
 
 
-def minimize_sam_sphere(model, rho, tau, n_grid: int = 181):
-    """Minimise E l(y v.x - rho*tau*||x||) over block vectors with ||v||_2 = tau, parametrised by one angle.
+def minimize_sam_sphere(model, rho, tau, n_grid: int = 181, sam_norm: str = "full"):
+    """Minimise E l(y v.x - rho*tau*||x||) (``sam_norm="projected"``: ||P_w x||) over block vectors with
+    ||v||_2 = tau, parametrised by one angle.
 
     Coarse grid over the angle in (-pi, pi], then bounded Brent refinement around the best grid point.
     """
     rho = check_nonnegative("rho", rho)
     c = rho * tau
+    f = lambda t: sam_loss(model, _sphere_vector(model, tau, t), c, sam_norm=sam_norm)  # noqa: E731
     grid = np.linspace(-math.pi, math.pi, n_grid, endpoint=False)
-    vals = np.array([sam_loss(model, _sphere_vector(model, tau, t), c) for t in grid])
+    vals = np.array([f(t) for t in grid])
     i = int(np.argmin(vals))
     h = grid[1] - grid[0]
-    res = minimize_scalar(lambda t: sam_loss(model, _sphere_vector(model, tau, t), c),
+    res = minimize_scalar(f,
                           bounds=(grid[i] - h, grid[i] + h), method="bounded", options={"xatol": 1e-11})
     return _sphere_vector(model, tau, float(res.x))
 
 
-def minimize_sam_full_mc(model, rho, tau, n: int = 20000, seed=0, v0=None):
+def minimize_sam_full_mc(model, rho, tau, n: int = 20000, seed=0, v0=None, sam_norm: str = "full"):
     """Minimise the fixed-scale SAM objective over the full vector on the sphere ||v|| = tau, Monte-Carlo.
 
-    Objective: mean over a fixed sample of l(y v.x - rho*tau*||x||) with v = tau*w/||w|| (so the constraint
-    is built in); L-BFGS on w with the analytic gradient. Meant for small D.
+    Objective: mean over a fixed sample of l(y v.x - rho*tau*r) with v = tau*w/||w|| (so the constraint
+    is built in), r = ||x|| (``sam_norm="full"``) or r = ||P_w x|| = sqrt(||x||^2 - (v.x/tau)^2) ("projected");
+    L-BFGS on w with the analytic gradient. Meant for small D.
     """
     rho = check_nonnegative("rho", rho)
+    proj = check_sam_norm(sam_norm) == "projected"
     X, y = model.sample(n, seed)
     U = y[:, None] * X
-    shift = rho * tau * np.linalg.norm(X, axis=1)
+    c = rho * tau
+    sq = np.sum(X * X, axis=1)
 
     def fun(w):
         nw = np.linalg.norm(w)
         v = tau * w / nw
-        z = U @ v - shift
+        s = U @ v
+        if proj:
+            r = np.sqrt(np.maximum(sq - (s / tau) ** 2, 1e-300))
+            z = s - c * r
+            dz = 1.0 + c * s / (tau**2 * r)  # dz/dv = dz_factor * u
+        else:
+            z = s - c * np.sqrt(sq)
+            dz = 1.0
         f = float(logistic_loss(z).mean())
-        gv = U.T @ (-expit(-z)) / n
+        gv = U.T @ (-expit(-z) * dz) / n
         gw = tau / nw * (gv - (gv @ w) * w / nw**2)
         return f, gw
 

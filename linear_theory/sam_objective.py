@@ -1,4 +1,5 @@
-"""The per-example SAM objective E l(y v.x - c*||x||_2) (L2, T2, T5), evaluated without approximating ||x||.
+"""The per-example SAM objective E l(y v.x - c*||x||_2) (L2, T2, T5), evaluated without approximating ||x||,
+and its projected-norm variant E l(y v.x - c*||P_w x||_2) (fixed-scale SAM without T5's ||P_w x|| ~ ||x||).
 
 ||x||_2 is not constant (for the reference model ||x||^2 = 136 +- 42), and it is correlated with the margin
 through the robust coordinate, so replacing it by its mean is not exact. We evaluate the expectation exactly
@@ -12,6 +13,12 @@ ridge direction and every symmetric minimiser is block-structured). With u = y x
 So E l(z - c||u||) is a 3- or 4-dimensional integral: trapezoidal rule in the two Gaussian sums and
 generalised Gauss-Laguerre in the chi-square variables. For the Tsipras variant x_0 = +-y is a two-point
 law. A Monte-Carlo evaluator for arbitrary v is given for cross-checks.
+
+Projected norm (``sam_norm="projected"``): at fixed scale the SAM ascent moves w (unit vector v/||v||) orthogonally
+to itself, so the margin drops by c*||P_w x|| with P_w = I - w w^T (T5 then approximates ||P_w x|| by ||x||).
+Since ||P_w u||^2 = ||u||^2 - (w.u)^2 = ||u||^2 - z^2/||v||^2 and z is a function of the block sums, the same
+quadrature grids evaluate it exactly; by Cauchy-Schwarz the argument of the square root is >= 0 on every node.
+For v = 0 (no direction) P_w is taken as the identity.
 """
 from __future__ import annotations
 
@@ -24,7 +31,16 @@ from scipy.special import roots_genlaguerre
 from .metrics import check_nonnegative, logistic_loss
 from .model import TsiprasModel, check_weights
 
-__all__ = ["block_weights", "block_vector", "sam_loss", "sam_loss_mc", "norm_moments"]
+__all__ = ["SAM_NORMS", "check_sam_norm", "block_weights", "block_vector", "sam_loss", "sam_loss_mc", "norm_moments"]
+
+SAM_NORMS = ("full", "projected")
+
+
+def check_sam_norm(sam_norm) -> str:
+    """Validate the SAM perturbation norm: "full" (||x||, T5 as stated) or "projected" (||P_w x||)."""
+    if sam_norm not in SAM_NORMS:
+        raise ValueError(f"sam_norm must be one of {', '.join(SAM_NORMS)}, got {sam_norm!r}")
+    return sam_norm
 
 
 def block_weights(model, v, rtol: float = 1e-12):
@@ -83,27 +99,47 @@ def _grids(model, a: float, b: float, c: float, fine: float, laguerre: int):
     return robust, nonrobust
 
 
-def sam_loss(model, v, c, fine: float = 1.2, laguerre: int = 24) -> float:
-    """E l(y v.x - c*||x||_2) for block-structured v (L2 with c = rho; T5 with c = rho*tau).
+def _inv_norm_sq(v) -> float:
+    """1/||v||^2 for the projection P_w, w = v/||v|| (0 for v = 0: P_w = I)."""
+    nsq = float(np.dot(v, v))
+    return 1.0 / nsq if nsq > 0 else 0.0
+
+
+def sam_loss(model, v, c, fine: float = 1.2, laguerre: int = 24, sam_norm: str = "full") -> float:
+    """E l(y v.x - c*||x||_2) for block-structured v (L2 with c = rho; T5 with c = rho*tau); with
+    ``sam_norm="projected"`` E l(y v.x - c*||P_w x||_2), w = v/||v|| (fixed-scale SAM's exact ascent, T5).
 
     Exact up to quadrature error (see module docstring); raises ValueError for non-block v.
     """
     c = check_nonnegative("c", c)
+    proj = check_sam_norm(sam_norm) == "projected"
     a, b = block_weights(model, v)
+    inv = _inv_norm_sq(block_vector(model, a, b)) if proj else 0.0
     robust, (zN, qN, wN) = _grids(model, a, b, c, fine, laguerre)
     total = 0.0
     for prob, zR, qR, wR in robust:
-        arg = zR[:, None] + zN[None, :] - c * np.sqrt(qR[:, None] + qN[None, :])
-        total += prob * float(wR @ logistic_loss(arg) @ wN)
+        z = zR[:, None] + zN[None, :]
+        sq = qR[:, None] + qN[None, :]
+        if proj:
+            sq = np.maximum(sq - inv * z * z, 0.0)
+        total += prob * float(wR @ logistic_loss(z - c * np.sqrt(sq)) @ wN)
     return total
 
 
-def sam_loss_mc(model, v, c, n: int = 200_000, seed=0, return_se: bool = False):
-    """Monte-Carlo estimate of E l(y v.x - c*||x||_2) for any v (fixed seed: common random numbers)."""
+def sam_loss_mc(model, v, c, n: int = 200_000, seed=0, return_se: bool = False, sam_norm: str = "full"):
+    """Monte-Carlo estimate of E l(y v.x - c*||x||_2) (or c*||P_w x||_2 for ``sam_norm="projected"``) for any v,
+    computed from the definition on a fixed sample (fixed seed: common random numbers)."""
     c = check_nonnegative("c", c)
+    proj = check_sam_norm(sam_norm) == "projected"
     v = check_weights(model, v)
     X, y = model.sample(n, seed)
-    vals = logistic_loss(y * (X @ v) - c * np.linalg.norm(X, axis=1))
+    if proj and np.any(v):
+        w = v / np.linalg.norm(v)
+        X_perp = X - np.outer(X @ w, w)  # P_w x, computed as a projection (not via the block-sum identity)
+        norms = np.linalg.norm(X_perp, axis=1)
+    else:
+        norms = np.linalg.norm(X, axis=1)
+    vals = logistic_loss(y * (X @ v) - c * norms)
     if return_se:
         return float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(n))
     return float(vals.mean())

@@ -10,7 +10,9 @@ Methods (THEORY.md section 4):
   "sam-fixed-scale" T5   SAM at fixed scale tau, strength = rho: 1-D minimisation over the ridge parameter
                          lam of E l(y v.x - rho*tau*||x||) with v = tau*(Sigma + lam I)^{-1} mu/||.||; .lam = ridge
                          lam (> -min sigma^2; negative only when tau exceeds the unconstrained optimum's norm);
-                         .info reports the unrestricted sphere minimiser (one angle) and the deviation
+                         .info reports the unrestricted sphere minimiser (one angle) and the deviation.
+                         sam_norm="projected": the same with the exact ascent's margin drop rho*tau*||P_w x||
+                         (P_w projects out w = v/tau) instead of T5's rho*tau*||x||; default "full" is T5
 For ``TsiprasModel`` every method is a direct numeric minimisation (two-parameter reduction, exact by
 convexity and permutation symmetry for st/at/sam; one angle on the sphere for sam-fixed-scale).
 """
@@ -26,7 +28,7 @@ from . import closed_forms as cf
 from . import metrics
 from . import numeric
 from .model import FeatureModel, TsiprasModel
-from .sam_objective import sam_loss
+from .sam_objective import check_sam_norm, sam_loss
 
 __all__ = ["METHODS", "Solution", "solve", "tradeoff", "DEFAULT_EPS_GRID"]
 
@@ -52,6 +54,7 @@ class Solution:
     v: np.ndarray
     lam: float | None = None
     tau: float | None = None
+    sam_norm: str | None = None
     objective: float = float("nan")
     info: dict = field(default_factory=dict)
 
@@ -87,6 +90,7 @@ class Solution:
             "method": self.method,
             "strength": self.strength,
             "tau": self.tau,
+            "sam_norm": self.sam_norm,
             "lam": None if self.lam is None else (None if math.isinf(self.lam) else float(self.lam)),
             "robust_weight": self.robust_weight,
             "nonrobust_weight": self.nonrobust_weight,
@@ -178,8 +182,8 @@ def _unit_ridge(model, lam: float) -> np.ndarray:
     return r / np.linalg.norm(r)
 
 
-def _ridge_objective(model, rho, tau):
-    return lambda lam: sam_loss(model, tau * _unit_ridge(model, lam), rho * tau)
+def _ridge_objective(model, rho, tau, sam_norm="full"):
+    return lambda lam: sam_loss(model, tau * _unit_ridge(model, lam), rho * tau, sam_norm=sam_norm)
 
 
 def _argmin_on_ridge(G, scale: float, lam_min: float):
@@ -194,14 +198,16 @@ def _argmin_on_ridge(G, scale: float, lam_min: float):
     return float(res.x) if res.fun <= vals[i] else float(grid[i])
 
 
-def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
+def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool, sam_norm: str = "full"):
     if isinstance(model, TsiprasModel):
-        v = numeric.minimize_sam_sphere(model, rho, tau)
-        return v, None, sam_loss(model, v, rho * tau), {"route": "angle on the sphere (numeric)"}
-    G = _ridge_objective(model, rho, tau)
+        v = numeric.minimize_sam_sphere(model, rho, tau, sam_norm=sam_norm)
+        return v, None, sam_loss(model, v, rho * tau, sam_norm=sam_norm), {"route": "angle on the sphere (numeric)",
+                                                                           "sam_norm": sam_norm}
+    G = _ridge_objective(model, rho, tau, sam_norm)
     scale, lam_min = float(np.mean(model.sigma2)), -float(model.sigma2.min())
     lam = _argmin_on_ridge(G, scale, lam_min)
-    info = {"route": "1-D minimisation over the ridge parameter lam of (Sigma + lam I)^{-1} mu (T5)"}
+    info = {"route": "1-D minimisation over the ridge parameter lam of (Sigma + lam I)^{-1} mu (T5)",
+            "sam_norm": sam_norm}
     if lam < 0:
         info["negative_lam"] = ("tau exceeds the norm of the unconstrained optimum: the scale constraint pushes "
                                 "weight towards low-variance (non-robust) features")
@@ -210,8 +216,8 @@ def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
     # L4 with unit-norm w: SAM acts as l2 AT of radius about rho*sqrt(E||x||^2)
     info["sam_l2_strength_rms"] = metrics.sam_strength(model, rho, v / tau).l2_rms
     if info_checks:
-        v_sphere = numeric.minimize_sam_sphere(model, rho, tau)
-        f_sphere = sam_loss(model, v_sphere, rho * tau)
+        v_sphere = numeric.minimize_sam_sphere(model, rho, tau, sam_norm=sam_norm)
+        f_sphere = sam_loss(model, v_sphere, rho * tau, sam_norm=sam_norm)
         info["sphere_minimiser"] = {"robust_weight": float(v_sphere[0]), "nonrobust_weight": float(v_sphere[-1]),
                                     "objective": f_sphere}
         info["deviation_from_ridge_path"] = _direction_report(v_sphere, v)
@@ -227,10 +233,12 @@ def _solve_sam_fixed_scale(model, rho, tau, info_checks: bool):
     return v, lam, G(lam), info
 
 
-def solve(model, method, strength=0.0, tau=None, checks: bool = False) -> Solution:
+def solve(model, method, strength=0.0, tau=None, checks: bool = False, sam_norm=None) -> Solution:
     """Population optimum of ``method`` at ``strength`` (eps for AT, rho for SAM) on ``model``.
 
     ``tau`` (the fixed weight norm) is required for "sam-fixed-scale" and rejected otherwise.
+    ``sam_norm`` (only "sam-fixed-scale"): "full" (default, T5: margin drop rho*tau*||x||_2) or "projected"
+    (the exact ascent's drop rho*tau*||P_w x||_2, P_w = I - w w^T, w = v/tau).
     ``checks=True`` adds to ``info`` the independent minimiser and the measured deviation for T2/T5.
     """
     _check_model(model)
@@ -243,8 +251,12 @@ def solve(model, method, strength=0.0, tau=None, checks: bool = False) -> Soluti
         tau = metrics.check_nonnegative("tau", tau)
         if tau == 0.0:
             raise ValueError("tau must be positive")
+        sam_norm = check_sam_norm("full" if sam_norm is None else sam_norm)
     elif tau is not None:
         raise ValueError(f"tau applies only to method 'sam-fixed-scale', not {method!r}")
+    elif sam_norm is not None:
+        raise ValueError(f"sam_norm applies only to method 'sam-fixed-scale', not {method!r} "
+                         "(unconstrained SAM's ascent lowers the margin by exactly rho*||x||)")
     if method == "st" and strength != 0.0:
         raise ValueError("strength must be 0 for method 'st'")
 
@@ -266,15 +278,17 @@ def solve(model, method, strength=0.0, tau=None, checks: bool = False) -> Soluti
     elif method == "sam":
         v, lam, obj, info = _solve_sam(model, strength, checks)
     else:
-        v, lam, obj, info = _solve_sam_fixed_scale(model, strength, tau, checks)
+        v, lam, obj, info = _solve_sam_fixed_scale(model, strength, tau, checks, sam_norm)
     return Solution(model=model, method=method, strength=strength, v=np.asarray(v, dtype=float), lam=lam, tau=tau,
-                    objective=float(obj), info=info)
+                    sam_norm=sam_norm, objective=float(obj), info=info)
 
 
-def tradeoff(model, method, strengths, eps_grid=DEFAULT_EPS_GRID, tau=None, progress: bool = False) -> list:
+def tradeoff(model, method, strengths, eps_grid=DEFAULT_EPS_GRID, tau=None, progress: bool = False,
+             sam_norm=None) -> list:
     """T6: one row per strength with clean accuracy, robust accuracies on ``eps_grid``, reliance and weights.
 
-    ``eps_grid``: attack radii, floats (l_inf) or (norm, eps) pairs. Returns a list of dicts (``Solution.to_dict``).
+    ``eps_grid``: attack radii, floats (l_inf) or (norm, eps) pairs; ``tau``/``sam_norm`` as in ``solve``.
+    Returns a list of dicts (``Solution.to_dict``).
     """
     strengths = [metrics.check_nonnegative("strength", s) for s in strengths]
     grid = _parse_grid(eps_grid)
@@ -283,4 +297,4 @@ def tradeoff(model, method, strengths, eps_grid=DEFAULT_EPS_GRID, tau=None, prog
         from tqdm import tqdm
 
         it = tqdm(strengths, desc=f"tradeoff {method}", leave=False)
-    return [solve(model, method, s, tau=tau).to_dict(grid) for s in it]
+    return [solve(model, method, s, tau=tau, sam_norm=sam_norm).to_dict(grid) for s in it]

@@ -25,6 +25,19 @@ def test_solve_json_matches_api(capsys):
     assert res["robust_accuracy"]["linf_0.2"] == pytest.approx(sol.robust_accuracy("inf", 0.2))
 
 
+def test_solve_sam_norm_projected_json_matches_api(capsys):
+    argv = ["solve", "--method", "sam-fixed-scale", "--strength", "0.3", "--tau", "4", "--json", "--d", "20"]
+    code, out, _ = run_main(capsys, argv + ["--sam-norm", "projected"])
+    assert code == 0
+    res = json.loads(out)
+    sol = lt.solve(lt.FeatureModel(d=20), "sam-fixed-scale", 0.3, tau=4.0, sam_norm="projected")
+    assert res["sam_norm"] == "projected" and np.allclose(res["v"], sol.v) and res["lam"] == pytest.approx(sol.lam)
+    # default stays T5's full norm, which gives a different solution
+    code, out, _ = run_main(capsys, argv)
+    full = json.loads(out)
+    assert full["sam_norm"] == "full" and full["lam"] > res["lam"]
+
+
 def test_solve_text_and_tsipras(capsys):
     code, out, _ = run_main(capsys, ["solve", "--method", "st", "--model", "tsipras", "--p", "0.8", "--d", "10"])
     assert code == 0 and "clean accuracy" in out and "robust linf_0.1" in out
@@ -37,6 +50,7 @@ def test_tradeoff_json_and_summary(capsys, tmp_path):
     assert code == 0
     res = json.loads(out)
     assert set(res["curves"]) == {"sam-fixed-scale", "at-linf", "at-l2"}
+    assert res["sam_norm"] == "full" and res["curves"]["sam-fixed-scale"][0]["sam_norm"] == "full"
     assert [r["strength"] for r in res["curves"]["at-linf"]] == [0.0, 0.25, 0.5]
     # at eps = 0.25 >= eta the AT curve sits at the robust-feature-only accuracy (T3/T6)
     s = res["summary"]["at-linf"]
@@ -61,6 +75,9 @@ def test_derive_prints_every_label(capsys):
     (["solve", "--method", "st", "--eps-grid", "inf:-1"], "eps"),
     (["solve", "--method", "bogus"], "method"),
     (["tradeoff", "--num", "1"], "num"),
+    (["solve", "--method", "at-l2", "--strength", "0.1", "--sam-norm", "projected"], "sam-norm"),
+    (["solve", "--method", "sam-fixed-scale", "--tau", "4", "--sam-norm", "proj"], "sam-norm"),
+    (["tradeoff", "--methods", "at-linf", "--sam-norm", "projected"], "sam-norm"),
     (["tradeoff", "--rho-max", "nan"], "rho-max"),
 ])
 def test_bad_input_exits_2_naming_parameter(capsys, argv, word):
