@@ -50,9 +50,15 @@ OPT_REASON = "SGD error left by the budget: change when the epochs are doubled, 
 
 
 @functools.lru_cache(maxsize=256)
-def _solve(model, method: str, strength: float = 0.0, tau=None, checks: bool = False):
-    """``lt.solve`` memoised (S4 and S5 ask for the same optima; the models are frozen dataclasses)."""
-    return lt.solve(model, method, float(strength), tau=tau, checks=checks)
+def _solve(model, method: str, strength: float = 0.0, tau=None, checks: bool = False, sam_norm=None):
+    """``lt.solve`` memoised (S4 and S5 ask for the same optima; the models are frozen dataclasses).
+    ``sam_norm="projected"`` (sam-fixed-scale only): T5 with the exact ascent's margin drop
+    rho*tau*||P_w x|| instead of rho*tau*||x|| (linear_theory README, "Projected norm")."""
+    return lt.solve(model, method, float(strength), tau=tau, checks=checks, sam_norm=sam_norm)
+
+
+# Companion rows of S4/S5 (id suffix "-proj"): the same measurements against T5 with the projected norm.
+PROJ = "T5 with ||P_w x|| (linear_theory sam_norm='projected')"
 
 
 def _acc(model, v, norm=None, eps=0.0) -> float:
@@ -234,18 +240,22 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
     rows = []
     tau = st.tau
     res1 = results[sam_fixed_job(st, 1).key]
+    by_norm = {None: [], "projected": []}  # T5 rows, then the same measurements vs the projected norm
     for rho in st.s4_rho:
         V = weights_by_rho(res1, rho)
-        sol = _solve(model, "sam-fixed-scale", rho, tau=tau)
-        rows.append(compare(f"S4-rho{rho:g}-reliance", "S4",
-                            f"SAM fixed scale tau={tau:g} rho={rho:g} m=1: robust reliance vs T5",
-                            sol.robust_reliance, [lt.robust_reliance(model, v) for v in V],
-                            _tol(st, "reliance"), OPT_REASON, config={"job": "sam-fixed-m1", "rho": rho}))
-        rows.append(compare(f"S4-rho{rho:g}-lambda", "S4",
-                            f"SAM fixed scale rho={rho:g} m=1: matched ridge lambda vs T5 lambda",
-                            sol.lam, [lt.match_ridge_lambda(model, v) for v in V],
-                            _tol(st, "lambda_rel") * sol.lam, OPT_REASON,
-                            config={"job": "sam-fixed-m1", "rho": rho}))
+        rel = [lt.robust_reliance(model, v) for v in V]
+        lam = [lt.match_ridge_lambda(model, v) for v in V]
+        for sam_norm, suffix, label in ((None, "", "T5"), ("projected", "-proj", PROJ)):
+            sol = _solve(model, "sam-fixed-scale", rho, tau=tau, sam_norm=sam_norm)
+            cfg = {"job": "sam-fixed-m1", "rho": rho, **({"sam_norm": sam_norm} if sam_norm else {})}
+            by_norm[sam_norm] += [
+                compare(f"S4-rho{rho:g}-reliance{suffix}", "S4",
+                        f"SAM fixed scale tau={tau:g} rho={rho:g} m=1: robust reliance vs {label}",
+                        sol.robust_reliance, rel, _tol(st, "reliance"), OPT_REASON, config=dict(cfg)),
+                compare(f"S4-rho{rho:g}-lambda{suffix}", "S4",
+                        f"SAM fixed scale rho={rho:g} m=1: matched ridge lambda vs {label} lambda",
+                        sol.lam, lam, _tol(st, "lambda_rel") * sol.lam, OPT_REASON, config=dict(cfg))]
+    rows += by_norm[None] + by_norm["projected"]
     # effective strength vs m
     rho = st.s4_m_rho
     rhos_grid, lams_grid = _lambda_curve(model, tau, 2.0 * rho)
@@ -312,6 +322,24 @@ def _curve_stats(model, st: Settings, v) -> dict:
             "ratio": weight_ratio(model, v)}
 
 
+def _curve_rows(st: Settings, method: str, metrics, points, suffix: str, label: str, note: str = "",
+                extra_config=None) -> List[dict]:
+    """One S5 row per metric for a curve: the point (strength, theory stats, per-seed sim stats) with the
+    largest excess over its tolerance; the row holds iff every point does."""
+    rows = []
+    for key in metrics:
+        cand = [compare(f"S5-{method}-{key}{suffix}", "S5", "", p[1][key], [x[key] for x in p[2]],
+                        _tol(st, "accuracy"), OPT_REASON, config={"strength": p[0], **(extra_config or {})})
+                for p in points]
+        worst = max(cand, key=lambda r: abs(r["diff"]) - r["tolerance"])
+        worst["holds"] = all(r["holds"] for r in cand)
+        name = "rho" if method.startswith("sam") else "eps"
+        worst["description"] = (f"{label} {method} curve, {key}: worst of {len(cand)} points "
+                                f"({name}={worst['config']['strength']:g}); holds if all do" + note)
+        rows.append(worst)
+    return rows
+
+
 def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict], dict]:
     """S5/T6: trade-off curves of SAM(rho) at fixed scale and PGD-AT(eps) l_inf, sim vs theory."""
     rows, curves = [], {}
@@ -320,6 +348,7 @@ def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
               lambda s: _solve(model, "sam-fixed-scale", s, tau=st.tau).v),
              ("at-linf", st.s5_eps, lambda s: results[at_job(st, "inf", s).key]["weights"],
               lambda s: _solve(model, "at-linf", s).v if s > 0 else _solve(model, "st").v))
+    th_v_proj = lambda s: _solve(model, "sam-fixed-scale", s, tau=st.tau, sam_norm="projected").v  # noqa: E731
     metrics = ("clean", f"robust_linf_{st.eval_linf:g}", f"robust_l2_{st.eval_l2:g}")
     for method, strengths, sim_w, th_v in specs:
         cur = {"strength": [float(s) for s in strengths], "theory": {}, "sim": {}}
@@ -352,17 +381,17 @@ def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
                                     f"weights): {key}, theory T3 for reference", [x[key] for x in p[2]],
                                     theory=p[1][key]))
         checked = [p for p in per_point if p not in boundary]
-        for key in metrics:  # one row per curve: the point with the largest excess over its tolerance
-            cand = [compare(f"S5-{method}-{key}", "S5", "", p[1][key], [x[key] for x in p[2]],
-                            _tol(st, "accuracy"), OPT_REASON, config={"strength": p[0]})
-                    for p in checked]
-            worst = max(cand, key=lambda r: abs(r["diff"]) - r["tolerance"])
-            worst["holds"] = all(r["holds"] for r in cand)
-            name = "rho" if method.startswith("sam") else "eps"
-            worst["description"] = (f"T6 {method} curve, {key}: worst of {len(cand)} points "
-                                    f"({name}={worst['config']['strength']:g}); holds if all do"
-                                    + ("; eps = eta measured separately" if boundary else ""))
-            rows.append(worst)
+        rows += _curve_rows(st, method, metrics, checked, "", "T6",
+                            "; eps = eta measured separately" if boundary else "")
+        if method == "sam-fixed-scale":  # companion: the same points vs the projected-norm theory
+            proj = [(s, _curve_stats(model, st, th_v_proj(s)), sims) for s, _, sims in checked]
+            th_all = [_curve_stats(model, st, th_v_proj(s)) for s in strengths]
+            cur["theory_projected"] = {k: [t[k] for t in th_all] for k in th_all[0]}
+            grid_proj = [_curve_stats(model, st, th_v_proj(float(s))) for s in fine]
+            cur["theory_projected_grid"] = {"strength": fine.tolist(),
+                                            **{k: [r[k] for r in grid_proj] for k in grid_proj[0]}}
+            rows += _curve_rows(st, method, metrics, proj, "-proj", f"T6 vs {PROJ}:", "",
+                                {"sam_norm": "projected"})
     # qualitative T6 checks, paired by seed
     sam = curves["sam-fixed-scale"]
     pos = [i for i, s in enumerate(sam["strength"]) if s > 0]

@@ -43,6 +43,10 @@ def write_figures(data: dict, fig_dir: str) -> List[str]:
                 th = cur.get("theory_grid", cur["theory"])
                 ax.plot(th["clean"], th[key], "-", color=c, alpha=0.6,
                         label=f"{_LABEL.get(method, method)} (theory)")
+                proj = cur.get("theory_projected_grid")
+                if proj:  # T5 with the exact ascent's ||P_w x|| (simulations/README.md, finding 6)
+                    ax.plot(proj["clean"], proj[key], "--", color=c, alpha=0.8, lw=1,
+                            label=f"{_LABEL.get(method, method)} (theory, ||P_w x||)")
                 ax.errorbar(cur["sim"]["clean"]["mean"], cur["sim"][key]["mean"], xerr=_err(cur["sim"]["clean"]),
                             yerr=_err(cur["sim"][key]), fmt="o", color=c, ms=4, capsize=2,
                             label=f"{_LABEL.get(method, method)} (SGD, 95% CI)")
@@ -66,6 +70,10 @@ def write_figures(data: dict, fig_dir: str) -> List[str]:
                     th = [min(abs(t), 1e3) for t in th]
                     sim = {k: [min(abs(x), 1e3) for x in sim[k]] for k in ("mean", "lo", "hi")}
                 ax.plot(grid["strength"], th, "-", color=c, alpha=0.6, label=f"{_LABEL[method]} (theory)")
+                proj = cur.get("theory_projected_grid")
+                if proj and key == "reliance":
+                    ax.plot(proj["strength"], proj[key], "--", color=c, alpha=0.8, lw=1,
+                            label=f"{_LABEL[method]} (theory, ||P_w x||)")
                 ax.errorbar(cur["strength"], sim["mean"], yerr=_err(sim), fmt="o", color=c, ms=4, capsize=2,
                             label=f"{_LABEL[method]} (SGD, 95% CI)")
         axes[0].set_yscale("log")
@@ -75,6 +83,7 @@ def write_figures(data: dict, fig_dir: str) -> List[str]:
             ax.set_xlabel("strength (rho or eps)")
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
+        axes[1].legend(fontsize=7)
         written.append(_save(fig, os.path.join(fig_dir, "sim_weight_ratio.png")))
 
     svm = data.get("sam_vs_m") or []

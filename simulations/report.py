@@ -52,8 +52,8 @@ def markdown_report(rows: List[dict], meta: dict) -> str:
            + (f"; failing: {', '.join(r['id'] for r in failed)}." if failed else "."), "",
            "| " + " | ".join(HEADER + ["description"]) + " |",
            "|" + "---|" * (len(HEADER) + 1)]
-    for r in rows:
-        out.append("| " + " | ".join(_cells(r) + [r["description"]]) + " |")
+    for r in rows:  # "|" inside a cell (norms such as ||v||) would end the cell: escape it
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(r) + [r["description"]]) + " |")
     out += ["", "Tolerance of each row:", ""]
     seen = []
     for r in rows:

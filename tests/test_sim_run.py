@@ -44,6 +44,17 @@ def test_quick_end_to_end(tmp_path):
     # SAM's effective strength shrinks with m (S4), reported per m
     lam = {e["m"]: e["lambda_eff"]["mean"] for e in data["sam_vs_m"]}
     assert lam[1] > lam[max(lam)]
+    # companion rows vs T5 with the projected norm ||P_w x||: one per T5 row of S4 and of the SAM curve of
+    # S5, same statistic; the projected theory differs from T5 for rho > 0 and equals it at rho = 0
+    ids = {r["id"] for r in rows}
+    proj = [r for r in rows if r["id"].endswith("-proj")]
+    base = [r for r in rows if r["id"].startswith(("S4-rho", "S5-sam-fixed-scale")) and not r["id"].endswith("-proj")]
+    assert proj and {r["id"][:-len("-proj")] for r in proj} == {r["id"] for r in base} <= ids
+    assert all("sam_norm='projected'" in r["description"] and r["holds"] is not None for r in proj)
+    cur = data["curves"]["sam-fixed-scale"]
+    assert set(cur["theory_projected"]) == set(cur["theory"])
+    for th, tp, s in zip(cur["theory"]["reliance"], cur["theory_projected"]["reliance"], cur["strength"]):
+        assert (th == pytest.approx(tp, abs=1e-9)) if s == 0 else tp < th
     assert os.path.exists(os.path.join(out, "simulations.md"))
     for name in ("sim_tradeoff.png", "sim_weight_ratio.png", "sim_sam_vs_m.png"):
         assert os.path.getsize(os.path.join(out, "figures", name)) > 1000
