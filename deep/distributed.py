@@ -42,6 +42,7 @@ import contextlib
 import datetime
 import functools
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    "DistContext", "torchrun_env", "init_distributed", "teardown", "distributed_session",
+    "DistContext", "torchrun_env", "init_distributed", "teardown", "distributed_session", "exit_process",
     "is_initialized", "get_rank", "get_world_size", "is_main", "main_only", "barrier",
     "epoch_permutation", "shard_indices", "shard_range", "rank_seed",
     "all_reduce_mean_", "all_reduce_grads_", "all_reduce_sum", "broadcast_object",
@@ -151,22 +152,56 @@ def init_distributed(device=None, backend: str | None = None, timeout_s: float =
     return DistContext(rank, world_size, local_rank, dev, backend, owns_group=True)
 
 
-def teardown(ctx: DistContext | None = None) -> None:
-    """Destroy the process group if ``ctx`` created it (or, with ctx None, if one exists)."""
+def teardown(ctx: DistContext | None = None, sync: bool = True) -> None:
+    """Destroy the process group if ``ctx`` created it (or, with ctx None, if one exists).
+
+    sync: first wait at a barrier for every rank, so no rank tears down its gloo/NCCL connections
+    while a peer is still using them (without it, a rank that finishes early can abort at exit with
+    "terminate called without an active exception").  Pass ``sync=False`` on error paths where the
+    other ranks may never arrive.  The group is destroyed even if the barrier fails.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return
     if ctx is None or ctx.owns_group:
-        dist.destroy_process_group()
+        try:
+            if sync and dist.get_world_size() > 1:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def exit_process(code) -> None:
+    """End a ``python -m`` entry point with exit status ``code``.
+
+    Under torchrun (WORLD_SIZE > 1) the worker leaves through ``os._exit`` after flushing stdio: once a
+    DistributedDataParallel model was built, torch keeps the gloo process group (and its
+    ``pt_gloo_runloop`` / ``gloo_tcp_loop`` threads) alive even after ``destroy_process_group``, and
+    tearing those threads down during interpreter finalisation intermittently aborts the process
+    ("terminate called without an active exception", exit -6) after all results were written.
+    Files are written atomically and closed before this point, so nothing is lost by skipping the
+    finalisation.  A single process exits normally (``sys.exit``).
+    """
+    code = 0 if code is None else code
+    if torchrun_env()[1] > 1:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit(code)
 
 
 @contextlib.contextmanager
 def distributed_session(device=None, backend: str | None = None):
     """``with distributed_session() as ctx:`` = :func:`init_distributed` ... :func:`teardown`."""
     ctx = init_distributed(device=device, backend=backend)
+    ok = False
     try:
         yield ctx
+        ok = True
     finally:
-        teardown(ctx)
+        teardown(ctx, sync=ok)
 
 
 def is_initialized() -> bool:

@@ -418,10 +418,14 @@ def _run_all(parser, args, r) -> int:
         ctx = ddist.init_distributed(device=args.device)   # torchrun: process group; else single process
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
+    rc = None
     try:
-        return _run_grid(parser, args, r, ctx)
+        rc = _run_grid(parser, args, r, ctx)
+        return rc
     finally:
-        ddist.teardown(ctx)
+        # every rank waits for the others before the process group goes (gloo teardown race), except
+        # on an interrupt or an exception, where a peer may never reach the barrier
+        ddist.teardown(ctx, sync=rc is not None and rc != 130)
 
 
 def _run_grid(parser, args, r, ctx: ddist.DistContext) -> int:
@@ -475,4 +479,4 @@ def _run_grid(parser, args, r, ctx: ddist.DistContext) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    ddist.exit_process(main())
