@@ -135,3 +135,15 @@ def test_cli_rejects_bad_options_with_exit_2(argv, word, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert word in err and "Traceback" not in err
+
+
+def test_python_m_deep_bench_dispatches_to_the_benchmark():
+    """``python -m deep bench`` is ``python -m deep.bench`` (its --help), everything else is deep.run."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "deep", "bench", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("usage: python -m deep.bench") and "--attack-steps" in p.stdout
+    q = subprocess.run([sys.executable, "-m", "deep", "--help"], capture_output=True, text=True, timeout=120)
+    assert q.returncode == 0 and q.stdout.startswith("usage: python -m deep.run")
