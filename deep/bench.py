@@ -47,11 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import ImageData
+from .data import ImageData, to_float
 from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
-from .train import TrainConfig, _flags, build_model, build_optimizer, resolve_device, train_epoch
+from .train import (TrainConfig, _flags, autocast_ctx, build_model, build_optimizer, maybe_compile,
+                    resolve_device, setup_device, train_epoch)
 
 __all__ = ["BenchConfig", "DENSE_BF16_PEAK_TFLOPS", "peak_tflops_for", "ReferenceStyleDataset",
            "reference_pgd_linf", "count_flops", "model_flops_per_image", "run_bench", "format_table",
@@ -105,6 +106,7 @@ class BenchConfig:
     channels_last: Optional[bool] = None  # ours: None = on for CUDA
     peak_tflops: Optional[float] = None  # override the dense bf16 peak
     threads: Optional[int] = None        # torch CPU threads (None: torch's default)
+    compile: bool = False                # ours: torch.compile the model (falls back when failing)
     seed: int = 0
 
     def __post_init__(self):
@@ -269,15 +271,25 @@ def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.de
     """Time train_epoch on ``steps`` full batches after ``warmup`` batches; FLOPs of one real step."""
     tc = _train_cfg(cfg, method, device)
     bf16, channels_last, augment = _flags(tc, device)
+    setup_device(device)
     model = build_model(tc, device)
     opt = build_optimizer(tc, model)
     B = cfg.batch_size
     kw = dict(bf16=bf16, channels_last=channels_last, augment=augment)
+    net = model
 
     def run(lo, hi, epoch):
-        return train_epoch(model, opt, data, tc, epoch, indices=torch.arange(lo * B, hi * B), **kw)
+        return train_epoch(net, opt, data, tc, epoch, indices=torch.arange(lo * B, hi * B), **kw)
 
-    flops = count_flops(lambda: run(0, 1, 0))               # one real step, untimed
+    flops = count_flops(lambda: run(0, 1, 0))               # one real step, untimed, uncompiled
+    compiled = False
+    if cfg.compile:
+        sample = to_float(data.x[:2].to(device))
+        if channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        with autocast_ctx(device, bf16):
+            net = maybe_compile(model, True, sample)
+        compiled = net is not model
     if cfg.warmup:
         run(1, 1 + cfg.warmup, 0)
     _sync(device)
@@ -289,7 +301,7 @@ def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.de
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "images": cfg.steps * B, "flops_per_step": flops, "batch": B,
             "peak_mem_bytes": _peak_bytes(device),
-            "flags": {"bf16": bf16, "channels_last": channels_last, "augment": augment,
+            "flags": {"bf16": bf16, "channels_last": channels_last, "augment": augment, "compiled": compiled,
                       "data": "device-resident uint8", "metrics": "on device"}}
 
 
@@ -539,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast in our loop [default: on for CUDA, off on CPU]")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last in our loop [default: on for CUDA, off on CPU]")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile our model (compiled during the untimed warm-up steps; falls back to "
+                        "uncompiled with a one-line warning when unavailable or failing) [default: off]")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense bf16 peak of the device in TFLOP/s [default: from the built-in table by "
                         "device name, e.g. H100 SXM 989.4; none on CPU]")
@@ -563,7 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           loops=tuple(s.strip() for s in args.loops.split(",") if s.strip()),
                           rho=args.rho, eps=eps, attack_steps=args.attack_steps, bf16=args.bf16,
                           channels_last=args.channels_last, peak_tflops=args.peak_tflops, threads=args.threads,
-                          seed=args.seed)
+                          seed=args.seed, compile=args.compile)
         resolve_device(args.device)
     except (ValueError, RuntimeError) as err:
         msg = str(err)

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast in training [default: on for CUDA, off on CPU]")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format [default: on for CUDA, off on CPU]")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (speed only; falls back to uncompiled with a one-line warning "
+                        "when unavailable or failing) [default: off]")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (0: torch's default) [default: 0; 1 with --quick, whose tiny "
@@ -285,7 +288,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
                    rank=ctx.rank) if world > 1 else {}
     fit_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // world) if world > 1 else cfg
     res = fit(fit_cfg, train, checkpoint=str(ckpt), resume=args.resume, is_main=is_main,
-              progress=not args.no_progress, desc=rid, **dist_kw)
+              progress=not args.no_progress, desc=rid, compile_model=args.compile, **dist_kw)
     bf16, channels_last, _ = _flags(cfg, train.x.device)
     ev = evaluate(res.model, test, r["attacks"], steps=args.attack_steps, restarts=args.restarts,
                   batch_size=args.eval_batch_size, seed=cfg.seed, channels_last=channels_last,
@@ -305,6 +308,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
         "device": str(train.x.device) + (f" ({torch.cuda.get_device_name(train.x.device)})"
                                          if train.x.device.type == "cuda" else ""),
         "torch": torch.__version__, "world_size": world, "per_process_batch": fit_cfg.batch_size,
+        "compile": bool(args.compile),
     }
     if is_main:
         write_json_atomic(path, result)

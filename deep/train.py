@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
 
 __all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
-           "train_step", "train_epoch", "fit", "FitResult", "save_checkpoint", "load_checkpoint"]
+           "train_step", "train_epoch", "fit", "maybe_compile", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint"]
 
 METHODS = ("st", "sam", "at")
 
@@ -163,12 +164,64 @@ def build_model(cfg: TrainConfig, device: torch.device) -> PreActResNet18:
     return model
 
 
+def _sgd_impl(model: torch.nn.Module) -> dict:
+    """On CUDA the fused SGD kernel when this torch supports it, else the multi-tensor (foreach) one;
+    on CPU torch's default (keeps CPU runs bitwise reproducible across versions of this file)."""
+    params = list(model.parameters())
+    if not params or params[0].device.type != "cuda":
+        return {}
+    try:
+        torch.optim.SGD([torch.zeros(1, device=params[0].device, requires_grad=True)], lr=0.1, fused=True)
+        return {"fused": True}
+    except (TypeError, RuntimeError, ValueError):
+        return {"foreach": True}
+
+
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay) for ST/AT; SAM over that SGD for SAM (weight decay not in the ascent)."""
-    kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """SGD (momentum, weight decay) for ST/AT; SAM over that SGD for SAM (weight decay not in the ascent).
+    On CUDA the SGD is fused (or foreach where fused is unsupported)."""
+    kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **_sgd_impl(model))
     if cfg.method == "sam":
         return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, adaptive=cfg.adaptive, **kw)
     return torch.optim.SGD(model.parameters(), **kw)
+
+
+def setup_device(device: torch.device) -> None:
+    """Per-process settings of the fast path: cuDNN autotuning on CUDA (fixed input shapes)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool, sample: Optional[torch.Tensor] = None,
+                  compiler: Optional[Callable] = None) -> torch.nn.Module:
+    """``torch.compile(model)`` when ``enabled``; the model itself when disabled, unavailable or failing.
+
+    torch.compile is lazy, so with a ``sample`` batch the compiled model is tried once in eval mode under
+    no_grad (no BatchNorm statistics change, train mode restored afterwards). On any failure a one-line
+    warning goes to stderr and training continues uncompiled. ``compiler`` (default torch.compile) is
+    for tests. :func:`deep.distributed.unwrap` strips the wrapper again (PGD, checkpoints).
+    """
+    if not enabled:
+        return model
+    compiler = compiler or getattr(torch, "compile", None)
+    try:
+        if compiler is None:
+            raise RuntimeError("this torch has no torch.compile")
+        compiled = compiler(model)
+        if sample is not None:
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    compiled(sample)
+            finally:
+                model.train(was_training)
+        return compiled
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: run uncompiled
+        msg = " ".join(str(err).split())[:200]
+        print(f"deep: torch.compile unavailable or failing ({type(err).__name__}: {msg}); "
+              f"training uncompiled", file=sys.stderr, flush=True)
+        return model
 
 
 def lr_at(cfg: TrainConfig, t: float) -> float:
@@ -321,16 +374,18 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
         is_main: bool = True, progress: bool = True, stop_after_epoch: Optional[int] = None,
         model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None,
         shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, rank: int = 0,
-        desc: str = "") -> FitResult:
+        desc: str = "", compile_model: bool = False) -> FitResult:
     """Train cfg.method for cfg.epochs on ``train`` (an ImageData already on the target device).
 
     checkpoint: file written atomically after every epoch (only when ``is_main``); with ``resume`` an
     existing checkpoint of the same config is continued (a checkpoint of a different config raises
     ValueError). stop_after_epoch: return after that many epochs in total (simulates an interruption).
     model_wrapper: e.g. DistributedDataParallel; shard: maps the epoch's global permutation to this
-    process's indices. Returns the trained (unwrapped) model and per-epoch history.
+    process's indices. compile_model: torch.compile the model (:func:`maybe_compile`; a speed option,
+    not part of the configuration). Returns the trained (unwrapped) model and per-epoch history.
     """
     device = train.x.device
+    setup_device(device)
     bf16, channels_last, augment = _flags(cfg, device)
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
@@ -345,7 +400,15 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history, train_time = ck["epoch"], ck["history"], ck["train_time_s"]
         _set_rng_state(ck["rng"])
-    net = model_wrapper(model) if model_wrapper is not None else model
+    if compile_model:
+        sample = to_float(train.x[:2])
+        if channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        with autocast_ctx(device, bf16):
+            net = maybe_compile(model, True, sample)
+    else:
+        net = model
+    net = model_wrapper(net) if model_wrapper is not None else net
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     steps_per_epoch = math.ceil(
         (len(train) if shard is None else shard(torch.arange(len(train))).shape[0]) / cfg.batch_size)

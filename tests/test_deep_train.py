@@ -110,3 +110,41 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "CIFAR-10 not found" in err and "--download" in err and "Traceback" not in err
+
+
+class _CountingWrapper(torch.nn.Module):
+    """Stands in for torch.compile's OptimizedModule (same ``_orig_mod`` attribute), counts calls."""
+
+    def __init__(self, mod, fail=False):
+        super().__init__()
+        self._orig_mod, self.fail, self.calls = mod, fail, 0
+
+    def forward(self, x):
+        if self.fail:
+            raise RuntimeError("simulated compiler failure\nsecond line")
+        self.calls += 1
+        return self._orig_mod(x)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_compile_option_uses_the_compiled_model_or_falls_back_with_one_line(monkeypatch, capsys, fail):
+    """fit(compile_model=True): the torch.compile result trains the model (same weights as uncompiled,
+    since the stand-in computes the same function); a compiler failing on first use (lazy, like a missing
+    toolchain) gives a one-line warning and the plain model."""
+    data = make_synthetic(32, 0, SPEC)
+    cfg = _cfg(method="sam", epochs=1, n_train=32)
+    made = []
+    monkeypatch.setattr(torch, "compile", lambda m: made.append(_CountingWrapper(m, fail)) or made[-1])
+    got = fit(cfg, data, progress=False, compile_model=True)
+    plain = fit(cfg, data, progress=False)
+    assert len(made) == 1
+    err = capsys.readouterr().err
+    if fail:
+        assert made[0].calls == 0
+        warn = [ln for ln in err.splitlines() if "torch.compile" in ln]
+        assert len(warn) == 1 and "simulated compiler failure second line" in warn[0] and "uncompiled" in warn[0]
+    else:
+        assert made[0].calls >= 1 + 2 * 2          # probe + SAM's two passes on each of 2 batches
+        assert "torch.compile" not in err
+    for (k, a), (_, b) in zip(got.model.state_dict().items(), plain.model.state_dict().items()):
+        assert torch.equal(a, b), k
