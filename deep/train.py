@@ -287,7 +287,7 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageD
     """One epoch over ``indices`` (default: the whole permutation of epoch ``epoch``; under
     torch.distributed pass this rank's shard). Full batches of cfg.batch_size; a last partial batch is
     kept. Returns device tensors {loss_sum, correct, count, nonfinite}; raises DivergenceError when a
-    non-finite loss is seen (checked every cfg.check_every steps and at the end)."""
+    non-finite loss is seen on any rank (checked every cfg.check_every steps and at the end)."""
     device = data.x.device
     if indices is None:
         indices = ddist.epoch_permutation(len(data), cfg.seed, epoch)
@@ -314,12 +314,20 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageD
         nonfinite |= bad
         if on_step is not None:
             on_step(i)
-        if (i + 1) % cfg.check_every == 0 and bool(nonfinite):
+        if (i + 1) % cfg.check_every == 0 and _any_rank(nonfinite):
             _diverged(cfg, epoch, i)
-    if bool(nonfinite):
+    if _any_rank(nonfinite):
         _diverged(cfg, epoch, steps - 1)
     return {"loss_sum": loss_sum, "correct": correct, "count": torch.tensor(indices.shape[0]),
             "nonfinite": nonfinite}
+
+
+def _any_rank(flag: torch.Tensor) -> bool:
+    """True when ``flag`` is set on any process (one all-reduce under torch.distributed; every rank calls
+    this at the same steps, since the shards have equal sizes), so all ranks stop together."""
+    if ddist.get_world_size() > 1:
+        flag = ddist.all_reduce_sum(flag.to(torch.int32))
+    return bool(flag)
 
 
 def _diverged(cfg: TrainConfig, epoch: int, step: int):

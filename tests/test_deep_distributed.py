@@ -211,10 +211,36 @@ def _worker(rank, world, port, out_dir):
         D.all_reduce_mean_(t)
         results["mean"] = t
         results["bcast"] = D.broadcast_object({"rank": rank})
+        results["divergence"] = _divergence_on_rank1_only(rank)
         results["state"] = results["sam-local"]
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         D.barrier()
         _fit_part(ctx, out_dir)
+
+
+def _divergence_on_rank1_only(rank):
+    """deep.train's non-finite check under DDP: a flag set on rank 1 only is seen by every rank, and
+    train_epoch stops on both ranks with the same DivergenceError (train_step stubbed: rank 1's loss is
+    non-finite at every step, rank 0's never)."""
+    import deep.train as T
+    from deep.data import SyntheticSpec, make_synthetic
+    seen = [T._any_rank(torch.tensor(rank == 1)), T._any_rank(torch.tensor(False))]
+    spec = SyntheticSpec(image_size=16, robust_resolution=4)
+    cfg = T.TrainConfig(dataset="synthetic", method="st", epochs=1, width=4, batch_size=4, n_train=16,
+                        synthetic=spec.to_dict(), check_every=2)
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    orig = T.train_step
+    T.train_step = lambda *a, **k: (torch.zeros(()), torch.zeros((), dtype=torch.long), torch.tensor(rank == 1))
+    try:
+        T.train_epoch(model, opt, make_synthetic(16, 0, spec), cfg, 0,
+                      indices=D.shard_indices(D.epoch_permutation(16, 0, 0)))
+        message = None
+    except T.DivergenceError as err:
+        message = str(err)
+    finally:
+        T.train_step = orig
+    return seen, message
 
 
 def _free_port():
@@ -278,6 +304,16 @@ def test_sharded_counts_mean_and_broadcast(two_rank_results):
         torch.testing.assert_close(res["mean"][0], torch.full((3,), 0.5))
         torch.testing.assert_close(res["mean"][2], torch.full((2, 2), 1.0, dtype=torch.float64))
         assert res["bcast"] == {"rank": 0}
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank_alike(two_rank_results):
+    msgs = []
+    for res in two_rank_results:
+        seen, message = res["divergence"]
+        assert seen == [True, False]
+        assert message is not None and "epoch 1 by step 2" in message
+        msgs.append(message)
+    assert msgs[0] == msgs[1]
 
 
 # ------------------------------------------------- the real training loop (deep.train.fit) under DDP
