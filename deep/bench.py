@@ -47,12 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import ImageData, to_float
+from .data import ImageData
 from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
-from .train import (TrainConfig, _flags, autocast_ctx, build_model, build_optimizer, maybe_compile,
-                    resolve_device, setup_device, train_epoch)
+from .train import (TrainConfig, _flags, build_model, build_optimizer, compile_for, resolve_device,
+                    setup_device, train_epoch)
 
 __all__ = ["BenchConfig", "DENSE_BF16_PEAK_TFLOPS", "peak_tflops_for", "ReferenceStyleDataset",
            "reference_pgd_linf", "count_flops", "model_flops_per_image", "run_bench", "format_table",
@@ -284,11 +284,7 @@ def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.de
     flops = count_flops(lambda: run(0, 1, 0))               # one real step, untimed, uncompiled
     compiled = False
     if cfg.compile:
-        sample = to_float(data.x[:2].to(device))
-        if channels_last:
-            sample = sample.contiguous(memory_format=torch.channels_last)
-        with autocast_ctx(device, bf16):
-            net = maybe_compile(model, True, sample)
+        net = compile_for(model, data, bf16, channels_last)
         compiled = net is not model
     if cfg.warmup:
         run(1, 1 + cfg.warmup, 0)

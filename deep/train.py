@@ -42,7 +42,7 @@ from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
 
 __all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
-           "train_step", "train_epoch", "fit", "maybe_compile", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint"]
+           "train_step", "train_epoch", "fit", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint"]
 
 METHODS = ("st", "sam", "at")
 
@@ -222,6 +222,15 @@ def maybe_compile(model: torch.nn.Module, enabled: bool, sample: Optional[torch.
         print(f"deep: torch.compile unavailable or failing ({type(err).__name__}: {msg}); "
               f"training uncompiled", file=sys.stderr, flush=True)
         return model
+
+
+def compile_for(model: torch.nn.Module, data: ImageData, bf16: bool, channels_last: bool) -> torch.nn.Module:
+    """:func:`maybe_compile` with a probe of two images of ``data`` laid out as in training."""
+    sample = to_float(data.x[:2])
+    if channels_last:
+        sample = sample.contiguous(memory_format=torch.channels_last)
+    with autocast_ctx(data.x.device, bf16):
+        return maybe_compile(model, True, sample)
 
 
 def lr_at(cfg: TrainConfig, t: float) -> float:
@@ -408,14 +417,7 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history, train_time = ck["epoch"], ck["history"], ck["train_time_s"]
         _set_rng_state(ck["rng"])
-    if compile_model:
-        sample = to_float(train.x[:2])
-        if channels_last:
-            sample = sample.contiguous(memory_format=torch.channels_last)
-        with autocast_ctx(device, bf16):
-            net = maybe_compile(model, True, sample)
-    else:
-        net = model
+    net = compile_for(model, train, bf16, channels_last) if compile_model else model
     net = model_wrapper(net) if model_wrapper is not None else net
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     steps_per_epoch = math.ceil(
