@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from . import palette as pal  # noqa: E402
 from . import theory as th  # noqa: E402
-from .verdicts import Verdict, interval_verdict, no_data  # noqa: E402
+from .verdicts import Verdict, no_data, simulation_verdict  # noqa: E402
 
 __all__ = ["FigureContext", "FigureResult", "SkipFigure", "save", "eval_label", "fig1_tradeoff",
            "fig2_strength", "fig3_weights", "fig4_sam_vs_m"]
@@ -195,6 +195,64 @@ def _sim_label(p) -> str:
 _TOL_NOTE = "the simulations' optimisation allowance (meta.opt_tol)"
 
 
+@dataclass
+class _Items:
+    """Theory-vs-measurement items of one figure, routed for :func:`simulation_verdict`:
+    ``checked`` (counted), ``boundary`` (simulations' measurement-only points, finding 4), and
+    the SAM items against T5 and against T5 with ||P_w x|| (finding 6)."""
+
+    checked: list = field(default_factory=list)
+    boundary: list = field(default_factory=list)
+    sam_t5: list = field(default_factory=list)
+    sam_proj: list = field(default_factory=list)
+
+    def add(self, ctx, p, label, quantity, theory_of, lo, hi):
+        """``theory_of(point)`` picks the quantity from a theory_point dict; ``quantity`` names
+        the allowance (:meth:`FigureContext.tol`)."""
+        t = theory_of(th.theory_point(ctx.settings, p["method"], p["strength"]))
+        item = (label, t, lo, hi, ctx.tol(quantity, t))
+        (self.boundary if p.get("measure_only") else self.checked).append(item)
+        if p["method"] == "sam" and not p.get("measure_only"):
+            tp = theory_of(th.theory_point(ctx.settings, "sam-proj", p["strength"]))
+            self.sam_t5.append(item)
+            self.sam_proj.append((label, tp, lo, hi, ctx.tol(quantity, tp)))
+
+    def verdict(self, what):
+        return simulation_verdict(self.checked, what, tol_note=_TOL_NOTE, boundary=self.boundary,
+                                  sam_t5=self.sam_t5, sam_proj=self.sam_proj)
+
+    def __bool__(self):
+        return bool(self.checked or self.boundary)
+
+
+def _draw_projected(ax, ctx, xs_of, ys_of, rel=0.002):
+    """T5 with ||P_w x|| (``linear_theory`` sam_norm="projected"), dashed in SAM's colour, where
+    it differs visibly (by more than ``rel`` of the plotted range) from the T5 curve."""
+    grid = _rho_grid(ctx.sim_points)
+    t5 = th.method_curve(ctx.settings, "sam", grid)
+    pr = th.method_curve(ctx.settings, "sam-proj", grid)
+    y5, yp = np.array([ys_of(r) for r in t5], float), np.array([ys_of(r) for r in pr], float)
+    ok = np.isfinite(y5) & np.isfinite(yp)
+    if not ok.any():
+        return False
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        y5, yp, lo, hi = np.log(y5), np.log(yp), math.log(lo), math.log(hi)
+    if np.max(np.abs(y5[ok] - yp[ok])) <= rel * (hi - lo):
+        return False
+    style = dict(pal.style("sam").line())
+    style.update(linestyle="--", linewidth=0.9, label=None)
+    ax.plot([xs_of(r) for r in pr], [ys_of(r) for r in pr], **style)
+    return True
+
+
+def _projected_handle():
+    from matplotlib.lines import Line2D
+    style = dict(pal.style("sam").line())
+    style.update(linestyle="--", linewidth=0.9, label=r"SAM, T5 with $\|P_w x\|$")
+    return Line2D([], [], **style)
+
+
 def _no_sim(ctx, what) -> Verdict:
     return no_data(f"theory only, {ctx.sim_skip or f'the simulations store no {what}'}")
 
@@ -235,7 +293,7 @@ def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
     methods = _theory_methods(ctx.sim_points)
     curves = {m: _curve(ctx, m) for m in methods}
     st_pt = th.theory_point(s, "st", 0.0)
-    items = []
+    items = _Items()
     for row, key in enumerate(keys):
         for col, ax in enumerate(axes[row]):
             for m in methods:
@@ -258,13 +316,12 @@ def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
                 rm, rerr = _err(p["robust"][key], 100)
                 _sim_marker(ax, cm, rm, rerr, p["method"], xerr=cerr)
                 if col == 0:
-                    tp = th.theory_point(s, p["method"], p["strength"])
                     lab = _sim_label(p)
                     if row == 0:
-                        items.append((lab + " clean", tp["clean"], *p["clean"][1:],
-                                      ctx.tol("clean", tp["clean"])))
-                    items.append((f"{lab} robust {key}", tp["robust"][key],
-                                  *p["robust"][key][1:], ctx.tol("robust", 0.0)))
+                        items.add(ctx, p, lab + " clean", "clean", lambda t: t["clean"],
+                                  *p["clean"][1:])
+                    items.add(ctx, p, f"{lab} robust {key}", "robust",
+                              lambda t, k=key: t["robust"][k], *p["robust"][key][1:])
             if col == 1:
                 x0, x1, y0, y1 = _zoom_box(curves, ctx.sim_points, key, st_pt)
                 ax.set_xlim(x0, x1)
@@ -283,8 +340,7 @@ def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
     fig.align_ylabels(axes[:, 0])
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.28 / (1.75 * len(keys) + 0.45)), h_pad=0.6, w_pad=0.4)
     files = save(fig, ctx.out_dir, "fig1_tradeoff", ctx.formats)
-    verdict = (interval_verdict(items, "simulated accuracy", tol_note=_TOL_NOTE)
-               if ctx.sim_points else _no_sim(ctx, "curves"))
+    verdict = items.verdict("simulated accuracy") if ctx.sim_points else _no_sim(ctx, "curves")
     attacks = " and ".join(k.replace("_", " eps=") for k in keys)
     return FigureResult(
         "fig1_tradeoff", "Accuracy-robustness trade-off", files,
@@ -307,10 +363,10 @@ def _sim_vs_strength(ax, ctx, key, items, scale=1.0):
         if p.get(key) is None:
             continue
         x = th.coordinate_strength(model, p["method"], p["strength"])
-        tp = th.theory_point(ctx.settings, p["method"], p["strength"])
         m, err = _err(p[key], scale)
         _sim_marker(ax, x, m, err, p["method"])
-        items.append((_sim_label(p), tp[key], p[key][1], p[key][2], ctx.tol(key, tp[key])))
+        lab = f"{_sim_label(p)} {key}"
+        items.add(ctx, p, lab, key, lambda t: t[key], p[key][1], p[key][2])
 
 
 def fig2_strength(ctx: FigureContext) -> FigureResult:
@@ -332,9 +388,9 @@ def fig2_strength(ctx: FigureContext) -> FigureResult:
         ax.axvline(eta, **pal.ETA_LINE)
         ax.grid(alpha=0.25, linewidth=0.5)
     _eta_label(ax1, eta)
-    items, clean_items = [], []
+    items = _Items()
     _sim_vs_strength(ax1, ctx, "reliance", items)
-    _sim_vs_strength(ax2, ctx, "clean", clean_items, scale=100.0)
+    _sim_vs_strength(ax2, ctx, "clean", items, scale=100.0)
     ax1.set_ylabel(r"robust reliance $r(v)$")
     ax1.set_ylim(0, 1.05)
     ax2.set_ylabel("clean accuracy (%)")
@@ -342,7 +398,10 @@ def fig2_strength(ctx: FigureContext) -> FigureResult:
                    r"(AT $\ell_\infty$: $\epsilon$;  AT $\ell_2$: $\epsilon/\sqrt{D}$;  "
                    r"SAM: $\rho\sqrt{E\|x\|^2/D}$)")
     ax2.set_xlim(0, xmax)
-    ax1.legend(handles=_legend_handles(methods, bool(ctx.sim_points)), loc="upper left", ncol=1,
+    drawn = [_draw_projected(ax1, ctx, lambda r: r["coord_strength"], lambda r: r["reliance"]),
+             _draw_projected(ax2, ctx, lambda r: r["coord_strength"], lambda r: 100 * r["clean"])]
+    ax1.legend(handles=_legend_handles(methods, bool(ctx.sim_points))
+               + ([_projected_handle()] if any(drawn) else []), loc="upper left", ncol=1,
                fontsize=6.5)
     fig.align_ylabels([ax1, ax2])
     files = save(fig, ctx.out_dir, "fig2_strength", ctx.formats)
@@ -350,14 +409,14 @@ def fig2_strength(ctx: FigureContext) -> FigureResult:
     notes = [f"SAM's per-coordinate strength is rho x {th.coordinate_strength(model, 'sam', 1.0):.3g}"
              f" (so rho = {eta / th.coordinate_strength(model, 'sam', 1.0):.3g} reaches eta = "
              f"{eta:g})."]
-    verdict = (interval_verdict(items + clean_items, "simulated reliance/accuracy",
-                                tol_note=_TOL_NOTE)
-               if items or clean_items else _no_sim(ctx, "reliance"))
+    verdict = (items.verdict("simulated reliance/accuracy") if items
+               else _no_sim(ctx, "reliance"))
     return FigureResult(
         "fig2_strength", "Perturbation strength and feature reliance", files,
         "Share of the margin carried by the robust feature r(v) (top) and clean accuracy (bottom) "
         "against the per-coordinate feature-perturbation strength (L4): SAM at fixed scale (T5) "
-        "acts like a weak l2 AT; AT l_inf drops the non-robust features at eps = eta (T3).",
+        "acts like a weak l2 AT; AT l_inf drops the non-robust features at eps = eta (T3). Thin "
+        "dashed blue: T5 with ||P_w x|| (simulations finding 6), where it differs visibly.",
         verdict, notes)
 
 
@@ -381,7 +440,7 @@ def fig3_weights(ctx: FigureContext) -> FigureResult:
             zorder=6, clip_on=False)
     ax.axvline(eta, **pal.ETA_LINE)
     _eta_label(ax, eta)
-    items, notes = [], []
+    items, notes = _Items(), []
     model = s.model()
     for p in ctx.sim_points or []:
         if p.get("ratio") is None:
@@ -395,23 +454,26 @@ def fig3_weights(ctx: FigureContext) -> FigureResult:
             err = np.array([[mean - max(lo, mean / 1e3)], [hi - mean]])
             _sim_marker(ax, th.coordinate_strength(model, p["method"], p["strength"]), mean, err,
                         p["method"])
-        items.append((_sim_label(p), tp["ratio"], lo, hi, ctx.tol("ratio", tp["ratio"])))
+        items.add(ctx, p, _sim_label(p), "ratio", lambda t: t["ratio"], lo, hi)
     ax.set_yscale("log")
     ax.set_ylim(0.5, _RATIO_TOP)
     ax.set_xlim(0, xmax)
+    drawn = _draw_projected(ax, ctx, lambda r: r["coord_strength"], lambda r: r["ratio"])
     ax.set_ylabel("robust weight / mean\nnon-robust weight, $v_R/\\bar v_N$")
     ax.set_xlabel("perturbation strength per coordinate (as in Fig. 2)")
     ax.grid(alpha=0.25, linewidth=0.5, which="both")
-    ax.legend(handles=_legend_handles(methods, bool(ctx.sim_points)), loc="upper left", ncol=2,
+    ax.legend(handles=_legend_handles(methods, bool(ctx.sim_points))
+              + ([_projected_handle()] if drawn else []), loc="upper left", ncol=2,
               fontsize=6.5)
     files = save(fig, ctx.out_dir, "fig3_weights", ctx.formats)
-    verdict = (interval_verdict(items, "simulated weight-ratio", tol_note=_TOL_NOTE) if items
+    verdict = (items.verdict("simulated weight-ratio") if items
                else _no_sim(ctx, "weight ratios"))
     return FigureResult(
         "fig3_weights", "Robust vs non-robust weights", files,
         "Ratio of the robust weight to the mean non-robust weight against the perturbation "
         "strength: AT l_inf zeroes the non-robust weights at eps = eta (T3, ratio to infinity), AT "
-        "l2 and SAM at fixed scale shrink them gradually along the ridge path (T4, T5).",
+        "l2 and SAM at fixed scale shrink them gradually along the ridge path (T4, T5). Thin dashed "
+        "blue: T5 with ||P_w x|| (simulations finding 6).",
         verdict, notes)
 
 

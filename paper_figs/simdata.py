@@ -8,8 +8,10 @@ Schema read (simulations/README.md): ``curves[method] = {"strength": [...], "the
 
 Normalised curve point: ``{"method": "sam"|"at-linf"|..., "strength": float, "n_seeds": int,
 "clean": (mean, lo, hi), "robust": {eval key: (mean, lo, hi)}, "reliance": triple | None,
-"ratio": triple | None}``; (lo, hi) is the simulations' 95% interval over seeds. Only measured
+"ratio": triple | None, "measure_only": bool}``; (lo, hi) is the simulations' 95% interval over seeds. Only measured
 ("sim") values are used; the theory stored next to them is ignored (the figures recompute it).
+``measure_only`` marks a point the simulations report as a measurement, not a check (a
+``relation == "measure"`` row of ``claims`` for it: AT l_inf at eps = eta, finding 4).
 """
 from __future__ import annotations
 
@@ -17,16 +19,38 @@ import math
 
 from .palette import canonical_method
 
-__all__ = ["curve_points", "sam_vs_m_points"]
+__all__ = ["curve_points", "sam_vs_m_points", "measure_only_points"]
 
 
 def _finite(*xs) -> bool:
     return all(x is not None and math.isfinite(float(x)) for x in xs)
 
 
+def measure_only_points(sim: dict) -> set:
+    """(curve name, strength) pairs that simulations.json reports as measurements only.
+
+    The simulations mark AT l_inf at eps = eta with ``relation == "measure"`` rows whose id starts
+    with ``S5-at-eps=eta`` (flat objective in the non-robust weights, simulations/README.md
+    finding 4); their strength is the model's eta (``meta.model.eta``). A row carrying
+    ``config.strength`` and ``config.curve`` is honoured directly.
+    """
+    out = set()
+    eta = ((sim.get("meta") or {}).get("model") or {}).get("eta")
+    for row in sim.get("claims") or []:
+        if row.get("relation") != "measure" or row.get("claim") != "S5":
+            continue
+        cfg = row.get("config") or {}
+        if "strength" in cfg and "curve" in cfg:
+            out.add((cfg["curve"], float(cfg["strength"])))
+        elif str(row.get("id", "")).startswith("S5-at-eps=eta") and _finite(eta):
+            out.add(("at-linf", float(eta)))
+    return out
+
+
 def curve_points(sim: dict) -> list[dict]:
     """Simulation points of figures 1-3 (see module docstring); non-finite entries dropped."""
     curves = sim.get("curves") or {}
+    measured_only = measure_only_points(sim)
     pts = []
     for method, cur in curves.items():
         sims = cur.get("sim") or {}
@@ -50,6 +74,8 @@ def curve_points(sim: dict) -> list[dict]:
                 "clean": clean,
                 "robust": {k: v for k, v in robust.items() if v is not None},
                 "reliance": triple("reliance"), "ratio": triple("ratio"),
+                "measure_only": any(c == method and abs(x - float(strength)) < 1e-9
+                                    for c, x in measured_only),
             })
     return pts
 

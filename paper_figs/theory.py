@@ -119,7 +119,9 @@ def theory_point(settings: TheorySettings, method: str, strength: float) -> dict
     """Closed-form quantities of one (method, strength) optimum (cached: the SAM solve is a
     one-dimensional minimisation that costs a fraction of a second).
 
-    method in {"st", "at-linf", "at-l2", "sam"}; "sam" means SAM at fixed scale tau (T5).
+    method in {"st", "at-linf", "at-l2", "sam", "sam-proj"}; "sam" means SAM at fixed scale tau
+    (T5), "sam-proj" the same with T5's ||x|| replaced by ||P_w x|| (``sam_norm="projected"``,
+    simulations/README.md finding 6).
     Keys: settings, v, method, strength, coord_strength, clean, robust ({eval key: accuracy}),
     reliance, w_robust, w_nonrobust (unit-norm direction), ratio (mean robust weight / mean
     non-robust weight, inf when the non-robust weights vanish); accuracies NaN where v = 0.
@@ -130,9 +132,10 @@ def theory_point(settings: TheorySettings, method: str, strength: float) -> dict
 @functools.lru_cache(maxsize=4096)
 def _theory_point(settings: TheorySettings, method: str, strength: float) -> dict:
     model = settings.model()
-    lt_method = "sam-fixed-scale" if method == "sam" else method
+    lt_method = "sam-fixed-scale" if method in ("sam", "sam-proj") else method
     tau = settings.tau if lt_method == "sam-fixed-scale" else None
-    sol = lt.solve(model, lt_method, float(strength), tau=tau)
+    kw = {"sam_norm": "projected"} if method == "sam-proj" else {}
+    sol = lt.solve(model, lt_method, float(strength), tau=tau, **kw)
     v = np.asarray(sol.v, dtype=float)
     w_r, w_n = weight_summary(model, v)
     zero = not np.any(v)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Verdict", "interval_verdict", "ordering_verdict", "no_data"]
+__all__ = ["Verdict", "interval_verdict", "ordering_verdict", "no_data", "count_outside",
+           "simulation_verdict"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,46 @@ class Verdict:
 
 def no_data(reason: str) -> Verdict:
     return Verdict(None, f"Not compared: {reason}.")
+
+
+def _item_gap(item, tol):
+    label, theory, lo, hi = item[:4]
+    t = item[4] if len(item) > 4 else tol
+    if any(x is None or not math.isfinite(x) for x in (theory, lo, hi, t)):
+        return None
+    return max(lo - t - theory, theory - hi - t, 0.0)
+
+
+def count_outside(items, tol: float = 0.0) -> tuple[int, int]:
+    """(number compared, number outside) for ``items`` as in :func:`interval_verdict`."""
+    gaps = [g for g in (_item_gap(i, tol) for i in items) if g is not None]
+    return len(gaps), sum(g > 0 for g in gaps)
+
+
+def simulation_verdict(items, what: str, tol_note: str = "", boundary=(), sam_t5=(),
+                       sam_proj=(), boundary_theory: str = "T3") -> Verdict:
+    """:func:`interval_verdict` of ``items`` plus two statements that do not change it.
+
+    ``boundary``: (label, theory, lo, hi, ...) of points the simulations report as measurements
+    only (AT l_inf at eps = eta, simulations/README.md finding 4): listed with their numbers, not
+    counted. ``sam_t5`` / ``sam_proj``: the SAM items against T5 and against T5 with ||P_w x||
+    (finding 6); both counts are stated ("T5: 1 of 7 outside; T5 with ||P_w x||: 0 of 7").
+    """
+    v = interval_verdict(items, what, tol_note=tol_note) if items else \
+        no_data(f"no checked {what} point")
+    extra = []
+    if sam_t5 and sam_proj:
+        (n1, b1), (n2, b2) = count_outside(sam_t5), count_outside(sam_proj)
+        extra.append(f"SAM points: T5: {b1} of {n1} outside; T5 with ||P_w x|| "
+                     f"(simulations finding 6): {b2} of {n2} outside")
+    if boundary:
+        extra.append("boundary point eps = eta, measurement only, not counted (simulations "
+                     "finding 4): " + ", ".join(
+                         f"{label} measured [{lo:.4g}, {hi:.4g}] vs {boundary_theory} {theory:.4g}"
+                         for label, theory, lo, hi, *_ in boundary))
+    if not extra:
+        return v
+    return Verdict(v.agree, v.text + " " + "; ".join(extra) + ".")
 
 
 def interval_verdict(items, what: str, tol: float = 0.0, tol_note: str = "") -> Verdict:
@@ -59,11 +100,13 @@ def interval_verdict(items, what: str, tol: float = 0.0, tol_note: str = "") -> 
                           f"measured [{lo:.4g}, {hi:.4g}]).")
 
 
-def ordering_verdict(checks) -> Verdict:
-    """Compare orderings: ``checks`` = iterable of (description, predicted, observed) with
-    predicted / observed booleans (None = could not be evaluated). A check agrees when the
-    measurements show the relation exactly when the theory predicts it."""
-    checks = [c for c in checks if c[1] is not None and c[2] is not None]
+def ordering_verdict(checks, unit: str = "orderings") -> Verdict:
+    """Compare orderings: ``checks`` = iterable of (description, predicted, observed[, detail])
+    with predicted / observed booleans (None = could not be evaluated) and an optional detail
+    (the numbers) shown for disagreeing checks. A check agrees when the measurements show the
+    relation exactly when the theory predicts it. ``unit`` names what is counted."""
+    checks = [tuple(c) + ("",) * (4 - len(c)) for c in checks
+              if c[1] is not None and c[2] is not None]
     if not checks:
         return no_data("no ordering could be evaluated")
 
@@ -72,8 +115,10 @@ def ordering_verdict(checks) -> Verdict:
 
     bad = [c for c in checks if bool(c[1]) != bool(c[2])]
     if not bad:
-        return Verdict(True, f"Agree: all {len(checks)} orderings come out as the linear theory "
-                             f"predicts ({'; '.join(f'{d}: {say(p)}' for d, p, _ in checks)}).")
-    return Verdict(False, f"Disagree on {len(bad)} of {len(checks)} orderings: "
-                          + "; ".join(f"{d}: theory {say(p)}, measured {say(o)}" for d, p, o in bad)
+        return Verdict(True, f"Agree: all {len(checks)} {unit} come out as the linear theory "
+                             f"predicts ({'; '.join(f'{d}: {say(p)}' for d, p, _, _ in checks)}).")
+    return Verdict(False, f"Disagree on {len(bad)} of {len(checks)} {unit} "
+                          f"({len(checks) - len(bad)} agree): "
+                          + "; ".join(f"{d}: theory {say(p)}, measured {say(o)}"
+                                      + (f" ({x})" if x else "") for d, p, o, x in bad)
                           + ".")
