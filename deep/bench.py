@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import sys
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import ImageData
+from .files import write_text_atomic
 from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
@@ -506,16 +506,10 @@ def format_table(result: Dict) -> str:
 
 
 def write_results(result: Dict, out: Path) -> Path:
-    """JSON at ``out`` and markdown at ``out`` with suffix .md, each via tmp file + os.replace."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md = out.with_suffix(".md")
-    for path, text in ((out, json.dumps(result, indent=2) + "\n"),
-                       (md, "# deep/ training throughput: ours vs reference-style loop\n\n"
-                            + format_table(result) + "\n")):
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return md
+    """JSON at ``out`` and markdown at ``out`` with suffix .md, each written atomically."""
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    return write_text_atomic(out.with_suffix(".md"), "# deep/ training throughput: ours vs reference-style loop\n\n"
+                             + format_table(result) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

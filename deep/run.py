@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ import torch
 
 from . import distributed as ddist
 from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
+from .files import write_text_atomic
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
 from .train import DivergenceError, TrainConfig, fit, resolve_device, _flags
 
@@ -251,13 +251,6 @@ def load_data(r: Dict, args):
     return train.to(r["device"]), test.to(r["device"])
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _eval_settings(args, r) -> Dict:
     return {"attack_steps": args.attack_steps, "restarts": args.restarts,
             "attacks": [a.label for a in r["attacks"]], "n_test": r["n_test"],
@@ -311,7 +304,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
         "compile": bool(args.compile),
     }
     if is_main:
-        write_json_atomic(path, result)
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -396,12 +389,7 @@ def write_summary(out_dir: Path) -> Path:
                  "## Mean over seeds", "", aggregate_table(results), "", "## Runs", "", results_table(results), ""]
     else:
         text.append("(no finished runs)")
-    path = out_dir / "summary.md"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("summary.md.tmp")
-    tmp.write_text("\n".join(text))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out_dir / "summary.md", "\n".join(text))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from . import distributed as ddist
 from .attacks import normalize_norm, pgd
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
+from .files import write_atomic
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
 
@@ -349,12 +350,8 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int):
 # ---------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file in the same folder, then os.replace (atomic; files.write_atomic)."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path, device) -> dict:
