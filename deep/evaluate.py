@@ -70,12 +70,6 @@ def _batches(data: ImageData, batch_size: int, sharded: bool):
         yield to_float(data.x[s:e]), data.y[s:e]
 
 
-@torch.no_grad()
-def _count_correct(model, x, y, ctx):
-    with ctx():
-        return (model(x).argmax(1) == y).sum()
-
-
 def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] = DEFAULT_GRID,
              steps: int = 10, restarts: int = 1, batch_size: int = 500, seed: int = 0,
              bf16: bool = False, channels_last: bool = False, sharded: bool = True,

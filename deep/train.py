@@ -126,10 +126,6 @@ class TrainConfig:
         d["lr_factors"] = list(self.lr_factors)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**d)
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device in (None, "auto"):
