@@ -184,10 +184,6 @@ class SamStrength:
     def __float__(self) -> float:
         return self.l2_rms
 
-    def linf_equivalent(self) -> float:
-        """The l_inf AT radius with the same l2 size, eps = l2_rms / sqrt(D)."""
-        return self.per_coordinate
-
 
 def sam_strength(model, rho, v) -> SamStrength:
     """L4 perturbation strength of per-example SAM with radius rho at weights v (see ``SamStrength``)."""
