@@ -22,7 +22,7 @@ import linear_theory as lt
 
 from .experiments import (Settings, at_job, sam_fixed_job, sam_free_job, sam_wd_job, st_job,
                           weights_by_rho)
-from .stats import binomial_ci, compare, cosine, mean_ci, measure, weight_ratio
+from .stats import binomial_ci, compare, mean_ci, measure, weight_ratio
 from .training import margins, pgd_linear, sample_replicas
 
 __all__ = ["claim_S1", "claim_S2", "claim_S3", "claim_S4", "claim_S5", "CLAIM_FUNCS",

@@ -14,7 +14,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from typing import List, Optional, Sequence
 
 import torch

@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["mean_ci", "weight_ratio", "cosine", "compare", "measure", "binomial_ci"]
+__all__ = ["mean_ci", "weight_ratio", "compare", "measure", "binomial_ci"]
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95):
@@ -46,12 +46,6 @@ def weight_ratio(model, v) -> float:
     mask = np.asarray(model.robust_mask)
     with np.errstate(divide="ignore", invalid="ignore"):  # inf when the non-robust weights vanish (T3)
         return float(np.float64(v[mask].mean()) / np.float64(v[~mask].mean()))
-
-
-def cosine(a, b) -> float:
-    """Cosine of the angle between two weight vectors."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _clean(x):
