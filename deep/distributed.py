@@ -52,8 +52,8 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "DistContext", "torchrun_env", "init_distributed", "teardown", "distributed_session", "exit_process",
     "is_initialized", "get_rank", "get_world_size", "is_main", "main_only", "barrier",
-    "epoch_permutation", "shard_indices", "shard_range", "rank_seed",
-    "all_reduce_mean_", "all_reduce_grads_", "all_reduce_sum", "broadcast_object",
+    "epoch_permutation", "shard_indices", "shard_range",
+    "all_reduce_mean_", "all_reduce_sum", "broadcast_object",
     "wrap_model", "unwrap", "ascent_sync",
 ]
 
@@ -293,12 +293,6 @@ def shard_range(n: int, rank: int | None = None, world_size: int | None = None) 
     return slice(n * rank // world_size, n * (rank + 1) // world_size)
 
 
-def rank_seed(seed: int, rank: int | None = None) -> int:
-    """A per-rank seed for randomness that should differ between ranks (augmentation, PGD start)."""
-    rank = get_rank() if rank is None else rank
-    return int(seed) + 7919 * int(rank)
-
-
 # -------------------------------------------------------------------------------- collectives
 
 def all_reduce_mean_(tensors) -> list:
@@ -325,11 +319,6 @@ def all_reduce_mean_(tensors) -> list:
             t.copy_(flat[offset:offset + k].view_as(t))
             offset += k
     return tensors
-
-
-def all_reduce_grads_(params) -> None:
-    """Average ``p.grad`` over ranks for every parameter that has one (for a model not in DDP)."""
-    all_reduce_mean_([p.grad for p in params])
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

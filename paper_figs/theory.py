@@ -21,7 +21,7 @@ import numpy as np
 import linear_theory as lt
 
 __all__ = ["TheorySettings", "settings_from_meta", "theory_point", "method_curve", "rho_grid",
-           "coordinate_strength", "weight_summary", "eval_key", "parse_eval_key",
+           "coordinate_strength", "weight_summary", "eval_key",
            "representative_points", "probe_accuracies", "probe_accuracies_from_point"]
 
 
@@ -34,14 +34,6 @@ def eval_key(norm, eps: float) -> str:
     """Name of an evaluation attack, as the simulations use it: ("inf", 0.1) -> "linf_0.1"."""
     name = "linf" if str(norm).lower() in ("inf", "linf") else "l2"
     return f"{name}_{float(eps):g}"
-
-
-def parse_eval_key(key: str) -> tuple:
-    """Inverse of :func:`eval_key`: "linf_0.1" -> ("inf", 0.1), "l2_1" -> (2, 1.0)."""
-    name, _, eps = key.partition("_")
-    if name not in ("linf", "l2") or not eps:
-        raise ValueError(f"evaluation key must look like linf_0.1 or l2_1, got {key!r}")
-    return ("inf" if name == "linf" else 2), float(eps)
 
 
 @dataclass(frozen=True)
