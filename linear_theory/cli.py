@@ -10,7 +10,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -85,8 +84,9 @@ def _model_dict(model):
 def _atomic_write(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w") as fh:
+    # a plain open (not mkstemp, which creates mode 0600) so the result gets the usual umask permissions
+    tmp = os.path.join(folder, f".tmp_{os.getpid()}_{os.path.basename(path)}")
+    with open(tmp, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
 

@@ -1,5 +1,7 @@
 """CLI: python -m linear_theory {derive,solve,tradeoff}; bad input -> exit 2 with a one-line message."""
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -57,6 +59,21 @@ def test_tradeoff_json_and_summary(capsys, tmp_path):
     assert s["first_strength_with_nonrobust_dropped"] == 0.25
     assert s["clean_accuracy_there"] == pytest.approx(s["robust_feature_only_accuracy"])
     assert json.loads(target.read_text()) == res and target.with_suffix(".md").exists()
+
+
+def test_tradeoff_out_files_get_umask_permissions(capsys, tmp_path):
+    """The atomic writer must not leave results readable by the owner only (mkstemp's 0600)."""
+    target = tmp_path / "curves.json"
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run_main(capsys, ["tradeoff", "--num", "2", "--d", "10", "--out", str(target),
+                                       "--methods", "at-l2"])
+    finally:
+        os.umask(old)
+    assert code == 0
+    for path in (target, target.with_suffix(".md")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp_")] == []
 
 
 def test_derive_prints_every_label(capsys):
