@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import linear_theory as lt
+from deep.files import write_text_atomic
 
 from .training import TrainConfig, fresh_data, train_replicas
 
@@ -206,12 +207,8 @@ def _jsonable(obj):
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then os.replace)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically (``deep.files.write_text_atomic``: tmp file, then os.replace)."""
+    write_text_atomic(path, text)
 
 
 def atomic_write_json(path: str, obj) -> None:

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from deep.files import write_atomic  # noqa: E402
+
 __all__ = ["write_figures"]
 
 _LABEL = {"sam-fixed-scale": "SAM (fixed scale), rho", "at-linf": "PGD-AT l_inf, eps"}
@@ -21,10 +23,9 @@ def _err(sim: dict):
 
 
 def _save(fig, path: str) -> str:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    """PNG written atomically (``deep.files.write_atomic``); the figure is closed."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
