@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from . import metrics
-from .derive import derive_all
+from .derive import derive_all, render_markdown, write_docs
 from .model import FeatureModel, TsiprasModel
 from .sam_objective import SAM_NORMS
 from .solve import METHODS, attack_label, solve, tradeoff
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_options(p):
-    g = p.add_argument_group("model (THEORY.md section 1; defaults are the reference parameters)")
+    g = p.add_argument_group("model (docs/theory.md section 1; defaults are the reference parameters)")
     g.add_argument("--model", choices=("feature", "tsipras"), default="feature",
                    help="feature: Gaussian robust/non-robust model; tsipras: robust x_0 = +-y w.p. p (numeric only)")
     g.add_argument("--k", type=int, default=1, help="number of robust features (feature model)")
@@ -111,6 +111,13 @@ def _table(rows, strength_name) -> str:
 
 
 def _cmd_derive(a):
+    if a.write_docs:
+        changed = write_docs(a.write_docs)
+        print(f"{a.write_docs}: generated section {'rewritten' if changed else 'already current'}")
+        return
+    if a.markdown:
+        sys.stdout.write(render_markdown())
+        return
     for d in derive_all():
         print(d.render(latex=a.latex))
         print()
@@ -229,11 +236,15 @@ def _cmd_tradeoff(a):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m linear_theory",
-                description="SAM and adversarial training as feature perturbations in a linear model (THEORY.md).")
+                description="SAM and adversarial training as feature perturbations in a linear model (docs/theory.md).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("derive", help="print the sympy derivations of L1-L4 and T1-T5")
     d.add_argument("--latex", action="store_true", help="print the derived expressions as LaTeX")
+    d.add_argument("--markdown", action="store_true",
+                   help="print the markdown of the generated section of docs/theory.md")
+    d.add_argument("--write-docs", metavar="PATH", default=None,
+                   help="rewrite the generated section of PATH (docs/theory.md) from the derivations")
     d.set_defaults(func=_cmd_derive)
 
     s = sub.add_parser("solve", help="population optimum for one method and strength")

@@ -1,10 +1,14 @@
-"""Symbolic derivations (sympy) of L1-L4 and the stationarity conditions behind T1-T5 (THEORY.md).
+"""Symbolic derivations (sympy) of L1-L4 and the stationarity conditions behind T1-T5 (docs/theory.md).
 
 Each ``derive_*`` function *computes* its result with sympy (solve / diff / simplify / integrate); nothing
 is typed in as a finished formula. Vectors use n = 3 symbolic coordinates (the coordinate-wise structure
 of every derivation is the same for any n). ``derive_all()`` returns a list of ``Derivation`` records;
 ``python -m linear_theory derive [--latex]`` prints them. Tests in tests/test_linear_derive.py lambdify
 the results and compare them with brute-force numeric maximisation/minimisation on random inputs.
+
+``render_markdown()`` is the generated section of docs/theory.md (between ``DOCS_BEGIN`` and ``DOCS_END``);
+``python -m linear_theory derive --write-docs docs/theory.md`` rewrites that section from the derivations,
+and tests/test_docs.py fails when the committed document differs from it.
 """
 from __future__ import annotations
 
@@ -13,14 +17,15 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 __all__ = ["Derivation", "derive_all", "derive_L1", "derive_L2", "derive_L3", "derive_L4",
-           "derive_T1", "derive_T2", "derive_T3", "derive_T4", "derive_T5", "N_COORDS"]
+           "derive_T1", "derive_T2", "derive_T3", "derive_T4", "derive_T5", "N_COORDS",
+           "DOCS_BEGIN", "DOCS_END", "render_markdown", "replace_generated", "write_docs"]
 
 N_COORDS = 3
 
 
 @dataclass
 class Derivation:
-    """label: THEORY.md label; statement: one line; results: name -> sympy expression (derived)."""
+    """label: docs/theory.md label; statement: one line; results: name -> sympy expression (derived)."""
 
     label: str
     statement: str
@@ -223,7 +228,7 @@ def derive_T4() -> Derivation:
 
 def derive_T5() -> Derivation:
     """T5: stationarity of E l(v.u - c*r) on the sphere ||v|| = tau (r the norm of x, treated as fixed as in
-    THEORY's Stein argument). Stein's lemma E[g(u)(u - m)] = s^2 E[g'(u)] (derived here from the Gaussian
+    the Stein argument of docs/theory.md, T5). Stein's lemma E[g(u)(u - m)] = s^2 E[g'(u)] (derived here from the Gaussian
     density by differentiation) turns the gradient into mu*A + Sigma v*B (A = E l', B = E l''); adding the
     multiplier gamma*v and solving gives v_i proportional to mu_i/(sigma_i^2 + lambda), lambda = -gamma/B."""
     u, m = sp.symbols("u m", real=True)
@@ -249,3 +254,49 @@ def derive_T5() -> Derivation:
 def derive_all() -> list:
     return [f() for f in (derive_L1, derive_L2, derive_L3, derive_L4, derive_T1, derive_T2, derive_T3,
                           derive_T4, derive_T5)]
+
+
+DOCS_BEGIN = "<!-- BEGIN GENERATED: python -m linear_theory derive --markdown -->"
+DOCS_END = "<!-- END GENERATED -->"
+
+
+def render_markdown(derivations=None) -> str:
+    """The derivations as markdown: per label its statement, then every derived result as sympy text and
+    as a LaTeX display block. This is the generated section of docs/theory.md."""
+    derivations = derive_all() if derivations is None else derivations
+    lines = []
+    for d in derivations:
+        lines += [f"#### {d.label}", "", f"Statement: `{d.statement}`", ""]
+        for name, expr in d.results.items():
+            lines += [f"* {name.strip()}: `{sp.sstr(expr)}`", "", "  ```math", f"  {sp.latex(expr)}", "  ```", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def replace_generated(text: str, block: str) -> str:
+    """``text`` with everything between the ``DOCS_BEGIN`` and ``DOCS_END`` lines replaced by ``block``.
+
+    ValueError when the markers are missing, repeated or out of order."""
+    if text.count(DOCS_BEGIN) != 1 or text.count(DOCS_END) != 1:
+        raise ValueError(f"the document must contain the lines {DOCS_BEGIN!r} and {DOCS_END!r} exactly once")
+    head, rest = text.split(DOCS_BEGIN)
+    if DOCS_END not in rest:
+        raise ValueError(f"{DOCS_END!r} must come after {DOCS_BEGIN!r}")
+    _, tail = rest.split(DOCS_END)
+    body = block.strip("\n")
+    return f"{head}{DOCS_BEGIN}\n\n{body}\n\n{DOCS_END}{tail}"
+
+
+def write_docs(path) -> bool:
+    """Rewrite the generated section of the markdown file ``path`` (e.g. docs/theory.md) from
+    ``render_markdown()``; returns True when the file changed. ValueError for a missing file or markers."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    new = replace_generated(text, render_markdown())
+    if new == text:
+        return False
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(new)
+    return True
