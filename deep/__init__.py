@@ -1,9 +1,9 @@
-"""deep: the deep-network experiment of PROTOCOL.md (PreActResNet-18, ST / SAM / PGD-AT).
+"""deep: the deep-network experiment of docs/protocol.md (PreActResNet-18, ST / SAM / PGD-AT).
 
 Modules (each importable on its own):
 
-* :mod:`deep.attacks` - ``pgd``: l_inf / l2 PGD in input space (THEORY.md L1); reused by simulations/.
-* :mod:`deep.sam` - ``sam_perturbation`` and the ``SAM`` optimizer wrapper (THEORY.md L2-L4).
+* :mod:`deep.attacks` - ``pgd``: l_inf / l2 PGD in input space (docs/theory.md L1); reused by simulations/.
+* :mod:`deep.sam` - ``sam_perturbation`` and the ``SAM`` optimizer wrapper (docs/theory.md L2-L4).
 * :mod:`deep.model` - ``PreActResNet18`` with input normalisation inside ``forward``.
 * :mod:`deep.data` - CIFAR-10/100 reader and md5-checked download, the generated robust / non-robust
   image dataset with its probe variants, batched augmentation on device tensors.

@@ -3,7 +3,7 @@
 The one PGD implementation of the package: deep adversarial training and evaluation use it, and
 ``simulations/`` reuses it on linear models (``clamp=None``, logistic ``loss_fn`` on +-1 labels).
 
-PGD (Madry et al. 2018) approximately solves the AT inner maximisation (THEORY.md, L1)
+PGD (Madry et al. 2018) approximately solves the AT inner maximisation (docs/theory.md, L1)
 
     max_{||delta||_p <= eps, x + delta in [lo, hi]}  loss(f(x + delta), y)
 
@@ -44,7 +44,7 @@ def normalize_norm(norm: Norm) -> str:
 
 
 def default_step_size(eps: float, norm: Norm) -> float:
-    """PROTOCOL.md step sizes: eps/4 for l_inf (2/255 at eps 8/255), eps/8 for l2."""
+    """docs/protocol.md step sizes: eps/4 for l_inf (2/255 at eps 8/255), eps/8 for l2."""
     return eps / 4.0 if normalize_norm(norm) == "inf" else eps / 8.0
 
 
@@ -100,7 +100,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
         clamp: Optional[Tuple[float, float]] = (0.0, 1.0),
         generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """PGD attack maximising ``loss_fn(forward(x_adv), y)`` over the eps ball (THEORY.md L1).
+    """PGD attack maximising ``loss_fn(forward(x_adv), y)`` over the eps ball (docs/theory.md L1).
 
     Args:
         forward: callable mapping inputs to logits (or margins for a linear model).
@@ -108,7 +108,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         eps: attack radius (>= 0) in the chosen norm; eps = 0 returns ``x``.
         norm: "inf"/"linf" or 2/"l2".
         steps: number of gradient steps (>= 0).
-        step_size: alpha; default eps/4 (l_inf) or eps/8 (l2), as in PROTOCOL.md.
+        step_size: alpha; default eps/4 (l_inf) or eps/8 (l2), as in docs/protocol.md.
         random_start: start from a uniform point of the eps ball (l_inf: cube; l2: ball).
         loss_fn: ``loss_fn(logits, y) -> scalar``; default summed cross-entropy. Only the
             gradient direction per example matters (sign or l2-normalised), so sum vs mean is moot.

@@ -1,11 +1,11 @@
 """Data for deep/: CIFAR-10/100 from the standard python archives, the generated robust/non-robust image
-dataset of PROTOCOL.md, and batched augmentation on device tensors.
+dataset of docs/protocol.md, and batched augmentation on device tensors.
 
 CIFAR is read from ``<data_dir>/cifar-10-python.tar.gz`` (or ``cifar-100-python.tar.gz``) directly, or from
 the extracted folder ``cifar-10-batches-py/`` (``cifar-100-python/``), the layout other tools download.
 ``download_cifar`` fetches the official archive and verifies its md5 before it is used. No torchvision.
 
-The generated dataset ("synthetic") mirrors the linear feature model of THEORY.md section 1 in images:
+The generated dataset ("synthetic") mirrors the linear feature model of docs/theory.md section 1 in images:
 every class y has a smooth, large-amplitude *robust* pattern R_y whose presence varies strongly between
 images, and a tiny-amplitude (2/255 per pixel by default), nearly deterministic, high-frequency
 *non-robust* pattern N_y: a sign tile of ``nonrobust_period`` x ``nonrobust_period`` pixels (x 3 channels;

@@ -8,7 +8,7 @@ Launch with torchrun, which sets the environment variables read here
 Without those variables (plain ``python -m deep.run``) every helper degrades to the single-process
 behaviour, so the training loop calls them unconditionally.
 
-How the pieces fit (PROTOCOL.md, issue "deep/ at full speed and on several GPUs"):
+How the pieces fit (docs/protocol.md, "Deviations from the paper's public code", item 9):
 
 * data parallelism: every rank holds the whole (device-resident) training set and draws the same
   global permutation per epoch (:func:`epoch_permutation`, seeded by (seed, epoch)); each rank takes a

@@ -2,7 +2,7 @@
 
 Robust accuracy at (norm, eps) is the share of test images classified correctly both clean and under
 every one of ``restarts`` PGD attacks (``steps`` steps, random start, step eps/4 for l_inf and eps/8 for
-l2 as in PROTOCOL.md), i.e. the per-example worst case over restarts. The model is in eval mode (BN running
+l2 as in docs/protocol.md), i.e. the per-example worst case over restarts. The model is in eval mode (BN running
 statistics) and the attack runs in fp32 unless ``bf16`` is asked for.
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ def probes(model: torch.nn.Module, spec: SyntheticSpec, n: int, seed: int, devic
            batch_size: int = 500) -> Dict[str, float]:
     """Clean accuracy (w.r.t. the true label) on the probe variants of the generated test set:
     clean, non-robust pattern removed, non-robust pattern swapped to class y+1, robust pattern removed
-    (PROTOCOL.md). All variants share labels, coefficients and noise."""
+    (docs/protocol.md). All variants share labels, coefficients and noise."""
     model = ddist.unwrap(model)
     was_training = model.training
     model.eval()

@@ -1,6 +1,6 @@
 """PreActResNet-18 (He et al. 2016, "Identity mappings in deep residual networks") for CIFAR.
 
-Architecture of PROTOCOL.md: a 3x3 stem convolution, four stages of two pre-activation basic blocks
+Architecture of docs/protocol.md: a 3x3 stem convolution, four stages of two pre-activation basic blocks
 (widths w, 2w, 4w, 8w with w = 64; stride 2 at the start of stages 2-4), BN + ReLU before each convolution,
 a final BN-ReLU, global average pooling (4x4 on 32x32 inputs) and a linear head. Convolutions have no bias;
 shortcuts are 1x1 convolutions where the shape changes. With w = 64 and 10 classes: 11,172,170 parameters.

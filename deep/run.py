@@ -1,4 +1,4 @@
-"""``python -m deep.run``: the deep experiment of PROTOCOL.md (ST, SAM, AT on PreActResNet-18).
+"""``python -m deep.run``: the deep experiment of docs/protocol.md (ST, SAM, AT on PreActResNet-18).
 
 Runs every (method, strength, seed) of the grid, each resumable, then prints the results table and writes
 ``<out>/<dataset>/<run_id>.json`` per run plus ``<out>/<dataset>/summary.md`` (``<out>/quick/`` for
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deep.run",
         description="Train PreActResNet-18 with ST, SAM and PGD adversarial training (AT) and evaluate clean "
-                    "and PGD robust accuracy (PROTOCOL.md). Defaults are the reference settings.",
+                    "and PGD robust accuracy (docs/protocol.md). Defaults are the reference settings.",
         formatter_class=_HelpFormatter)
     g = p.add_argument_group("grid")
     g.add_argument("--quick", action="store_true",

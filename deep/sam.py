@@ -1,6 +1,6 @@
 """Sharpness-aware minimisation (SAM, Foret et al. 2021) as a wrapper over any torch optimizer.
 
-SAM minimises max_{||e||_2 <= rho} L(w + e) with the one-step approximation (THEORY.md, L2-L4)
+SAM minimises max_{||e||_2 <= rho} L(w + e) with the one-step approximation (docs/theory.md, L2-L4)
 
     e(w) = rho * g / ||g||_2,         g = grad L(w)   (global l2 norm over all parameter tensors)
     w   <- base_step(w, grad L(w + e(w)))

@@ -7,7 +7,7 @@ Structure (kept small so that data parallelism is a local change, see deep/distr
 * :func:`train_epoch` - one pass over this process's share of the epoch's permutation;
 * :func:`fit` - epochs, lr schedule, divergence check, atomic per-epoch checkpoints and resume.
 
-Methods (THEORY.md: ST = T1, SAM = L2-L4, AT = L1):
+Methods (docs/theory.md: ST = T1, SAM = L2-L4, AT = L1):
     st:  w <- SGD(w, grad L(w))
     sam: e = rho g/||g|| (deep/sam.py), w <- SGD(w, grad L(w + e)); BN running stats from the first pass
     at:  x_adv = PGD_eps(x) (deep/attacks.py, model in train mode with BN running stats frozen),
@@ -53,7 +53,7 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (defaults: PROTOCOL.md reference settings)."""
+    """Everything that defines a training run (defaults: docs/protocol.md reference settings)."""
     dataset: str = "cifar10"            # cifar10 | cifar100 | synthetic
     method: str = "st"                  # st | sam | at
     rho: float = 0.1                    # SAM radius

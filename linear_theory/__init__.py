@@ -1,4 +1,4 @@
-"""linear_theory: SAM and adversarial training as feature perturbations in a linear model (THEORY.md).
+"""linear_theory: SAM and adversarial training as feature perturbations in a linear model (docs/theory.md).
 
 Import as ``import linear_theory as lt``; see linear_theory/README.md for the API and the CLI
 (``python -m linear_theory {derive,solve,tradeoff}``).

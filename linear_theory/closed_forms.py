@@ -1,4 +1,4 @@
-"""Closed-form population optima (THEORY.md T1, T3, T4) and the ridge path used by T4/T5.
+"""Closed-form population optima (docs/theory.md T1, T3, T4) and the ridge path used by T4/T5.
 
 Valid for ``FeatureModel`` (Gaussian classes, diagonal Sigma). Every formula here has an independent
 numeric route in ``linear_theory.numeric`` and a test comparing the two.

@@ -1,4 +1,4 @@
-"""Accuracies, losses and perturbation strengths of a linear classifier f(x) = v.x (THEORY.md section 2, L4).
+"""Accuracies, losses and perturbation strengths of a linear classifier f(x) = v.x (docs/theory.md section 2, L4).
 
 All quantities are exact functions of the margin law z = y v.x (a Gaussian, or a Gaussian mixture for the
 Tsipras variant); only the population loss needs a one-dimensional quadrature.
@@ -104,7 +104,7 @@ def _prob_positive(means, stds, shift):
 
 
 def clean_accuracy(model, v) -> float:
-    """P(y v.x > 0) = Phi(v.mu / sqrt(v.Sigma.v)) for ``FeatureModel`` (THEORY.md section 2)."""
+    """P(y v.x > 0) = Phi(v.mu / sqrt(v.Sigma.v)) for ``FeatureModel`` (docs/theory.md section 2)."""
     w, m, s = model.margin_components(v)
     return float(np.sum(w * _prob_positive(m, s, 0.0)))
 
@@ -170,7 +170,7 @@ def population_loss(model, v, shift=0.0) -> float:
 class SamStrength:
     """L4: per-example SAM = l2 AT on the features with radius s_SAM(x) = rho*||x||_2 / ||v||_2.
 
-    Fields: ``l2_rms`` = rho*sqrt(E||x||^2)/||v|| (the strength used in THEORY T5), ``per_coordinate`` =
+    Fields: ``l2_rms`` = rho*sqrt(E||x||^2)/||v|| (the strength used in docs/theory.md T5), ``per_coordinate`` =
     l2_rms/sqrt(D) (compare with an l_inf AT radius eps, whose l2 size is eps*sqrt(D)), ``mean_sq_norm``
     = E||x||^2. ``float(s)`` gives ``l2_rms``.
     """

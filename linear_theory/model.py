@@ -1,4 +1,4 @@
-"""The robust / non-robust feature model (THEORY.md section 1) and the Tsipras variant.
+"""The robust / non-robust feature model (docs/theory.md section 1) and the Tsipras variant.
 
 Both models describe the class-conditional law of x in R^D given a label y uniform on {-1, +1}.
 Robust coordinates come first. The only thing the accuracies and losses of a linear classifier
@@ -82,7 +82,7 @@ class _ModelBase:
 
 @dataclass(frozen=True)
 class FeatureModel(_ModelBase):
-    """Robust / non-robust Gaussian feature model (THEORY.md section 1).
+    """Robust / non-robust Gaussian feature model (docs/theory.md section 1).
 
     x_i | y ~ N(y*mu_r, sigma_r^2) for the k robust coordinates and N(y*eta, sigma_n^2) for the d
     non-robust ones, independent given y; y uniform on {-1, +1}. Defaults are the reference
@@ -123,7 +123,7 @@ class FeatureModel(_ModelBase):
     def margin_components(self, v):
         """Law of the margin z = y v.x as a Gaussian mixture: (weights, means, stds) arrays.
 
-        For this model z ~ N(v.mu, v.Sigma.v) exactly (THEORY.md section 2).
+        For this model z ~ N(v.mu, v.Sigma.v) exactly (docs/theory.md section 2).
         """
         m, s = self.margin_moments(v)
         return np.array([1.0]), np.array([m]), np.array([s])

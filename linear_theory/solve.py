@@ -1,6 +1,6 @@
 """One entry point for the population optima: ``solve(model, method, strength, tau)`` and ``tradeoff``.
 
-Methods (THEORY.md section 4):
+Methods (docs/theory.md section 4):
   "st"              T1   v = 2 Sigma^{-1} mu                                   (strength ignored, must be 0)
   "at-linf"         T3   soft thresholding, strength = eps
   "at-l2"           T4   ridge shrinkage, strength = eps, .lam = T4's lambda

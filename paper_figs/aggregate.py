@@ -11,7 +11,7 @@ from .palette import canonical_method, style
 __all__ = ["Stat", "ConfigSummary", "summarise_runs", "robust_keys", "pick_attack",
            "ATTACK_PREFERENCE", "PROBE_KEYS", "strength_label"]
 
-#: Attack keys in the order the deep figure prefers (PROTOCOL.md: SAM's claim is at small eps).
+#: Attack keys in the order the deep figure prefers (docs/protocol.md: SAM's claim is at small eps).
 ATTACK_PREFERENCE = ("linf_1/255", "linf_2/255", "l2_16/255", "l2_32/255", "l2_0.5", "linf_8/255")
 PROBE_KEYS = ("clean", "nonrobust_removed", "nonrobust_swapped", "robust_removed")
 

@@ -93,7 +93,7 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
     lines += ["", "## Verdicts at a glance", "", "| figure | theory vs practice |", "|---|---|"]
     for f in figures:
         lines.append(f"| [{f.title}](#{f.name.replace('_', '-')}) | {f.verdict.text} |")
-    lines += ["", "## Simulations, claim by claim (THEORY.md S1-S5)", ""]
+    lines += ["", "## Simulations, claim by claim (docs/theory.md S1-S5)", ""]
     if sim is not None:
         lines.append(claims_table(sim["claims"]))
     else:

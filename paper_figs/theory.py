@@ -2,7 +2,7 @@
 
 Every number here comes from ``linear_theory``; this module only chooses grids and maps each
 method's own strength parameter onto one common axis, the per-coordinate feature-perturbation
-strength of THEORY.md L4:
+strength of docs/theory.md L4:
 
 * AT l_inf of radius eps perturbs each coordinate by eps;
 * AT l2 of radius eps perturbs each coordinate by about eps / sqrt(D);

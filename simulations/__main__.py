@@ -10,7 +10,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
-        print("  run    check THEORY.md's claims S1-S5 with the real algorithms (same as python -m simulations.run)")
+        print("  run    check the claims S1-S5 of docs/theory.md with the real algorithms (same as python -m simulations.run)")
         print("  bench  vectorised vs looped per-example SAM steps/s, and the default run's wall time")
         return 0
     if argv and argv[0] == "bench":

@@ -1,11 +1,11 @@
-"""The claims S1-S5 of THEORY.md section 5: theory (``linear_theory``) vs the real algorithms.
+"""The claims S1-S5 of docs/theory.md section 5: theory (``linear_theory``) vs the real algorithms.
 
 Each ``claim_Sx(model, settings, results)`` returns ``(rows, extras)``: comparison rows (see
 :mod:`simulations.stats`) and, for S4/S5, the data behind the figures ("sam_vs_m", "curves").
 ``results`` maps a job key (:mod:`simulations.experiments`) to its trained weights.
 
 Statistics are scale-free where the claim is about directions (robust/non-robust weight ratio, robust
-reliance r(v) of THEORY.md section 2, matched ridge lambda of T5), and accuracies are compared directly
+reliance r(v) of docs/theory.md section 2, matched ridge lambda of T5), and accuracies are compared directly
 (the population accuracy of a learned v is the closed form of section 2, itself checked by S1 with PGD).
 """
 from __future__ import annotations
@@ -283,7 +283,7 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
     if m_max > 1 and 1 in lam_by_m:
         diffs = [a - b for a, b in zip(lam_by_m[1], lam_by_m[m_max])]
         rows.append(compare(f"S4-m1-vs-m{m_max}", "S4",
-                            f"THEORY S4: effect weaker for m>1: lambda_eff(m=1) - lambda_eff(m={m_max}) "
+                            f"docs/theory.md S4: effect weaker for m>1: lambda_eff(m=1) - lambda_eff(m={m_max}) "
                             f"> 0 (paired by seed)", 0.0, diffs, 0.0, "", relation=">"))
     if st.weight_decay > 0:
         rows += _weight_decay_rows(model, st, results)
@@ -293,7 +293,7 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
 def _weight_decay_rows(model, st: Settings, results) -> List[dict]:
     """S4, weight-decay form (f = v.x, no normalisation): matched ridge lambda of ST+wd and SAM+wd,
     each against T5 at the scale tau the run actually reached (mean ||v|| over seeds). Measured, not
-    checked: THEORY.md only suggests that weight decay holds the scale like normalisation does."""
+    checked: docs/theory.md only suggests that weight decay holds the scale like normalisation does."""
     res = results[sam_wd_job(st).key]
     rows = []
     for rho in (0.0, float(st.s4_m_rho)):

@@ -33,7 +33,7 @@ class Settings:
     """Sizes of one simulation run. ``profile`` is a label; see :data:`PROFILES` for the presets.
 
     Training (all jobs): ``epochs`` epochs of a *fresh* sample of ``n_per_epoch`` examples per seed
-    (online SGD: the target is the population optimum of THEORY.md), mini-batches of ``batch_size``
+    (online SGD: the target is the population optimum of docs/theory.md), mini-batches of ``batch_size``
     (a multiple of every m), SGD momentum 0.9 with cosine decay; ``lr_free`` for f = v.x,
     ``lr_fixed`` for f = tau w.x/||w||. PGD-AT uses ``pgd_steps`` inner steps (step 2.5 eps/steps,
     random start for l_inf; for l2 ``pgd_random_start_l2``, default off: the input gradient of a linear

@@ -1,4 +1,4 @@
-"""``python -m simulations.run``: check THEORY.md's claims S1-S5 with the real training algorithms.
+"""``python -m simulations.run``: check the claims S1-S5 of docs/theory.md with the real training algorithms.
 
 Trains linear models on samples of the feature model (SGD + momentum, SAM with m-sharpness, PGD-AT),
 compares them claim by claim with ``linear_theory``, prints a table, writes
@@ -116,7 +116,7 @@ def _run(settings, claims, out, force, figures, model, progress) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m simulations.run",
-        description="Check THEORY.md's claims S1-S5 by training linear models with the real algorithms "
+        description="Check the claims S1-S5 of docs/theory.md by training linear models with the real algorithms "
                     "(SGD+momentum, SAM with m-sharpness, PGD adversarial training) on samples of the "
                     "feature model. Exit 0 if every check holds, 1 if one fails, 2 on bad arguments.")
     size = p.add_mutually_exclusive_group()

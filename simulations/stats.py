@@ -83,7 +83,7 @@ def compare(row_id: str, claim: str, description: str, theory: float, values: Se
 def measure(row_id: str, claim: str, description: str, values: Sequence[float],
             theory: Optional[float] = None, config: Optional[dict] = None) -> dict:
     """A measurement row without a pass/fail check (holds = None), e.g. SAM's strength for m > 1, for
-    which THEORY.md predicts only a direction ("weaker"). ``theory`` may give a reference value."""
+    which docs/theory.md predicts only a direction ("weaker"). ``theory`` may give a reference value."""
     mean, (lo, hi), _ = mean_ci(values)
     return {"id": row_id, "claim": claim, "description": description, "relation": "measure",
             "theory": _clean(theory), "sim_mean": mean, "ci95": [lo, hi],

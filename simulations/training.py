@@ -1,4 +1,4 @@
-"""Real training algorithms for linear models on samples of the feature model (THEORY.md section 5).
+"""Real training algorithms for linear models on samples of the feature model (docs/theory.md section 5).
 
 Everything here is the actual algorithm, not a closed-form shortcut:
 
@@ -7,11 +7,11 @@ Everything here is the actual algorithm, not a closed-form shortcut:
 * SAM (Foret et al. 2021) with m-sharpness: a mini-batch of B examples is split into B/m groups; each
   group g takes its own ascent e_g = rho * grad L_g(w) / ||grad L_g(w)||_2 (``deep.sam.sam_perturbation``)
   and the descent gradient is the average over groups of grad L_g(w + e_g). m = 1 is per-example SAM
-  (THEORY.md L2-L4), computed with ``torch.func`` (``vmap`` over groups of ``grad``), no Python loop;
+  (docs/theory.md L2-L4), computed with ``torch.func`` (``vmap`` over groups of ``grad``), no Python loop;
 * PGD adversarial training (Madry et al. 2018): the inner maximisation is ``deep.attacks.pgd`` with real
   iterations (l_inf or l2), never the closed form of L1.
 
-Model forms (THEORY.md T2/T5):
+Model forms (docs/theory.md T2/T5):
 
 * ``"free"``:         f(x) = v . x (unconstrained; add ``weight_decay`` for the weight-decay form);
 * ``"fixed-scale"``:  f(x) = tau * w . x / ||w||_2, with w renormalised to ||w|| = 1 after every step (T5).
@@ -112,7 +112,7 @@ class TrainConfig:
 def margins(P: torch.Tensor, X: torch.Tensor, form: str = "free", tau: float = 1.0) -> torch.Tensor:
     """f(x) for weights P (D,) or (R, D) and inputs X (..., D) or (R, B, D).
 
-    free: f = P . x;  fixed-scale: f = tau * P . x / ||P||_2 (THEORY.md T5).
+    free: f = P . x;  fixed-scale: f = tau * P . x / ||P||_2 (docs/theory.md T5).
     """
     z = (X @ P.unsqueeze(-1)).squeeze(-1)
     if form == "fixed-scale":
@@ -121,7 +121,7 @@ def margins(P: torch.Tensor, X: torch.Tensor, form: str = "free", tau: float = 1
 
 
 def logistic_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Elementwise logistic loss l(y z) = log(1 + exp(-y z)) (THEORY.md section 2)."""
+    """Elementwise logistic loss l(y z) = log(1 + exp(-y z)) (docs/theory.md section 2)."""
     return F.softplus(-y * z)
 
 
@@ -138,7 +138,7 @@ def sample_replicas(model, n: int, seeds: Sequence[int], dtype=torch.float64):
 
 def fresh_data(model, n: int, seeds: Sequence[int]) -> Callable:
     """Online sampling: epoch t of replica r trains on a new sample of n drawn with seed (seeds[r], t).
-    SGD then minimises the population risk, whose minimisers are THEORY.md's T1-T5."""
+    SGD then minimises the population risk, whose minimisers are docs/theory.md's T1-T5."""
     seeds = [int(s) for s in seeds]
 
     def data(epoch: int):

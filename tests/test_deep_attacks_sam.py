@@ -43,7 +43,7 @@ def test_pgd_stays_in_ball_and_box_and_raises_loss(norm, eps):
 @pytest.mark.parametrize("norm,random_start,tol", [("linf", True, 1e-9), ("l2", False, 1e-9),
                                                    ("l2", True, 1e-3)])
 def test_pgd_on_linear_model_reaches_closed_form_worst_case(norm, random_start, tol):
-    """THEORY.md L1: max_{||delta||_p<=eps} l(y v.(x+delta)) = l(y v.x - eps ||v||_q).
+    """docs/theory.md L1: max_{||delta||_p<=eps} l(y v.(x+delta)) = l(y v.x - eps ||v||_q).
     (l2 from a random start converges geometrically, not in finitely many steps: looser tolerance.)"""
     g = torch.Generator().manual_seed(0)
     D, n, eps = 20, 64, 0.3

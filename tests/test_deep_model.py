@@ -14,7 +14,7 @@ def _bn(c):
 
 
 def _count_by_hand(num_classes, final_bn, w=64):
-    """PROTOCOL.md architecture: stem conv, stages [2,2,2,2] of pre-act basic blocks, final BN, linear."""
+    """docs/protocol.md architecture: stem conv, stages [2,2,2,2] of pre-act basic blocks, final BN, linear."""
     total = _conv(3, w, 3)
     cin = w
     for stage in range(4):

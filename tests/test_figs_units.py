@@ -47,7 +47,7 @@ def test_ordering_verdict_compares_prediction_and_measurement():
 
 def test_sam_coordinate_strength_is_rho_times_rms_feature_norm():
     model = lt.FeatureModel()
-    # E||x||^2 = sum(mu^2 + sigma^2), written out from THEORY.md section 1
+    # E||x||^2 = sum(mu^2 + sigma^2), written out from docs/theory.md section 1
     ex2 = model.k * (model.mu_r ** 2 + model.sigma_r ** 2) + model.d * (model.eta ** 2 + model.sigma_n ** 2)
     expect = 0.3 * math.sqrt(ex2) / math.sqrt(model.k + model.d)
     assert th.coordinate_strength(model, "sam", 0.3) == pytest.approx(expect, rel=1e-12)

@@ -1,4 +1,4 @@
-"""S1-style check inside linear_theory: closed-form clean/robust accuracies (THEORY.md section 2, L1) against
+"""S1-style check inside linear_theory: closed-form clean/robust accuracies (docs/theory.md section 2, L1) against
 Monte-Carlo estimates that attack the linear model for real with projected gradient ascent on the input
 (``deep.attacks.pgd``, random start, logistic loss on +-1 labels, unbounded inputs)."""
 import math

@@ -1,4 +1,4 @@
-"""FeatureModel / TsiprasModel: validation, moments, sampling; accuracy formulas (THEORY.md sections 1-2)."""
+"""FeatureModel / TsiprasModel: validation, moments, sampling; accuracy formulas (docs/theory.md sections 1-2)."""
 import math
 
 import numpy as np
@@ -12,7 +12,7 @@ def test_reference_model_moments_and_bayes_accuracies():
     m = lt.FeatureModel()
     assert m.D == 101 and m.robust_mask.sum() == 1 and m.robust_mask[0]
     assert m.cov.shape == (101, 101) and np.allclose(np.diag(m.cov), m.sigma2)
-    # robust feature alone Phi(1), non-robust block alone Phi(2), Bayes Phi(sqrt(5)) (THEORY section 1)
+    # robust feature alone Phi(1), non-robust block alone Phi(2), Bayes Phi(sqrt(5)) (docs/theory.md section 1)
     e0 = np.eye(101)[0]
     nonrob = np.concatenate([[0.0], np.ones(100)])
     assert lt.clean_accuracy(m, e0) == pytest.approx(norm.cdf(1.0), rel=1e-12)

@@ -1,5 +1,5 @@
 """Closed forms (T1, T3, T4) against independent numeric routes; T2/T5 one-dimensional solves against
-unrestricted minimisers; quadratures against scipy.quad and Monte-Carlo (THEORY.md sections 2-4)."""
+unrestricted minimisers; quadratures against scipy.quad and Monte-Carlo (docs/theory.md sections 2-4)."""
 import math
 
 import numpy as np

@@ -1,5 +1,5 @@
 """Fixed-scale SAM with the projected norm (sam_norm="projected"): the exact ascent lowers the margin by
-rho*tau*||P_w x|| (P_w projects out w = v/tau), where THEORY.md T5 uses rho*tau*||x||.
+rho*tau*||P_w x|| (P_w projects out w = v/tau), where docs/theory.md T5 uses rho*tau*||x||.
 
 Independent routes: block quadrature vs a Monte-Carlo estimate written here from the definition; the 1-D
 ridge solve vs the sphere-angle minimiser; the symmetric solve vs a full-vector Monte-Carlo minimiser."""
