@@ -14,6 +14,11 @@ by ``steps`` iterations of
             computed scale-invariantly, so vanishing-but-nonzero gradients still take full steps)
 
 each followed by the box projection x + delta in [lo, hi] (when ``clamp`` is given).
+
+For evaluation, ``best_iterate=True`` counts a point as broken when *any* iterate (the random start
+included) is misclassified, and returns that iterate (the first one found); points already broken leave
+the batch, so a weak model costs little. AT's inner maximisation uses the last iterate (the default).
+Losses: cross-entropy (default) or the margin (CW) loss  max_{j != y} z_j - z_y  of Carlini & Wagner.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pgd", "normalize_norm", "default_step_size"]
+__all__ = ["pgd", "normalize_norm", "default_step_size", "margin_loss", "LOSSES"]
 
 Norm = Union[str, int, float]
 
@@ -85,6 +90,21 @@ def _random_start(x: torch.Tensor, eps: float, norm: str,
     return g * eps * u.pow(1.0 / dim)
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed margin (CW) loss  sum_i [max_{j != y_i} z_ij - z_{i,y_i}]: positive iff x_i is misclassified."""
+    z = logits.float()
+    true = z.gather(1, y[:, None]).squeeze(1)
+    other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - true).sum()
+
+
+def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
+LOSSES = {"ce": _ce_sum, "cw": margin_loss}
+
+
 def _clamp_box(x: torch.Tensor, delta: torch.Tensor,
                clamp: Optional[Tuple[float, float]]) -> torch.Tensor:
     """Return delta such that x + delta lies in the box ``clamp``."""
@@ -99,7 +119,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         random_start: bool = True,
         loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
         clamp: Optional[Tuple[float, float]] = (0.0, 1.0),
-        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        generator: Optional[torch.Generator] = None, best_iterate: bool = False) -> torch.Tensor:
     """PGD attack maximising ``loss_fn(forward(x_adv), y)`` over the eps ball (docs/theory.md L1).
 
     Args:
@@ -114,6 +134,9 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
             gradient direction per example matters (sign or l2-normalised), so sum vs mean is moot.
         clamp: (lo, hi) box of valid inputs, or None for unbounded inputs.
         generator: torch.Generator for the random start (reproducible attacks).
+        best_iterate: return, for each example, the first iterate that ``forward`` misclassifies
+            (argmax != y; random start included), else the last iterate; broken examples stop being
+            attacked. For class labels and logits only (evaluation).
 
     Returns:
         ``x_adv`` detached, with ``||x_adv - x|| <= eps`` (per example) and inside ``clamp``.
@@ -130,10 +153,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         raise ValueError(f"step_size must be >= 0, got {step_size!r}")
     if clamp is not None and not (clamp[0] < clamp[1]):
         raise ValueError(f"clamp must be (lo, hi) with lo < hi or None, got {clamp!r}")
-    if loss_fn is None:
-        def loss_fn(logits, target):
-            return F.cross_entropy(logits.float(), target, reduction="sum")
-
+    loss_fn = loss_fn or _ce_sum
     x = x.detach()
     if eps == 0.0 or (steps == 0 and not random_start):
         return x.clone()
@@ -141,17 +161,51 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         delta = _clamp_box(x, _random_start(x, eps, norm_, generator), clamp)
     else:
         delta = torch.zeros_like(x)
-
+    step = _Step(forward, loss_fn, eps, norm_, step_size, clamp)
+    if best_iterate:
+        return _pgd_best_iterate(step, x, y, delta, int(steps))
     for _ in range(int(steps)):
-        delta.requires_grad_(True)
+        delta, _ = step(x, y, delta)
+    return (x + delta).detach()
+
+
+class _Step:
+    """One PGD iteration: gradient of the loss at x + delta, ascent step, projections. Returns the new
+    delta and the logits at the *old* x + delta (reused by the best-iterate bookkeeping)."""
+
+    def __init__(self, forward, loss_fn, eps, norm, step_size, clamp):
+        self.forward, self.loss_fn, self.eps, self.norm = forward, loss_fn, eps, norm
+        self.step_size, self.clamp = step_size, clamp
+
+    def __call__(self, x, y, delta):
+        delta = delta.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = loss_fn(forward(x + delta), y)
-            (grad,) = torch.autograd.grad(loss, delta)
+            logits = self.forward(x + delta)
+            (grad,) = torch.autograd.grad(self.loss_fn(logits, y), delta)
         delta = delta.detach()
         grad = grad.detach().to(delta.dtype)
-        if norm_ == "inf":
-            delta = delta + step_size * grad.sign()
+        if self.norm == "inf":
+            delta = delta + self.step_size * grad.sign()
         else:
-            delta = delta + step_size * _l2_direction(grad)
-        delta = _clamp_box(x, _project(delta, eps, norm_), clamp)
-    return (x + delta).detach()
+            delta = delta + self.step_size * _l2_direction(grad)
+        return _clamp_box(x, _project(delta, self.eps, self.norm), self.clamp), logits.detach()
+
+
+def _pgd_best_iterate(step: _Step, x, y, delta, steps: int) -> torch.Tensor:
+    """PGD keeping, per example, the first misclassified iterate; only unbroken examples are attacked."""
+    out = (x + delta).detach().clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    xa, ya, da = x, y, delta
+    for it in range(steps + 1):
+        if it < steps:
+            new_delta, logits = step(xa, ya, da)
+        else:
+            with torch.no_grad():
+                logits, new_delta = step.forward(xa + da), da
+        broken = logits.argmax(1) != ya
+        out[active] = (xa + da).detach()   # last iterate so far; broken ones keep theirs (dropped below)
+        keep = ~broken
+        if not bool(keep.any()):
+            break
+        active, xa, ya, da = active[keep], xa[keep], ya[keep], new_delta[keep]
+    return out

@@ -67,7 +67,7 @@ CIFAR_SPECS = {
 
 @dataclass
 class ImageData:
-    """Images (N, 3, H, W), uint8 in [0, 255] or float in [0, 1], and int64 labels, on one device."""
+    """Images (N, C, H, W), uint8 in [0, 255] or float in [0, 1], and int64 labels, on one device."""
     x: torch.Tensor
     y: torch.Tensor
     num_classes: int

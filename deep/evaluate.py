@@ -2,7 +2,9 @@
 
 Robust accuracy at (norm, eps) is the share of test images classified correctly both clean and under
 every one of ``restarts`` PGD attacks (``steps`` steps, random start, step eps/4 for l_inf and eps/8 for
-l2 as in docs/protocol.md), i.e. the per-example worst case over restarts. The model is in eval mode (BN running
+l2 as in docs/protocol.md), i.e. the per-example worst case over restarts. A point counts as broken when any
+iterate of any restart fools the model (best iterate, deep.attacks.pgd); only points not yet broken are
+attacked again. The PGD loss is cross-entropy ("ce") or the margin loss ("cw"). The model is in eval mode (BN running
 statistics) and the attack runs in fp32 unless ``bf16`` is asked for.
 """
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
 from . import distributed as ddist
-from .attacks import default_step_size, normalize_norm, pgd
+from .attacks import LOSSES, default_step_size, normalize_norm, pgd
 from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
 
 __all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "DEFAULT_GRID", "evaluate", "probes"]
@@ -33,8 +35,11 @@ def parse_eps(text) -> float:
 
 
 def format_eps(eps: float) -> str:
-    """0.0313... -> '8/255' when eps*255 is (nearly) an integer, else the shortest decimal."""
+    """0.0313... -> '8/255' when eps*255 is (nearly) an integer and the decimal is long, else the shortest
+    decimal (0.5, 0.25, 1)."""
     k = eps * 255.0
+    if len(f"{eps:g}") <= 5:            # short decimals stay decimals: 0.5, 0.2, 1 (not 51/255, 255/255)
+        return f"{eps:g}"
     if eps > 0 and abs(k - round(k)) < 1e-6:
         return f"{int(round(k))}/255"
     return f"{eps:g}"
@@ -73,11 +78,15 @@ def _batches(data: ImageData, batch_size: int, sharded: bool):
 def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] = DEFAULT_GRID,
              steps: int = 10, restarts: int = 1, batch_size: int = 500, seed: int = 0,
              bf16: bool = False, channels_last: bool = False, sharded: bool = True,
-             progress: bool = False) -> Dict:
+             progress: bool = False, loss: str = "ce", n_robust: Optional[int] = None) -> Dict:
     """{"clean_acc": float, "robust": {label: float}} on ``data`` (already on the model's device).
 
     Under torch.distributed each rank evaluates its slice and the counts are summed (``sharded``).
+    ``n_robust``: robust accuracy on the first ``n_robust`` images only (clean accuracy on all); the
+    result then has "n_clean" and "n_robust".
     """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     if steps < 0:
@@ -99,7 +108,10 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] 
     clean = torch.zeros((), device=device, dtype=torch.long)
     robust = {a.label: torch.zeros((), device=device, dtype=torch.long) for a in attacks}
     total = torch.zeros((), device=device, dtype=torch.long)
+    total_robust = torch.zeros((), device=device, dtype=torch.long)
+    n_rob = len(data) if n_robust is None else min(int(n_robust), len(data))
     batches = list(_batches(data, batch_size, sharded))
+    starts = _batch_starts(data, batch_size, sharded)
     bar = None
     if progress and ddist.is_main():
         from tqdm.auto import tqdm
@@ -114,27 +126,43 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] 
         total += y.shape[0]
         if bar is not None:
             bar.update(1)
+        keep = max(0, min(y.shape[0], n_rob - starts[bi]))   # images of this batch in the robust set
+        x, y, ok = x[:keep], y[:keep], ok[:keep]
+        total_robust += keep
         for ai, a in enumerate(attacks):
             still = ok.clone()
             for r in range(restarts):
-                g = torch.Generator(device=device)
-                g.manual_seed((int(seed) * 1_000_003 + bi * 7919 + ai * 104_729 + r * 31
-                               + ddist.get_rank() * 15_485_863) % (2 ** 62))
-                x_adv = pgd(fwd, x, y, eps=a.eps, norm=a.norm, steps=steps,
-                            step_size=default_step_size(a.eps, a.norm), random_start=True, generator=g)
-                with torch.no_grad():
-                    still &= fwd(x_adv).argmax(1) == y
+                idx = still.nonzero().squeeze(1)
+                if idx.numel():
+                    g = torch.Generator(device=device)
+                    g.manual_seed((int(seed) * 1_000_003 + bi * 7919 + ai * 104_729 + r * 31
+                                   + ddist.get_rank() * 15_485_863) % (2 ** 62))
+                    x_adv = pgd(fwd, x[idx], y[idx], eps=a.eps, norm=a.norm, steps=steps,
+                                step_size=default_step_size(a.eps, a.norm), random_start=True, generator=g,
+                                loss_fn=LOSSES[loss], best_iterate=True)
+                    with torch.no_grad():
+                        still[idx] &= fwd(x_adv).argmax(1) == y[idx]
                 if bar is not None:
                     bar.update(1)
             robust[a.label] += still.sum()
     if bar is not None:
         bar.close()
     if sharded:
-        for t in [clean, total, *robust.values()]:
+        for t in [clean, total, total_robust, *robust.values()]:
             ddist.all_reduce_sum(t)
     model.train(was_training)
-    n = max(int(total), 1)
-    return {"clean_acc": int(clean) / n, "robust": {k: int(v) / n for k, v in robust.items()}}
+    n, nr = max(int(total), 1), max(int(total_robust), 1)
+    out = {"clean_acc": int(clean) / n, "robust": {k: int(v) / nr for k, v in robust.items()}}
+    if n_robust is not None:
+        out.update(n_clean=int(total), n_robust=int(total_robust))
+    return out
+
+
+def _batch_starts(data: ImageData, batch_size: int, sharded: bool):
+    """Index of the first image of each batch of :func:`_batches` in the whole data set."""
+    n = len(data)
+    sl = ddist.shard_range(n) if sharded else slice(0, n)
+    return list(range(sl.start, sl.stop, batch_size))
 
 
 def probes(model: torch.nn.Module, spec: SyntheticSpec, n: int, seed: int, device,

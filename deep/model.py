@@ -18,21 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .datasets import dataset_info
+
 __all__ = ["PreActBlock", "PreActResNet18", "preact_resnet18", "CIFAR10_MEAN", "CIFAR10_STD",
            "CIFAR100_MEAN", "CIFAR100_STD", "SYNTHETIC_MEAN", "SYNTHETIC_STD", "normalization_for"]
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-SYNTHETIC_MEAN = (0.5, 0.5, 0.5)
-SYNTHETIC_STD = (0.25, 0.25, 0.25)
+# the constants live once, in deep.datasets.DATASETS; these names are kept for callers
+CIFAR10_MEAN, CIFAR10_STD = dataset_info("cifar10").mean, dataset_info("cifar10").std
+CIFAR100_MEAN, CIFAR100_STD = dataset_info("cifar100").mean, dataset_info("cifar100").std
+SYNTHETIC_MEAN, SYNTHETIC_STD = dataset_info("synthetic").mean, dataset_info("synthetic").std
 
 
 def normalization_for(dataset: str):
-    """(mean, std) per channel used inside the model for ``dataset``."""
-    return {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-            "synthetic": (SYNTHETIC_MEAN, SYNTHETIC_STD)}[dataset]
+    """(mean, std) per channel used inside the model for ``dataset`` (deep.datasets.DATASETS); their
+    length is the number of input channels."""
+    info = dataset_info(dataset)
+    return info.mean, info.std
 
 
 class PreActBlock(nn.Module):
@@ -58,7 +59,11 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """PreActResNet-18; ``width`` is the first stage's channel count (64 in the paper; small in tests)."""
+    """PreActResNet-18; ``width`` is the first stage's channel count (64 in the paper; small in tests).
+
+    The number of input channels is ``len(mean)`` (3 for CIFAR, 1 for Fashion-MNIST and digits); any image
+    size works (global average pooling), e.g. 28x28 (Fashion-MNIST: 4x4 maps after stage 4) or 8x8 (digits:
+    1x1 maps)."""
 
     def __init__(self, num_classes: int = 10, width: int = 64,
                  mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
@@ -68,11 +73,14 @@ class PreActResNet18(nn.Module):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError("mean and std must have 3 entries, std > 0")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        channels = len(mean)
+        if channels < 1 or len(std) != channels or min(std) <= 0:
+            raise ValueError(f"mean and std must have one entry per input channel (got {len(mean)} and "
+                             f"{len(std)}), std > 0")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1))
+        self.in_channels = channels
+        self.conv1 = nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False)
         layers = []
         in_planes = width
         for i, n in enumerate(blocks):

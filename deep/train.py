@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from . import distributed as ddist
 from .attacks import normalize_norm, pgd
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
+from .datasets import DATASETS, dataset_info
 from .files import write_atomic
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
@@ -54,7 +55,7 @@ class DivergenceError(RuntimeError):
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (defaults: docs/protocol.md reference settings)."""
-    dataset: str = "cifar10"            # cifar10 | cifar100 | synthetic
+    dataset: str = "cifar10"            # a key of deep.datasets.DATASETS
     method: str = "st"                  # st | sam | at
     rho: float = 0.1                    # SAM radius
     adaptive: bool = False              # adaptive SAM (ASAM)
@@ -73,8 +74,8 @@ class TrainConfig:
     seed: int = 0
     width: int = 64
     final_bn: bool = True
-    augment: Optional[bool] = None      # None: on for CIFAR, off for synthetic (pixel-aligned patterns)
-    bf16: Optional[bool] = None         # None: on for CUDA, off on CPU
+    augment: Optional[bool] = None      # None: the data set's default (DATASETS[dataset].augment_default)
+    bf16: Optional[bool] = None         # None: on for CUDA, off on CPU (on CPU only with native bf16)
     channels_last: Optional[bool] = None  # None: on for CUDA, off on CPU
     device: str = "auto"
     n_train: Optional[int] = None       # use the first n training images (None: all)
@@ -83,8 +84,7 @@ class TrainConfig:
     check_every: int = 50               # steps between non-finite checks (one host sync each)
 
     def __post_init__(self):
-        if self.dataset not in ("cifar10", "cifar100", "synthetic"):
-            raise ValueError(f"dataset must be cifar10, cifar100 or synthetic, got {self.dataset!r}")
+        dataset_info(self.dataset)  # ValueError listing the data sets
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not self.rho >= 0:
@@ -117,7 +117,9 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        return {"cifar10": 10, "cifar100": 100}.get(self.dataset, self.synthetic_spec.num_classes)
+        if self.dataset == "synthetic":
+            return self.synthetic_spec.num_classes
+        return DATASETS[self.dataset].num_classes
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -135,11 +137,42 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags).
+    Without it, oneDNN emulates bf16 and autocast is slower than fp32, so the fast path stays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+_BF16_FALLBACK_SAID = []
+
+
+def _cpu_bf16(requested: bool) -> bool:
+    """bf16 on CPU when requested and native; else fp32, saying why once per process."""
+    if requested and not cpu_has_native_bf16():
+        if not _BF16_FALLBACK_SAID:
+            print("deep: bf16 requested but this CPU has no native bf16 (avx512_bf16/amx_bf16); training in "
+                  "fp32", file=sys.stderr, flush=True)
+            _BF16_FALLBACK_SAID.append(True)
+        return False
+    return requested
+
+
 def _flags(cfg: TrainConfig, device: torch.device):
+    """(bf16, channels_last, augment) actually used for ``cfg`` on ``device``."""
     on_cuda = device.type == "cuda"
     bf16 = on_cuda if cfg.bf16 is None else bool(cfg.bf16)
+    if bf16 and device.type == "cpu":
+        bf16 = _cpu_bf16(bf16)
     channels_last = on_cuda if cfg.channels_last is None else bool(cfg.channels_last)
-    augment = (cfg.dataset != "synthetic") if cfg.augment is None else bool(cfg.augment)
+    augment = dataset_info(cfg.dataset).augment_default if cfg.augment is None else bool(cfg.augment)
     return bf16, channels_last, augment
 
 
@@ -310,7 +343,8 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageD
         x = to_float(data.x[idx])
         y = data.y[idx]
         if augment:
-            x = augment_batch(x, g_aug)
+            info = DATASETS[cfg.dataset]
+            x = augment_batch(x, g_aug, pad=info.crop_pad, flip=info.flip)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ls, c, bad = train_step(model, x, y, cfg, opt, generator=g_pgd, bf16=bf16)
