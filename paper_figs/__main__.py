@@ -24,7 +24,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="folder for the figures (default: <results>/figures); files are "
                         "fig1_tradeoff, fig2_strength, fig3_weights, fig4_sam_vs_m, fig5_deep, "
-                        "fig6_probes with extensions .png and .pdf")
+                        "fig6_probes and, per real data set, real_<dataset>_accuracy and "
+                        "real_<dataset>_tradeoff, with extensions .png and .pdf")
     p.add_argument("--report", default="REPORT.md",
                    help="path of the markdown report, which embeds the PNGs by relative path "
                         "(default: REPORT.md)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import deep_figures, figures
+from . import deep_figures, figures, real_figures
 from . import palette as pal
 from . import theory as th
 from .loaders import CorruptInput, MissingInput, load_deep, load_simulations
@@ -25,10 +25,27 @@ class BuildResult:
     skipped: list = field(default_factory=list)     # one line each
     errors: list = field(default_factory=list)      # corrupt inputs, one line each
     report: Path | None = None
+    real: object = None                             # real_figures.RealSection or None
 
 
 def _skip_line(exc: MissingInput) -> str:
     return f"{exc.what} missing ({exc.path}); produce them with: {exc.command}"
+
+
+def _real(ctx, report_path, res: BuildResult, log) -> None:
+    """The real-data section (real_figures.real_section) into ``res.real``; its skips and
+    files logged one line each."""
+    try:
+        res.real = real_figures.real_section(ctx, report_path)
+    except figures.SkipFigure as exc:
+        res.skipped.append(str(exc))
+        log(str(exc))
+        return
+    res.skipped += res.real.skipped
+    for line in res.real.skipped:
+        log(line)
+    for fr in res.real.figures:
+        log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
 
 
 def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=("png", "pdf"),
@@ -98,8 +115,9 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
             continue
         res.figures.append(fr)
         log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
+    _real(ctx, report_path, res, log)
     render_report(report_path, res.figures, [s for s in res.skipped if "skipped:" in s],
-                  res.errors, sim, deep, command, inputs)
+                  res.errors, sim, deep, command, inputs, real=res.real)
     res.report = Path(report_path)
     log(f"report: {report_path}")
     return res

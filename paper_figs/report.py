@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .aggregate import PROBE_KEYS, robust_keys, summarise_runs
 
-__all__ = ["claims_table", "deep_tables", "render_report"]
+__all__ = ["claims_table", "deep_tables", "render_report", "markdown_table", "figure_block"]
 
 
 def _num(x, digits: int = 4) -> str:
@@ -22,6 +22,27 @@ def _num(x, digits: int = 4) -> str:
     if isinstance(x, (list, tuple)):
         return "[" + ", ".join(_num(v, digits) for v in x) + "]"
     return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header, rows) -> str:
+    """Markdown table of ``header`` (column names) and ``rows`` (cell lists); cells are written by
+    the report's one formatter (numbers to 4 significant digits, booleans yes / **no**, None "-",
+    '|' escaped)."""
+    lines = ["| " + " | ".join(_num(h) for h in header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(_num(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def figure_block(f, heading: str, base: Path) -> list:
+    """Report lines of one FigureResult ``f``: anchor, heading, the PNG (path relative to the
+    report's folder ``base``), the two caption lines and the notes."""
+    png = next((p for p in f.files if str(p).endswith(".png")), f.files[0])
+    rel = os.path.relpath(Path(png).resolve(), base)
+    lines = [f'<a id="{f.name.replace("_", "-")}"></a>', "", f"### {heading}", "",
+             f"![{f.title}]({rel})", "",
+             f"*What it shows:* {f.shows}  ", f"*Theory vs practice:* {f.verdict.text}", ""]
+    lines += [f"> {n}" for n in f.notes]
+    return lines + ([""] if f.notes else [])
 
 
 def claims_table(claims) -> str:
@@ -79,8 +100,10 @@ def deep_tables(deep: dict) -> str:
 
 
 def render_report(report_path, figures, skipped, errors, sim, deep, command: str,
-                  inputs: list) -> str:
-    """Write the report atomically; returns its text. ``figures``: FigureResult list."""
+                  inputs: list, real=None) -> str:
+    """Write the report atomically; returns its text. ``figures``: FigureResult list; ``real``:
+    the real-data section (:class:`paper_figs.real_figures.RealSection`: ``figures`` listed in the
+    verdicts table, ``text`` placed before the deep result tables) or None."""
     report_path = Path(report_path)
     base = report_path.parent.resolve()
     lines = ["# Results report: SAM vs adversarial training, theory and practice", "",
@@ -91,7 +114,7 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
     if skipped or errors:
         lines += ["", "Skipped:", ""] + [f"* {s}" for s in list(errors) + list(skipped)]
     lines += ["", "## Verdicts at a glance", "", "| figure | theory vs practice |", "|---|---|"]
-    for f in figures:
+    for f in list(figures) + (list(real.figures) if real else []):
         lines.append(f"| [{f.title}](#{f.name.replace('_', '-')}) | {f.verdict.text} |")
     lines += ["", "## Simulations, claim by claim (docs/theory.md S1-S5)", ""]
     if sim is not None:
@@ -100,14 +123,9 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
         lines.append("Not available (see Skipped above).")
     lines += ["", "## Figures", ""]
     for i, f in enumerate(figures, 1):
-        png = next((p for p in f.files if str(p).endswith(".png")), f.files[0])
-        rel = os.path.relpath(Path(png).resolve(), base)
-        lines += [f'<a id="{f.name.replace("_", "-")}"></a>', "",
-                  f"### Figure {i}: {f.title}", "", f"![{f.title}]({rel})", "",
-                  f"*What it shows:* {f.shows}  ", f"*Theory vs practice:* {f.verdict.text}", ""]
-        lines += [f"> {n}" for n in f.notes]
-        if f.notes:
-            lines.append("")
+        lines += figure_block(f, f"Figure {i}: {f.title}", base)
+    if real is not None:
+        lines += [real.text, ""]
     lines += ["## Deep results", ""]
     lines.append(deep_tables(deep) if deep else "Not available (see Skipped above).")
     text = "\n".join(lines).rstrip() + "\n"
