@@ -27,7 +27,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pgd", "normalize_norm", "default_step_size", "margin_loss", "LOSSES"]
+__all__ = ["pgd", "normalize_norm", "default_step_size", "check_linf_eps", "margin_loss", "LOSSES"]
 
 Norm = Union[str, int, float]
 
@@ -46,6 +46,14 @@ def normalize_norm(norm: Norm) -> str:
         if norm == float("inf"):
             return "inf"
     raise ValueError(f"norm must be 'inf' (or 'linf') or 2 (or 'l2'), got {norm!r}")
+
+
+def check_linf_eps(eps: float, what: str = "eps") -> None:
+    """ValueError for an l_inf radius of 1 or more: for images in [0, 1] that allows any image at all, and
+    is almost certainly eps given in /255 units (the paper's code reads ``--train-eps 8`` as 8/255)."""
+    if eps >= 1.0:
+        raise ValueError(f"{what}: an l_inf eps of {eps:g} covers the whole [0, 1] pixel range; eps is in "
+                         f"[0, 1] pixel units here, not /255: did you mean {eps:g}/255?")
 
 
 def default_step_size(eps: float, norm: Norm) -> float:

@@ -509,7 +509,7 @@ def format_table(result: Dict) -> str:
 
 def write_results(result: Dict, out: Path) -> Path:
     """JSON at ``out`` and markdown at ``out`` with suffix .md, each written atomically."""
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return write_text_atomic(out.with_suffix(".md"), "# deep/ training throughput: ours vs reference-style loop\n\n"
                              + format_table(result) + "\n")
 

@@ -20,7 +20,7 @@ from . import distributed as ddist
 from .attacks import LOSSES, default_step_size, normalize_norm, pgd
 from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
 
-__all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "DEFAULT_GRID", "evaluate", "probes"]
+__all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "unique_attacks", "DEFAULT_GRID", "evaluate", "probes"]
 
 
 def parse_eps(text) -> float:
@@ -63,6 +63,15 @@ def parse_attack(text: str) -> Attack:
     return Attack(normalize_norm(norm), parse_eps(eps))
 
 
+def unique_attacks(attacks: Sequence[Attack]) -> tuple:
+    """``attacks`` without repeats (same label, e.g. linf:1/255 twice or linf:1/255 and inf:1/255), first
+    occurrence kept: robust accuracy is stored per label, so a repeat would count its images twice."""
+    seen = {}
+    for a in attacks:
+        seen.setdefault(a.label, a)
+    return tuple(seen.values())
+
+
 DEFAULT_GRID = tuple(parse_attack(s) for s in
                      ("linf:1/255", "linf:2/255", "linf:8/255", "l2:16/255", "l2:32/255", "l2:0.5"))
 
@@ -91,6 +100,7 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] 
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    attacks = unique_attacks(attacks)
     model = ddist.unwrap(model)
     was_training = model.training
     model.eval()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -35,8 +36,9 @@ from . import distributed as ddist
 from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
 from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .files import write_text_atomic
+from .attacks import check_linf_eps
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
-from .train import DivergenceError, TrainConfig, fit, resolve_device, _flags
+from .train import BN_STATS, DivergenceError, TrainConfig, config_matches, fit, resolve_device, _flags
 
 # Per-data-set protocol (docs/protocol.md): the grid and the evaluation used unless options say otherwise.
 CIFAR_PROTOCOL = dict(methods="st,sam,at", rho="0.1,0.2,0.4", eps="8/255", epochs=100, width=64,
@@ -134,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast in training [default: on for CUDA, off on CPU]")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format [default: on for CUDA, off on CPU]")
+    t.add_argument("--bn-stats", choices=list(BN_STATS), default="first",
+                   help="which training forwards update the BatchNorm running statistics: first (ours: only "
+                        "the loss forward at w; SAM's second pass and AT's inner PGD leave them alone) or all "
+                        "(the paper's code: every forward in train mode); docs/protocol.md, deviation 1")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (speed only; falls back to uncompiled with a one-line warning "
                         "when unavailable or failing) [default: off]")
@@ -245,8 +251,18 @@ def _resolve(parser, args) -> Dict:
                              pattern_seed=args.synthetic_seed,
                              num_classes=10)
         device = resolve_device(args.device)
+        if args.norm == "linf":
+            for text, eps in zip(_csv(args.eps), epss):
+                check_linf_eps(eps, f"--eps {text}")
+        for text, a in zip(_csv(args.eval_attacks), attacks):
+            if a.norm == "inf":
+                check_linf_eps(a.eps, f"--eval-attacks {text}")
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
+    dup = [a.label for i, a in enumerate(attacks) if a.label in [b.label for b in attacks[:i]]]
+    if dup:
+        parser.error(f"--eval-attacks: {', '.join(dict.fromkeys(dup))} given more than once (linf: and inf: "
+                     f"are the same norm); each attack once")
     out_dir = Path(args.out) / ("quick" if args.profile == "quick" else args.dataset)
     return dict(threads=args.threads, dataset=args.dataset, methods=methods, rhos=rhos, epss=epss, seeds=seeds,
                 epochs=args.epochs, width=args.width, batch=args.batch_size, n_train=args.n_train,
@@ -271,7 +287,7 @@ def make_configs(args, r: Dict) -> List[TrainConfig]:
                   n_train=r["n_train"], n_test=r["n_test"], synthetic=r["spec"].to_dict(),
                   attack_steps=args.at_steps, attack_step_size=r["at_step"],
                   norm="inf" if args.norm == "linf" else "l2", adaptive=args.adaptive,
-                  sam_all_reduce_ascent=args.sam_all_reduce_ascent)
+                  sam_all_reduce_ascent=args.sam_all_reduce_ascent, bn_stats=args.bn_stats)
     cfgs = []
     for seed in r["seeds"]:
         for m in r["methods"]:
@@ -320,7 +336,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
     ckpt = out_dir / "checkpoints" / f"{rid}.pt"
     if path.exists() and not args.force:
         old = json.loads(path.read_text())
-        if old.get("config") == cfg.to_dict() and old.get("eval") == _eval_settings(args, r):
+        if config_matches(old.get("config"), cfg) and old.get("eval") == _eval_settings(args, r):
             return old | {"skipped": True}
         raise ValueError(f"{path} exists with a different configuration; use another --out or --force")
     if not args.resume and ckpt.exists() and is_main:
@@ -343,7 +359,9 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
         "eps": cfg.eps if cfg.method == "at" else None,
         "norm": ("linf" if cfg.norm == "inf" else "l2") if cfg.method == "at" else None,
         "seed": cfg.seed, "epochs": cfg.epochs, "clean_acc": ev["clean_acc"], "robust": ev["robust"],
-        "wall_time_s": res.train_time_s, "images_per_s": res.images_per_s,
+        "wall_time_s": res.train_time_s,
+        "images_per_s": res.images_per_s if res.images_per_s is not None and math.isfinite(res.images_per_s)
+        else None,
         "total_time_s": time.perf_counter() - t0,
         "probes": probes(res.model, cfg.synthetic_spec, r["probe_n"], 2 * args.synthetic_seed + 1,
                          train.x.device, args.eval_batch_size) if cfg.dataset == "synthetic" and is_main
@@ -353,15 +371,27 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
                                          if train.x.device.type == "cuda" else ""),
         "torch": torch.__version__, "world_size": world, "per_process_batch": fit_cfg.batch_size,
         "compile": bool(args.compile), "train_precision": "bf16 autocast" if bf16 else "fp32",
+        "bn_stats": cfg.bn_stats,
         "channels_last": channels_last, "threads": torch.get_num_threads(), "profile": args.profile,
         "n_clean": ev.get("n_clean", len(test)), "n_robust": ev.get("n_robust", len(test)),
     }
     if is_main:
-        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
 
 # ------------------------------------------------------------------------------------------- tables
+
+def _method_label(res: Dict) -> str:
+    """st, sam, asam (adaptive SAM) or at."""
+    if res["method"] == "sam" and (res.get("config") or {}).get("adaptive"):
+        return "asam"
+    return res["method"]
+
+
+def _per_s(val) -> str:
+    return "" if val is None or not math.isfinite(val) else f"{val:.0f}"
+
 
 def _strength(res: Dict) -> str:
     if res["method"] == "sam":
@@ -372,22 +402,29 @@ def _strength(res: Dict) -> str:
 
 
 def results_table(results: Sequence[Dict]) -> str:
-    """Markdown table: one row per run."""
+    """Markdown table: one row per run (with the settings column of :func:`aggregate_table` when runs of
+    the same method and strength differ in other settings)."""
+    groups: Dict[str, List[Dict]] = {}
+    for res in results:
+        groups.setdefault(_group_key(res), []).append(res)
+    settings = _group_settings(groups)
+    extra = any(settings.values())
     labels = []
     for res in results:
         labels += [k for k in res["robust"] if k not in labels]
     probe_cols = []
     for res in results:
         probe_cols += [k for k in (res.get("probes") or {}) if k not in probe_cols and k != "clean"]
-    head = ["method", "strength", "seed", "clean"] + labels + [f"probe {p}" for p in probe_cols] + \
-        ["train time (s)", "images/s"]
+    head = ["method", "strength"] + (["settings"] if extra else []) + ["seed", "clean"] + labels + \
+        [f"probe {p}" for p in probe_cols] + ["train time (s)", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
-        row = [res["method"], _strength(res), str(res["seed"]), f"{100 * res['clean_acc']:.2f}"]
+        row = [_method_label(res), _strength(res)] + ([settings[_group_key(res)]] if extra else [])
+        row += [str(res["seed"]), f"{100 * res['clean_acc']:.2f}"]
         row += [f"{100 * res['robust'][k]:.2f}" if k in res["robust"] else "" for k in labels]
         row += [f"{100 * res['probes'][p]:.2f}" if res.get("probes") and p in res["probes"] else ""
                 for p in probe_cols]
-        row += [f"{res['wall_time_s']:.1f}", f"{res['images_per_s']:.0f}"]
+        row += [f"{res['wall_time_s']:.1f}", _per_s(res.get("images_per_s"))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -398,24 +435,122 @@ def _mean_sd(vals: List[float]) -> str:
     return f"{100 * statistics.mean(vals):.2f} ± {100 * statistics.stdev(vals):.2f}"
 
 
+_CONFIG_DEFAULTS: List[Dict] = []
+
+
+def _run_config(res: Dict) -> Dict:
+    """The run's training configuration without the seed; fields that an older result lacks get their
+    default (as config_matches reads them), so old and new results of one configuration group together."""
+    cfg = res.get("config")
+    if not isinstance(cfg, dict):       # no stored configuration: what the result itself says
+        return {k: res.get(k) for k in ("method", "rho", "eps", "norm", "epochs")}
+    if not _CONFIG_DEFAULTS:
+        _CONFIG_DEFAULTS.append(TrainConfig().to_dict())
+    full = dict(_CONFIG_DEFAULTS[0], **cfg)
+    full.pop("seed", None)
+    return full
+
+
+def _group_key(res: Dict) -> str:
+    """Runs that differ in the seed only: the whole configuration but the seed, and the evaluation."""
+    return json.dumps([_run_config(res), res.get("eval")], sort_keys=True, default=str)
+
+
+def _eval_text(ev) -> str:
+    if not isinstance(ev, dict):
+        return "not recorded"
+    text = (f"PGD-{ev.get('attack_steps')} x {ev.get('restarts')} restart(s), {ev.get('loss') or 'ce'} loss, "
+            f"{ev.get('n_test') or 'all'} test images")
+    if ev.get("n_robust"):
+        text += f" (robust on the first {ev['n_robust']})"
+    return text + ", attacks " + ", ".join(ev.get("attacks") or [])
+
+
+def _setting_value(val) -> str:
+    if isinstance(val, float):
+        return f"{val:g}"
+    if isinstance(val, (dict, list)):
+        return json.dumps(val, sort_keys=True, separators=(",", ":"))
+    return str(val)
+
+
+def _group_settings(groups: Dict[str, List[Dict]]) -> Dict[str, str]:
+    """For rows that would otherwise look alike (same method and strength, different configuration or
+    evaluation): the settings that tell them apart, e.g. "epochs=10, eval E2"; "" for the other rows."""
+    evals = _distinct_evals([rs[0] for rs in groups.values()])
+    rows: Dict[tuple, List[str]] = {}
+    for key, rs in groups.items():
+        rows.setdefault((_method_label(rs[0]), _strength(rs[0])), []).append(key)
+    out = {key: "" for key in groups}
+    for keys in rows.values():
+        if len(keys) < 2:
+            continue
+        cfgs = {k: _run_config(groups[k][0]) for k in keys}
+        names = sorted({n for c in cfgs.values() for n in c})
+        varying = [n for n in names if len({_setting_value(c.get(n)) for c in cfgs.values()}) > 1]
+        for k in keys:
+            parts = [f"{n}={_setting_value(cfgs[k].get(n))}" for n in varying]
+            ev = json.dumps(groups[k][0].get("eval"), sort_keys=True)
+            if len({json.dumps(groups[j][0].get("eval"), sort_keys=True) for j in keys}) > 1:
+                parts.append(f"eval {evals[ev]}")
+            out[k] = ", ".join(parts)
+    return out
+
+
+def _distinct_evals(results: Sequence[Dict]) -> Dict[str, str]:
+    """JSON of each distinct evaluation setting -> its name E1, E2, ... in order of appearance."""
+    names: Dict[str, str] = {}
+    for res in results:
+        names.setdefault(json.dumps(res.get("eval"), sort_keys=True), f"E{len(names) + 1}")
+    return names
+
+
 def aggregate_table(results: Sequence[Dict]) -> str:
-    """Markdown table: mean ± sd over seeds per (method, strength)."""
+    """Markdown table: mean ± sd over seeds per configuration. Runs are averaged only when they differ
+    in the seed alone (same training configuration and evaluation); ASAM rows are labelled asam. Rows of
+    the same method and strength that differ in other settings get a "settings" column naming them."""
     groups: Dict[str, List[Dict]] = {}
     for res in results:
-        groups.setdefault((res["method"], _strength(res)), []).append(res)
+        groups.setdefault(_group_key(res), []).append(res)
+    settings = _group_settings(groups)
     labels = []
     for res in results:
         labels += [k for k in res["robust"] if k not in labels]
-    head = ["method", "strength", "seeds", "clean"] + labels + ["train time (s)", "images/s"]
+    extra = ["settings"] if any(settings.values()) else []
+    head = ["method", "strength"] + extra + ["seeds", "clean"] + labels + ["train time (s)", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (m, s), rs in groups.items():
-        row = [m, s, str(len(rs)), _mean_sd([x["clean_acc"] for x in rs])]
+    for key, rs in groups.items():
+        row = [_method_label(rs[0]), _strength(rs[0])] + ([settings[key]] if extra else [])
+        row += [str(len(rs)), _mean_sd([x["clean_acc"] for x in rs])]
         row += [_mean_sd([x["robust"][k] for x in rs if k in x["robust"]]) if any(k in x["robust"] for x in rs)
                 else "" for k in labels]
+        ips = [x["images_per_s"] for x in rs
+               if x.get("images_per_s") is not None and math.isfinite(x["images_per_s"])]
         row += [f"{statistics.mean(x['wall_time_s'] for x in rs):.1f}",
-                f"{statistics.mean(x['images_per_s'] for x in rs):.0f}"]
+                _per_s(statistics.mean(ips)) if ips else ""]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _summary_header(results: Sequence[Dict]) -> List[str]:
+    """What the runs of the tables share, and where they differ: evaluation settings (each distinct one
+    listed when they differ), epochs, devices."""
+    evals = _distinct_evals(results)
+    if len(evals) == 1:
+        lines = [f"Evaluation: {_eval_text(results[0].get('eval'))}."]
+    else:
+        lines = [f"The runs in these tables were evaluated with {len(evals)} different settings; robust "
+                 f"accuracies of different settings are not comparable (the settings column names each "
+                 f"row's):"]
+        for ev, name in evals.items():
+            lines.append(f"- {name}: {_eval_text(json.loads(ev))}")
+    epochs = sorted({res.get("epochs") for res in results},
+                    key=lambda e: (not isinstance(e, (int, float)), e if isinstance(e, (int, float)) else 0, str(e)))
+    devices = list(dict.fromkeys(str(res.get("device")) for res in results))
+    lines += ["", (f"Epochs {epochs[0]}" if len(epochs) == 1 else
+                   f"Epochs differ between runs ({', '.join(map(str, epochs))}; see the settings column)")
+              + "; device" + ("s " if len(devices) > 1 else " ") + "; ".join(devices) + "."]
+    return lines
 
 
 def write_summary(out_dir: Path) -> Path:
@@ -428,18 +563,15 @@ def write_summary(out_dir: Path) -> Path:
             continue
         if isinstance(res, dict) and "clean_acc" in res:
             results.append(res)
-    order = {"st": 0, "sam": 1, "at": 2}
-    results.sort(key=lambda x: (order.get(x["method"], 9), x.get("rho") or 0, x.get("eps") or 0,
+    order = {"st": 0, "sam": 1, "asam": 2, "at": 3}
+    results.sort(key=lambda x: (order.get(_method_label(x), 9), x.get("rho") or 0, x.get("eps") or 0,
                                 x.get("norm") or "", x["seed"]))
     text = [f"# deep results: {out_dir.name}", "",
             "Accuracies in % on the test set; robust columns are PGD (random start, worst case over restarts);"
             " train time and images/s cover training only.", ""]
     if results:
-        ev = results[0].get("eval", {})
-        text += [f"Evaluation: PGD-{ev.get('attack_steps')} x {ev.get('restarts')} restart(s), "
-                 f"{ev.get('n_test') or 'all'} test images; epochs {results[0]['epochs']}; "
-                 f"device {results[0].get('device')}.", "",
-                 "## Mean over seeds", "", aggregate_table(results), "", "## Runs", "", results_table(results), ""]
+        text += _summary_header(results) + [
+            "", "## Mean over seeds", "", aggregate_table(results), "", "## Runs", "", results_table(results), ""]
     else:
         text.append("(no finished runs)")
     return write_text_atomic(out_dir / "summary.md", "\n".join(text))

@@ -12,6 +12,7 @@ Methods (docs/theory.md: ST = T1, SAM = L2-L4, AT = L1):
     sam: e = rho g/||g|| (deep/sam.py), w <- SGD(w, grad L(w + e)); BN running stats from the first pass
     at:  x_adv = PGD_eps(x) (deep/attacks.py, model in train mode with BN running stats frozen),
          w <- SGD(w, grad L(w; x_adv))
+    (cfg.bn_stats = "all": every forward updates the BN running stats, as in the paper's code.)
 Learning rate (reference piecewise schedule): lr(t) = lr * (1, 0.1, 0.01) for t/epochs in
 [0, 0.75), [0.75, 0.9), [0.9, 1], evaluated at the fractional epoch t = epoch + (i + 1) / steps.
 
@@ -24,18 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from . import distributed as ddist
-from .attacks import normalize_norm, pgd
+from .attacks import check_linf_eps, normalize_norm, pgd
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
 from .files import write_atomic
@@ -43,9 +43,14 @@ from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
 
 __all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
-           "train_step", "train_epoch", "fit", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint"]
+           "train_step", "train_epoch", "fit", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
+           "config_matches", "BN_STATS", "batch_bounds"]
 
 METHODS = ("st", "sam", "at")
+# Which training forwards update the BatchNorm running statistics: "first" (ours: only the forward that
+# computes the training loss at w; SAM's second pass and AT's inner PGD run under frozen_bn_stats) or "all"
+# (the paper's code: every forward in train mode, including SAM's second pass and each PGD iteration).
+BN_STATS = ("first", "all")
 
 
 class DivergenceError(RuntimeError):
@@ -82,6 +87,7 @@ class TrainConfig:
     n_test: Optional[int] = None
     synthetic: dict = field(default_factory=lambda: SyntheticSpec().to_dict())
     check_every: int = 50               # steps between non-finite checks (one host sync each)
+    bn_stats: str = "first"             # BN running-statistics updates: "first" | "all" (BN_STATS)
 
     def __post_init__(self):
         dataset_info(self.dataset)  # ValueError listing the data sets
@@ -92,6 +98,10 @@ class TrainConfig:
         if not self.eps >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps!r}")
         self.norm = normalize_norm(self.norm)
+        if self.norm == "inf":
+            check_linf_eps(self.eps, "eps")
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         for name in ("epochs", "batch_size", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -126,6 +136,32 @@ class TrainConfig:
         d["lr_milestones"] = list(self.lr_milestones)
         d["lr_factors"] = list(self.lr_factors)
         return d
+
+
+_DEFAULT_DICT: List[dict] = []
+
+
+def config_matches(stored, current) -> bool:
+    """Whether a stored configuration (``TrainConfig.to_dict()`` in a result JSON or a checkpoint) is the
+    configuration ``current`` (a TrainConfig or its dict). A field missing from ``stored`` (written before
+    the field existed) matches when ``current`` has that field's default value, so adding a field with a
+    default keeps finished runs and checkpoints valid; any other difference, or a stored field that this
+    version does not know, is a mismatch."""
+    if not isinstance(stored, dict):
+        return False
+    cur = current.to_dict() if isinstance(current, TrainConfig) else dict(current)
+    if not _DEFAULT_DICT:
+        _DEFAULT_DICT.append(TrainConfig().to_dict())
+    defaults = _DEFAULT_DICT[0]
+    for key in set(stored) | set(cur):
+        if key not in cur:
+            return False
+        if key in stored:
+            if stored[key] != cur[key]:
+                return False
+        elif key not in defaults or cur[key] != defaults[key]:
+            return False
+    return True
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -285,8 +321,9 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     clean x; AT: at w on x_adv). No ``.item()``: nothing here waits for the device."""
     device = x.device
     raw = ddist.unwrap(model)
+    bn_guard = frozen_bn_stats if cfg.bn_stats == "first" else (lambda m: contextlib.nullcontext())
     if cfg.method == "at":
-        with frozen_bn_stats(raw), autocast_ctx(device, bf16):
+        with bn_guard(raw), autocast_ctx(device, bf16):
             x = pgd(raw, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
                     step_size=cfg.attack_step_size, random_start=True, generator=generator)
     opt.zero_grad(set_to_none=True)
@@ -299,7 +336,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
         loss.backward()
     if cfg.method == "sam":
         opt.first_step(zero_grad=True)
-        with frozen_bn_stats(raw):
+        with bn_guard(raw):
             with autocast_ctx(device, bf16):
                 logits2 = model(x)
             F.cross_entropy(logits2.float(), y).backward()
@@ -318,19 +355,33 @@ def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int, sal
     return g
 
 
+def batch_bounds(n: int, batch_size: int) -> List[Tuple[int, int]]:
+    """(start, end) of each training batch of an epoch of ``n`` examples: full batches of ``batch_size``
+    and a last partial one, except that a last batch of a single example (batch_size > 1) is folded into
+    the batch before it, which then has batch_size + 1 examples. A batch of one image crashes BatchNorm in
+    train mode where a feature map is 1x1 (8x8 inputs: the last stage), and its batch statistics are
+    degenerate anyway; folding keeps every example of the epoch."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if batch_size > 1 and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageData, cfg: TrainConfig,
                 epoch: int, indices: Optional[torch.Tensor] = None, rank: int = 0,
                 bf16: bool = False, channels_last: bool = False, augment: bool = False,
                 on_step: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
     """One epoch over ``indices`` (default: the whole permutation of epoch ``epoch``; under
     torch.distributed pass this rank's shard). Full batches of cfg.batch_size; a last partial batch is
-    kept. Returns device tensors {loss_sum, correct, count, nonfinite}; raises DivergenceError when a
+    kept, except that a last batch of one image is folded into the batch before it (:func:`batch_bounds`).
+    Returns device tensors {loss_sum, correct, count, nonfinite}; raises DivergenceError when a
     non-finite loss is seen on any rank (checked every cfg.check_every steps and at the end)."""
     device = data.x.device
     if indices is None:
         indices = ddist.epoch_permutation(len(data), cfg.seed, epoch)
     indices = indices.to(device)
-    steps = math.ceil(indices.shape[0] / cfg.batch_size)
+    bounds = batch_bounds(indices.shape[0], cfg.batch_size)
+    steps = len(bounds)
     g_aug = _epoch_generator(device, cfg.seed, epoch, rank, 1)
     g_pgd = _epoch_generator(device, cfg.seed, epoch, rank, 2)
     loss_sum = torch.zeros((), device=device)
@@ -339,7 +390,7 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageD
     model.train()
     for i in range(steps):
         _set_lr(opt, lr_at(cfg, epoch + (i + 1) / steps))
-        idx = indices[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        idx = indices[bounds[i][0]:bounds[i][1]]
         x = to_float(data.x[idx])
         y = data.y[idx]
         if augment:
@@ -408,7 +459,7 @@ class FitResult:
     model: torch.nn.Module
     history: List[dict]
     train_time_s: float
-    images_per_s: float
+    images_per_s: Optional[float]       # None when no training time was measured (no epoch ran)
     epochs_done: int
     finished: bool
 
@@ -436,7 +487,7 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
     start_epoch, train_time = 0, 0.0
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         ck = load_checkpoint(checkpoint, device)
-        if ck.get("config") != cfg.to_dict():
+        if not config_matches(ck.get("config"), cfg):
             raise ValueError(f"checkpoint {checkpoint} was written for a different configuration; "
                              f"delete it or choose another --out")
         model.load_state_dict(ck["model"])
@@ -446,8 +497,8 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
     net = compile_for(model, train, bf16, channels_last) if compile_model else model
     net = model_wrapper(net) if model_wrapper is not None else net
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
-    steps_per_epoch = math.ceil(
-        (len(train) if shard is None else shard(torch.arange(len(train))).shape[0]) / cfg.batch_size)
+    steps_per_epoch = len(batch_bounds(
+        len(train) if shard is None else shard(torch.arange(len(train))).shape[0], cfg.batch_size))
     bar = None
     if progress and is_main:
         from tqdm.auto import tqdm
@@ -485,5 +536,5 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
             bar.close()
     images = sum(h["images"] for h in history)
     return FitResult(model=model, history=history, train_time_s=train_time,
-                     images_per_s=images / train_time if train_time > 0 else float("nan"),
+                     images_per_s=images / train_time if train_time > 0 else None,
                      epochs_done=len(history), finished=len(history) >= cfg.epochs)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import deep.data as deep_data
 from deep.data import (DataError, SyntheticSpec, augment_batch, download_cifar, load_cifar, make_synthetic,
                        synthetic_patterns, verify_md5)
 
@@ -42,7 +43,7 @@ def test_cifar_reader_reads_real_format_archive_and_folder(tmp_path, name):
     rng = np.random.default_rng(0)
     archive = tmp_path / ("cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz")
     dicts, folder = _write_archive(archive, name, rng)
-    train, test = load_cifar(name, tmp_path)
+    train, test = load_cifar(name, tmp_path, md5=hashlib.md5(archive.read_bytes()).hexdigest(), allow_small=True)
     key = b"labels" if name == "cifar10" else b"fine_labels"
     tr_members = [m for m in dicts if m not in ("test_batch", "test")]
     te_member = "test_batch" if name == "cifar10" else "test"
@@ -59,7 +60,7 @@ def test_cifar_reader_reads_real_format_archive_and_folder(tmp_path, name):
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path, filter="data")
     archive.unlink()
-    train2, test2 = load_cifar(name, tmp_path)
+    train2, test2 = load_cifar(name, tmp_path, verify=False, allow_small=True)
     assert torch.equal(train2.x, train.x) and torch.equal(test2.y, test.y)
 
 
@@ -73,10 +74,10 @@ def test_cifar_missing_and_corrupt_data_give_clear_errors(tmp_path):
     bad = tmp_path / "cifar-10-python.tar.gz"
     bad.write_bytes(raw[: len(raw) // 2])  # truncated download
     with pytest.raises(DataError, match=r"corrupt.*--dataset synthetic"):
-        load_cifar("cifar10", tmp_path)
+        load_cifar("cifar10", tmp_path, verify=False)
     bad.write_bytes(b"this is not a gzip file")
     with pytest.raises(DataError, match="corrupt"):
-        load_cifar("cifar10", tmp_path)
+        load_cifar("cifar10", tmp_path, verify=False)
     # a well-formed archive whose pickles hold the wrong thing
     with tarfile.open(bad, "w:gz") as tar:
         for m in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -85,7 +86,7 @@ def test_cifar_missing_and_corrupt_data_give_clear_errors(tmp_path):
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     with pytest.raises(DataError, match=r"3072"):
-        load_cifar("cifar10", tmp_path)
+        load_cifar("cifar10", tmp_path, verify=False)
 
 
 def test_download_verifies_md5_on_local_file(tmp_path):
@@ -104,10 +105,45 @@ def test_download_verifies_md5_on_local_file(tmp_path):
     assert list(dest_dir.iterdir()) == []  # no partial file left behind
     path = download_cifar("cifar10", dest_dir, url=src.as_uri(), md5=md5)
     assert path.read_bytes() == src.read_bytes()
-    train, _ = load_cifar("cifar10", dest_dir)
+    train, _ = load_cifar("cifar10", dest_dir, md5=md5, allow_small=True)
     assert len(train) == 35
     with pytest.raises(DataError, match="could not download"):
         download_cifar("cifar10", tmp_path / "d2", url=(tmp_path / "missing.tar.gz").as_uri(), md5=md5)
+
+
+def test_existing_cifar_archive_and_folder_are_checksummed_and_counted(tmp_path, monkeypatch):
+    """An archive at the official name is md5-checked on every read (not only after a download), an
+    extracted folder file by file; image counts must be 50,000 / 10,000 unless small data is allowed."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    dicts, folder = _write_archive(archive, "cifar10", np.random.default_rng(3))
+    with pytest.raises(DataError, match=r"checksum mismatch.*cifar-10-python.tar.gz.*c58f3010.*--download"):
+        load_cifar("cifar10", tmp_path)                              # a small fake is not the official file
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    with pytest.raises(DataError, match=r"train set .* has 35 images, expected 50000"):
+        load_cifar("cifar10", tmp_path, md5=md5)
+    train, test = load_cifar("cifar10", tmp_path, md5=md5, allow_small=True)
+    assert (len(train), len(test)) == (35, 7)
+    # right size, wrong counts: the reader refuses the full-size claim of a short split
+    monkeypatch.setitem(deep_data.CIFAR_SIZES, "train", 35)
+    monkeypatch.setitem(deep_data.CIFAR_SIZES, "test", 8)
+    with pytest.raises(DataError, match=r"test set .* has 7 images, expected 8"):
+        load_cifar("cifar10", tmp_path, md5=md5)
+    monkeypatch.setitem(deep_data.CIFAR_SIZES, "test", 7)
+    assert len(load_cifar("cifar10", tmp_path, md5=md5)[1]) == 7
+    # extracted folder: each file against its official md5
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    archive.unlink()
+    with pytest.raises(DataError, match=r"checksum mismatch.*data_batch_1.*c99cafc1"):
+        load_cifar("cifar10", tmp_path)
+    spec = deep_data.CIFAR_SPECS["cifar10"]
+    sums = {m: hashlib.md5((tmp_path / folder / m).read_bytes()).hexdigest() for m in dicts}
+    monkeypatch.setitem(spec, "member_md5", sums)
+    assert len(load_cifar("cifar10", tmp_path)[0]) == 35
+    (tmp_path / folder / "test_batch").write_bytes((tmp_path / folder / "data_batch_1").read_bytes())
+    with pytest.raises(DataError, match=r"checksum mismatch.*test_batch"):
+        load_cifar("cifar10", tmp_path)
+    assert len(load_cifar("cifar10", tmp_path, verify=False)[1]) == 7
 
 
 def test_synthetic_is_deterministic_and_probe_variants_change_one_feature():

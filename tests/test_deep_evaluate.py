@@ -80,3 +80,14 @@ def test_probes_detect_which_feature_a_model_reads():
     p = probes(NonRobustReader(), spec, n=400, seed=3, device="cpu")
     assert p["clean"] > 0.75 and p["robust_removed"] > 0.85
     assert p["nonrobust_removed"] < 0.3 and p["nonrobust_swapped"] < 0.1
+
+
+def test_repeated_attacks_are_counted_once():
+    """linf:1/255 twice, or linf:1/255 and inf:1/255, is one attack: robust accuracy was summed per label
+    (200% for a robust model)."""
+    model, data = _linear_case(2, n=64)
+    one = evaluate(model, data, [parse_attack("linf:1/255")], steps=3)
+    for grid in (["linf:1/255", "linf:1/255"], ["linf:1/255", "inf:1/255"]):
+        res = evaluate(model, data, [parse_attack(a) for a in grid], steps=3)
+        assert res["robust"] == one["robust"] and list(res["robust"]) == ["linf_1/255"]
+        assert res["robust"]["linf_1/255"] <= res["clean_acc"]
