@@ -26,7 +26,8 @@ How the pieces fit (docs/protocol.md, "Deviations from the paper's public code",
 * BatchNorm: in train mode each rank normalises with its own per-rank batch statistics, so W ranks of
   b images are not bit-identical to one process of W*b images when the model has BatchNorm (the
   reference implementations accept this).  Running statistics are broadcast from rank 0 at each
-  forward (DDP's default buffer synchronisation).
+  forward (DDP's default buffer synchronisation), but each rank then updates them from its own batch,
+  so before evaluating, deep.run copies rank 0's buffers to every rank (:func:`broadcast_buffers_`).
 * attacks and evaluation run on :func:`unwrap` (the plain module): a forward through the DDP wrapper
   that is not followed by a parameter backward would leave DDP waiting for a gradient reduction.
   Evaluation is sharded (:func:`shard_range`) and the per-rank counts are summed (:func:`all_reduce_sum`).
@@ -53,7 +54,7 @@ __all__ = [
     "DistContext", "torchrun_env", "init_distributed", "teardown", "distributed_session", "exit_process",
     "is_initialized", "get_rank", "get_world_size", "is_main", "main_only", "barrier",
     "epoch_permutation", "shard_indices", "shard_range",
-    "all_reduce_mean_", "all_reduce_sum", "broadcast_object",
+    "all_reduce_mean_", "all_reduce_sum", "broadcast_object", "broadcast_buffers_",
     "wrap_model", "unwrap", "ascent_sync",
 ]
 
@@ -335,6 +336,19 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_buffers_(model: torch.nn.Module, src: int = 0) -> torch.nn.Module:
+    """Copy rank ``src``'s buffers (BatchNorm running mean/var and num_batches_tracked) to every rank, in
+    place; returns ``model`` (its plain module, see :func:`unwrap`). DDP broadcasts buffers at the start of
+    each forward, but each rank then updates them with its own batch, so after training the ranks hold
+    different running statistics: call this before a sharded evaluation, so that every rank evaluates the
+    model that rank 0 saves."""
+    model = unwrap(model)
+    if get_world_size() > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=src)
+    return model
 
 
 # ---------------------------------------------------------------------------------- the model

@@ -349,6 +349,8 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
     fit_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // world) if world > 1 else cfg
     res = fit(fit_cfg, train, checkpoint=str(ckpt), resume=args.resume, is_main=is_main,
               progress=not args.no_progress, desc=rid, compile_model=args.compile, **dist_kw)
+    if world > 1:       # every rank evaluates its shard with rank 0's BN running statistics
+        ddist.broadcast_buffers_(res.model)
     bf16, channels_last, _ = _flags(cfg, train.x.device)
     ev = evaluate(res.model, test, r["attacks"], steps=args.attack_steps, restarts=args.restarts,
                   batch_size=args.eval_batch_size, seed=cfg.seed, channels_last=channels_last,

@@ -16,6 +16,7 @@ of floating-point sums.
 import contextlib
 import os
 import socket
+import sys
 import tempfile
 
 import pytest
@@ -410,3 +411,58 @@ def test_fit_resumes_under_ddp_and_only_rank0_writes(two_rank_fit):
         _assert_same_weights(ranks[r]["resumed"], ranks[0]["sam-local"], atol=0)
     a, b = ranks[0]["sam-local"], ranks[0]["sam-allreduce"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-6
+
+
+# ------------------------------------- deep.run under DDP: every rank evaluates rank 0's BatchNorm state
+
+def _bn_eval_worker(rank, world, port, out_dir):
+    """deep.run.main on a 2-rank gloo group with BatchNorm (PreActResNet-18, ST, one epoch); records the
+    buffers of the model each rank hands to evaluate (and, where deep.run broadcasts them, before that)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import deep.run as R
+    seen = {}
+    real_eval = R.evaluate
+
+    def spy_eval(model, *a, **k):
+        seen["eval"] = [b.detach().clone() for b in D.unwrap(model).buffers()]
+        return real_eval(model, *a, **k)
+
+    R.evaluate = spy_eval
+    real_bcast = getattr(R.ddist, "broadcast_buffers_", None)
+    if real_bcast is not None:
+        def spy_bcast(model, *a, **k):
+            seen["before"] = [b.detach().clone() for b in D.unwrap(model).buffers()]
+            return real_bcast(model, *a, **k)
+        R.ddist.broadcast_buffers_ = spy_bcast
+    rc = R.main(["--dataset", "synthetic", "--methods", "st", "--epochs", "1", "--n-train", "64", "--n-test", "20",
+                 "--width", "4", "--batch-size", "16", "--eval-attacks", "linf:1/255", "--attack-steps", "1",
+                 "--probe-n", "8", "--device", "cpu", "--no-progress", "--threads", "1",
+                 "--out", os.path.join(out_dir, "res")])
+    torch.save(dict(seen, rc=rc), os.path.join(out_dir, f"bn{rank}.pt"))
+    sys.stdout.flush()
+    os._exit(0)   # as deep.distributed.exit_process: no gloo teardown at interpreter exit
+
+
+def test_ranks_evaluate_with_rank0_batchnorm_statistics():
+    """Under DDP each rank updates the BN running statistics from its own shard in the last forward, so
+    without a broadcast rank 1 would evaluate its share of the test set with other statistics than the
+    model rank 0 reports and saves."""
+    with tempfile.TemporaryDirectory() as out:
+        ctx = mp.start_processes(_bn_eval_worker, args=(WORLD, _free_port(), out), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+        for _ in range(240):
+            if ctx.join(timeout=1):
+                break
+        else:
+            for p in ctx.processes:
+                p.terminate()
+            pytest.fail("2-process gloo run did not finish in 240 s")
+        ranks = [torch.load(os.path.join(out, f"bn{r}.pt")) for r in range(WORLD)]
+    assert [r["rc"] for r in ranks] == [0, 0]
+    before, after = [r.get("before", r["eval"]) for r in ranks], [r["eval"] for r in ranks]
+    assert len(after[0]) > 10                                        # the BN buffers of PreActResNet-18
+    assert any(not torch.equal(a, b) for a, b in zip(*before))       # the ranks did differ after training
+    for a, b, own in zip(after[0], after[1], before[0]):
+        assert torch.equal(a, b) and torch.equal(a, own)             # rank 0's statistics everywhere
