@@ -8,7 +8,10 @@ Modules (each importable on its own):
 * :mod:`deep.data` - CIFAR-10/100 reader and md5-checked download, the generated robust / non-robust
   image dataset with its probe variants, batched augmentation on device tensors.
 * :mod:`deep.train` - ``TrainConfig``, ``train_step``, ``train_epoch``, ``fit`` (resumable).
-* :mod:`deep.evaluate` - clean and PGD robust accuracy on a grid, feature-reliance probes.
+* :mod:`deep.evaluate` - clean and PGD robust accuracy on a grid, feature-reliance probes;
+  ``python -m deep.evaluate`` re-evaluates saved runs (:mod:`deep.reeval`).
+* :mod:`deep.autoattack` - AutoAttack (pyautoattack) robust accuracy, standard and a cheaper CPU subset.
+* :mod:`deep.masking` - gradient-masking checks on stored numbers (gap, monotonicity, large-eps sanity).
 * :mod:`deep.run` - ``python -m deep.run`` (``--quick`` for a one-minute CPU smoke run).
 * :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark.
 """

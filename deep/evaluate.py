@@ -6,10 +6,14 @@ l2 as in docs/protocol.md), i.e. the per-example worst case over restarts. A poi
 iterate of any restart fools the model (best iterate, deep.attacks.pgd); only points not yet broken are
 attacked again. The PGD loss is cross-entropy ("ce") or the margin loss ("cw"). The model is in eval mode (BN running
 statistics) and the attack runs in fp32 unless ``bf16`` is asked for.
+
+``python -m deep.evaluate PATH --attacks pgd:50x5,autoattack:cpu`` re-evaluates saved runs (deep/reeval.py;
+AutoAttack in deep/autoattack.py, gradient-masking checks in deep/masking.py).
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Dict, Optional, Sequence
@@ -193,3 +197,20 @@ def probes(model: torch.nn.Module, spec: SyntheticSpec, n: int, seed: int, devic
         out[v] = correct / n
     model.train(was_training)
     return out
+
+
+def build_parser():
+    """The parser of ``python -m deep.evaluate`` (re-evaluation of saved runs; deep/reeval.py)."""
+    from .reeval import build_parser as _build_parser
+    return _build_parser()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m deep.evaluate PATH --attacks ...``: re-evaluate saved models with stronger attacks
+    (PGD with more steps/restarts, AutoAttack) and store the numbers in their result JSONs (deep/reeval.py)."""
+    from .reeval import main as _main
+    return _main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

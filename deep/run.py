@@ -36,6 +36,7 @@ from . import distributed as ddist
 from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
 from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .files import write_text_atomic
+from .masking import masking_markdown
 from .attacks import check_linf_eps
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
 from .train import BN_STATS, DivergenceError, TrainConfig, config_matches, fit, resolve_device, _flags
@@ -158,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-robust", type=int, default=None,
                    help="robust accuracy on the first N test images only (clean accuracy on all) [default: all]")
     e.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
+    e.add_argument("--autoattack", choices=["off", "cpu", "standard"], default="off",
+                   help="also AutoAttack (pyautoattack) at the --eval-attacks radii on the first --aa-n test "
+                        "images, stored under \"autoattack\" in each result: standard (APGD-CE, APGD-T, FAB-T, "
+                        "Square) or cpu (APGD-CE + APGD-T with 3 target classes; deep/autoattack.py) [default: off]")
+    e.add_argument("--aa-n", type=int, default=1000, help="test images for --autoattack")
     e.add_argument("--probe-n", type=int, default=None,
                    help="images per probe variant (synthetic only) [default: 2000; 500 with --quick]")
     s = p.add_argument_group("generated dataset (--dataset synthetic)")
@@ -213,7 +219,7 @@ def _apply_profile(parser, args) -> None:
 
 def _check_ranges(parser, args) -> None:
     for name in ("epochs", "width", "batch_size", "attack_steps", "at_steps", "restarts", "eval_batch_size",
-                 "probe_n", "n_train", "n_test", "n_robust", "threads"):
+                 "probe_n", "n_train", "n_test", "n_robust", "threads", "aa_n"):
         val = getattr(args, name)
         lo = 0 if name in ("attack_steps", "at_steps", "threads") else 1
         if val is not None and val < lo:
@@ -321,7 +327,8 @@ def _eval_settings(args, r) -> Dict:
     return {"attack_steps": args.attack_steps, "restarts": args.restarts,
             "attacks": [a.label for a in r["attacks"]], "n_test": r["n_test"],
             "probe_n": r["probe_n"] if r["dataset"] == "synthetic" else None,
-            "loss": args.attack_loss, "n_robust": args.n_robust, "best_iterate": True}
+            "loss": args.attack_loss, "n_robust": args.n_robust, "best_iterate": True,
+            **({"autoattack": {"version": args.autoattack, "n": args.aa_n}} if args.autoattack != "off" else {})}
 
 
 def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
@@ -338,7 +345,9 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
         old = json.loads(path.read_text())
         if config_matches(old.get("config"), cfg) and old.get("eval") == _eval_settings(args, r):
             return old | {"skipped": True}
-        raise ValueError(f"{path} exists with a different configuration; use another --out or --force")
+        hint = "; to add AutoAttack to finished runs: python -m deep.evaluate " + \
+            f"{out_dir} --attacks autoattack:{args.autoattack}" if args.autoattack != "off" else ""
+        raise ValueError(f"{path} exists with a different configuration; use another --out or --force{hint}")
     if not args.resume and ckpt.exists() and is_main:
         print(f"{rid}: found an unfinished checkpoint, starting over (--resume continues it)")
         ckpt.unlink()
@@ -377,6 +386,11 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
         "channels_last": channels_last, "threads": torch.get_num_threads(), "profile": args.profile,
         "n_clean": ev.get("n_clean", len(test)), "n_robust": ev.get("n_robust", len(test)),
     }
+    if args.autoattack != "off":        # every rank computes it (no collectives), rank 0 stores it
+        from .autoattack import run_autoattack
+        result["autoattack"] = run_autoattack(res.model, test, r["attacks"], args.autoattack, n=args.aa_n,
+                                              device=train.x.device, seed=cfg.seed,
+                                              batch_size=min(args.eval_batch_size, 250))
     if is_main:
         write_text_atomic(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
@@ -574,6 +588,7 @@ def write_summary(out_dir: Path) -> Path:
     if results:
         text += _summary_header(results) + [
             "", "## Mean over seeds", "", aggregate_table(results), "", "## Runs", "", results_table(results), ""]
+        text.append(masking_markdown(results))
     else:
         text.append("(no finished runs)")
     return write_text_atomic(out_dir / "summary.md", "\n".join(text))

@@ -92,7 +92,9 @@ def test_quick_end_to_end(tmp_path, capsys):
         r = res["robust"]
         assert r["linf_8/255"] <= r["linf_2/255"] <= r["linf_1/255"] <= res["clean_acc"]
         assert res["probes"]["clean"] == pytest.approx(res["probes"]["clean"])
-    assert (out / "quick" / "summary.md").read_text().count("| st |") == 2  # mean table + runs table
+    tables, masking = (out / "quick" / "summary.md").read_text().split("## Gradient-masking checks")
+    assert tables.count("| st |") == 2  # mean table + runs table
+    assert masking.count("| st |") == 1 and "No stronger attack is stored yet" in masking  # one verdict row
     # finished runs are skipped on a second call
     assert main(["--quick", "--out", str(out), "--no-progress"]) == 0
     assert capsys.readouterr().out.count("skipped") == 3

@@ -1,0 +1,395 @@
+"""``python -m deep.evaluate``: re-evaluate saved models with stronger attacks
+(docs/protocol.md, "Robust evaluation: PGD, AutoAttack, masking checks").
+
+Loads the final checkpoint of one run (``checkpoints/<run_id>.pt``) or of every finished run of a results
+folder (``<run_id>.json`` + ``checkpoints/<run_id>.pt``), rebuilds its test data from the stored configuration
+(deep.run.load_data), runs each requested attack set on the first n test images and merges the numbers into
+the run's JSON under ``extra_evals[<attack set>]`` (atomic rewrite). Radii already stored for an attack set with
+the same n are skipped (resume) unless --force; finally a table is printed and summary.md rewritten, with the
+gradient-masking checks of deep.masking.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .data import DataError
+from .evaluate import Attack, evaluate, parse_attack
+from .files import write_text_atomic
+from .masking import SANITY_RADII, label_attack, sanity_attacks
+
+__all__ = ["AttackSet", "parse_attack_set", "RunRef", "find_runs", "build_parser", "main"]
+
+DEFAULT_ATTACKS = "pgd:50x5,autoattack:cpu"
+
+
+@dataclass(frozen=True)
+class AttackSet:
+    """One attack configuration: PGD (steps, restarts, loss) or AutoAttack (version)."""
+    kind: str                  # "pgd" | "autoattack"
+    steps: int = 0
+    restarts: int = 0
+    loss: str = "ce"
+    version: str = ""
+
+    @property
+    def key(self) -> str:
+        """Name under extra_evals: pgd-50x5-ce, pgd-100x1-cw, autoattack-cpu."""
+        if self.kind == "pgd":
+            return f"pgd-{self.steps}x{self.restarts}-{self.loss}"
+        return f"autoattack-{self.version}"
+
+
+def parse_attack_set(text: str) -> AttackSet:
+    """'pgd:50x5' (CE loss), 'pgd-cw:100x1', 'pgd-ce:20' (1 restart), 'autoattack:cpu' or
+    'autoattack:standard' -> AttackSet; ValueError naming the accepted forms otherwise."""
+    from .autoattack import VERSIONS
+
+    t = text.strip().lower()
+    m = re.fullmatch(r"pgd(?:-(ce|cw))?:(\d+)(?:x(\d+))?", t)
+    if m and int(m.group(2)) >= 1 and int(m.group(3) or 1) >= 1:
+        return AttackSet("pgd", int(m.group(2)), int(m.group(3) or 1), m.group(1) or "ce")
+    m = re.fullmatch(r"autoattack:(\w+)", t)
+    if m and m.group(1) in VERSIONS:
+        return AttackSet("autoattack", version=m.group(1))
+    raise ValueError(f"unknown attack {text!r}: use pgd:STEPSxRESTARTS, pgd-cw:STEPSxRESTARTS (steps, "
+                     f"restarts >= 1) or autoattack:{'|'.join(VERSIONS)}")
+
+
+@dataclass
+class RunRef:
+    """A saved run: its checkpoint, and its result JSON when there is one."""
+    run_id: str
+    checkpoint: Path
+    json_path: Optional[Path]
+    result: Optional[Dict]
+
+
+def _read_json(p: Path) -> Optional[Dict]:
+    try:
+        res = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return res if isinstance(res, dict) and "clean_acc" in res and "config" in res else None
+
+
+def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Sequence[str] = ()) -> List[RunRef]:
+    """Runs under ``path``: a checkpoint file (its JSON is ../<run_id>.json when present), or a results folder
+    (every run JSON with a checkpoint; also one level of data-set subfolders). Filtered by seed and by
+    run-id glob patterns. ValueError when ``path`` is missing."""
+    path = Path(path)
+    if path.is_file():
+        js = path.parent.parent / f"{path.stem}.json"
+        refs = [RunRef(path.stem, path, js if js.exists() else None, _read_json(js) if js.exists() else None)]
+    elif path.is_dir():
+        files = sorted(path.glob("*.json")) or sorted(path.glob("*/*.json"))
+        refs = []
+        for js in files:
+            res = _read_json(js)
+            ck = js.parent / "checkpoints" / f"{js.stem}.pt"
+            if res is not None and ck.is_file():
+                refs.append(RunRef(js.stem, ck, js, res))
+    else:
+        raise ValueError(f"{path}: no such file or folder")
+    out = []
+    for ref in refs:
+        seed = (ref.result or {}).get("seed")
+        if seeds and ref.result is not None and seed not in seeds:
+            continue
+        if patterns and not any(fnmatch.fnmatchcase(ref.run_id, p) for p in patterns):
+            continue
+        out.append(ref)
+    return out
+
+
+def load_run_model(ref: RunRef, device: torch.device):
+    """(model in eval mode, TrainConfig) from the run's checkpoint; ValueError for an unfinished run or a
+    checkpoint whose configuration is not the one in the run's JSON."""
+    from .train import TrainConfig, build_model, load_checkpoint
+
+    ck = load_checkpoint(ref.checkpoint, device)
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise ValueError(f"{ref.checkpoint}: not a deep.run checkpoint")
+    if ref.result is not None and ref.result.get("config") != ck["config"]:
+        raise ValueError(f"{ref.checkpoint}: configuration differs from {ref.json_path}")
+    try:
+        cfg = TrainConfig(**ck["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{ref.checkpoint}: configuration not readable by this version ({err})") from None
+    if ck.get("epoch", 0) < cfg.epochs:
+        raise ValueError(f"{ref.checkpoint}: unfinished run (epoch {ck.get('epoch')} of {cfg.epochs})")
+    model = build_model(cfg, device)
+    model.load_state_dict(ck["model"])
+    return model.eval(), cfg
+
+
+def run_test_data(cfg, data_dir: str, device: torch.device, cache: Dict):
+    """The run's test set as deep.run builds it (same data set, n_test and generated-data spec)."""
+    from .run import load_data
+
+    key = json.dumps([cfg.dataset, cfg.n_train, cfg.n_test, cfg.synthetic, data_dir, str(device)], sort_keys=True)
+    if key not in cache:
+        r = {"dataset": cfg.dataset, "spec": cfg.synthetic_spec, "n_train": cfg.n_train, "n_test": cfg.n_test,
+             "device": device}
+        args = SimpleNamespace(synthetic_seed=cfg.synthetic["pattern_seed"], data_dir=data_dir, download=False)
+        cache[key] = load_data(r, args)[1]
+    return cache[key]
+
+
+def run_attack_set(model, cfg, test, aset: AttackSet, radii: Sequence[Attack], n: int, device,
+                   batch_size: int = 500, progress: bool = False) -> Dict:
+    """One attack set on the first ``n`` test images at ``radii``: the entry stored under extra_evals
+    ({"kind", settings, "n", "seed", "clean_acc" (on those n), "robust": {label: acc}, "seconds"})."""
+    from .train import _flags
+
+    t0 = time.perf_counter()
+    if aset.kind == "pgd":
+        sub = test.subset(n)
+        ev = evaluate(model, sub, radii, steps=aset.steps, restarts=aset.restarts, batch_size=batch_size,
+                      seed=cfg.seed, channels_last=_flags(cfg, device)[1], sharded=False, progress=progress,
+                      loss=aset.loss)
+        entry = {"kind": "pgd", "steps": aset.steps, "restarts": aset.restarts, "loss": aset.loss,
+                 "step_size": "eps/4 (linf), eps/8 (l2)", "best_iterate": True, "n": len(sub),
+                 "seed": cfg.seed, "clean_acc": ev["clean_acc"], "robust": ev["robust"]}
+    else:
+        from .autoattack import run_autoattack
+
+        say = (lambda label, acc, s: print(f"    {label}: {100 * acc:.2f} ({s:.1f} s)", flush=True)) \
+            if progress else None
+        aa = run_autoattack(model, test, radii, aset.version, n=n, device=device, seed=cfg.seed,
+                            batch_size=min(batch_size, 250), progress=say)
+        entry = dict(kind="autoattack", **{k: v for k, v in aa.items() if k != "seconds"})
+    entry["seconds"] = time.perf_counter() - t0
+    return entry
+
+
+def todo_radii(entry: Optional[Dict], radii: Sequence[Attack], n: int, force: bool) -> List[Attack]:
+    """The radii still to run for an attack set: all of them without a stored entry, with --force or when the
+    stored entry was computed on another number of images; else those missing from it."""
+    if entry is None or force or entry.get("n") != n:
+        return list(radii)
+    return [a for a in radii if a.label not in (entry.get("robust") or {})]
+
+
+def merge_entry(old: Optional[Dict], new: Dict, replace: bool) -> Dict:
+    """``new`` merged into ``old`` (same attack set and n): robust accuracies united, seconds added."""
+    if old is None or replace:
+        return new
+    out = dict(old, **{k: v for k, v in new.items() if k not in ("robust", "seconds", "seconds_per_attack")})
+    out["robust"] = dict(old.get("robust") or {}, **new["robust"])
+    out["seconds"] = (old.get("seconds") or 0.0) + new["seconds"]
+    if "seconds_per_attack" in new:
+        out["seconds_per_attack"] = dict(old.get("seconds_per_attack") or {}, **new["seconds_per_attack"])
+    return out
+
+
+def store_entry(json_path: Path, key: str, entry: Dict, replace: bool) -> Dict:
+    """Merge ``entry`` into ``extra_evals[key]`` of the JSON at ``json_path``, re-read just before the atomic
+    rewrite (other keys untouched). Returns the stored entry."""
+    res = json.loads(json_path.read_text())
+    extra = res.setdefault("extra_evals", {})
+    extra[key] = merge_entry(extra.get(key), entry, replace)
+    write_text_atomic(json_path, json.dumps(res, indent=2, allow_nan=False) + "\n")
+    return extra[key]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m deep.evaluate",
+        description="Re-evaluate saved deep.run models with stronger attacks (PGD with more steps, restarts or "
+                    "the CW loss; AutoAttack) and merge the numbers into each run's JSON under "
+                    "extra_evals[<attack set>]; attack sets and radii already stored are skipped. Prints a "
+                    "table and rewrites summary.md with the gradient-masking checks (docs/protocol.md).",
+        epilog="example: python -m deep.evaluate results/deep/fashion-mnist --attacks pgd:50x5,autoattack:cpu "
+               "--n 500 --seeds 0")
+    p.add_argument("path", help="a checkpoint (<out>/<dataset>/checkpoints/<run_id>.pt) or a results folder "
+                                "(<out>/<dataset>, or <out> with data-set subfolders): every finished run with "
+                                "a JSON and a checkpoint")
+    p.add_argument("--attacks", default=DEFAULT_ATTACKS,
+                   help="comma list of attack sets: pgd:STEPSxRESTARTS (cross-entropy), pgd-cw:STEPSxRESTARTS "
+                        "(margin loss), autoattack:cpu (APGD-CE + APGD-T with 3 target classes) or "
+                        "autoattack:standard (APGD-CE, APGD-T, FAB-T, Square) (default: %(default)s)")
+    p.add_argument("--radii", default=None,
+                   help="comma list of norm:eps to attack (fractions allowed) [default: the radii the run was "
+                        "evaluated at]; the data set's large-eps sanity radii are added unless --no-sanity")
+    p.add_argument("--no-sanity", action="store_true",
+                   help="do not add the data set's large-eps sanity radii (deep.masking: "
+                        + "; ".join(f"{d} {', '.join(r)}" for d, r in SANITY_RADII.items()) + ")")
+    p.add_argument("--n", type=int, default=None,
+                   help="attack the first N test images [default: the run's robust set, its n_robust]")
+    p.add_argument("--seeds", default=None, help="comma list of seeds: only runs with these seeds [default: all]")
+    p.add_argument("--runs", default=None,
+                   help="comma list of run-id globs, e.g. 'sam_*,st_s0' [default: all runs]")
+    p.add_argument("--force", action="store_true", help="recompute attack sets and radii already stored")
+    p.add_argument("--batch-size", type=int, default=500,
+                   help="evaluation batch size (AutoAttack: at most 250) (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default) (default: %(default)s)")
+    p.add_argument("--data-dir", default="data",
+                   help="folder with the data set files, as for deep.run (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no PGD progress bars")
+    return p
+
+
+def _fail(parser, msg: str):
+    parser.exit(2, f"{parser.prog}: error: {msg}\n")
+
+
+def _options(parser, args) -> Dict:
+    """Validated options; one line on stderr and exit 2 otherwise."""
+    from .train import resolve_device
+
+    try:
+        sets = list({s.key: s for s in map(parse_attack_set, [t for t in args.attacks.split(",") if t.strip()])}
+                    .values())
+        radii = [parse_attack(t) for t in args.radii.split(",") if t.strip()] if args.radii else None
+        seeds = [int(t) for t in args.seeds.split(",") if t.strip()] if args.seeds else None
+        device = resolve_device(args.device)
+    except ValueError as err:
+        _fail(parser, str(err).replace("invalid literal for int() with base 10", "--seeds: not an integer"))
+    if not sets:
+        _fail(parser, "--attacks is empty")
+    for name, lo in (("n", 1), ("batch_size", 1), ("threads", 0)):
+        if getattr(args, name) is not None and getattr(args, name) < lo:
+            _fail(parser, f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
+    try:
+        import pyautoattack  # noqa: F401
+    except ImportError:
+        if any(s.kind == "autoattack" for s in sets):
+            _fail(parser, "AutoAttack needs the package pyautoattack: pip install pyautoattack")
+    patterns = [t.strip() for t in (args.runs or "").split(",") if t.strip()]
+    return dict(sets=sets, radii=radii, seeds=seeds, device=device, patterns=patterns)
+
+
+def _run_radii(ref: RunRef, dataset: str, opts: Dict, sanity: bool) -> List[Attack]:
+    from .run import PROTOCOLS
+
+    if opts["radii"] is not None:
+        radii = list(opts["radii"])
+    elif ref.result is not None:
+        radii = [label_attack(k) for k in (ref.result.get("eval") or {}).get("attacks") or ref.result["robust"]]
+    else:
+        radii = [parse_attack(t) for t in PROTOCOLS[dataset]["eval_attacks"].split(",")]
+    radii += list(sanity_attacks(dataset)) if sanity else []
+    return list({a.label: a for a in radii}.values())
+
+
+class _Lazy:
+    """A run's model, configuration and test data, loaded on first use (resumed runs never load them)."""
+
+    def __init__(self, ref: RunRef, device, data_dir: str, cache: Dict):
+        self.ref, self.device, self.data_dir, self.cache, self.model = ref, device, data_dir, cache, None
+
+    def get(self):
+        if self.model is None:
+            self.model, self.cfg = load_run_model(self.ref, self.device)
+            self.test = run_test_data(self.cfg, self.data_dir, self.device, self.cache)
+        return self
+
+
+def evaluate_ref(ref: RunRef, opts: Dict, args, cache: Dict, say=print) -> Dict[str, Dict]:
+    """Run the attack sets still missing for one run, storing each in its JSON as soon as it is done;
+    returns {attack-set key: entry} (stored and new)."""
+    lazy, res = _Lazy(ref, opts["device"], args.data_dir, cache), ref.result or {}
+    dataset = res.get("dataset") or lazy.get().cfg.dataset
+    radii = _run_radii(ref, dataset, opts, not args.no_sanity)
+    n_all = res.get("n_clean") or len(lazy.get().test)
+    n = min(args.n or res.get("n_robust") or n_all, n_all)
+    out = {}
+    for aset in opts["sets"]:
+        old = (res.get("extra_evals") or {}).get(aset.key)
+        todo = todo_radii(old, radii, n, args.force)
+        if not todo:
+            say(f"  {aset.key}: done earlier on {n} images, skipped")
+            out[aset.key] = old
+            continue
+        say(f"  {aset.key} on {n} images: {', '.join(a.label for a in todo)}", flush=True)
+        st = lazy.get()
+        entry = run_attack_set(st.model, st.cfg, st.test, aset, todo, n, opts["device"], args.batch_size,
+                               progress=not args.no_progress)
+        replace = old is None or args.force or old.get("n") != n
+        entry = store_entry(ref.json_path, aset.key, entry, replace) if ref.json_path else \
+            merge_entry(old, entry, replace)
+        say("    " + ", ".join(f"{k} {100 * entry['robust'][k]:.2f}" for k in (a.label for a in todo))
+            + f" ({entry['seconds']:.1f} s in all)", flush=True)
+        out[aset.key] = entry
+    return out
+
+
+def results_table(rows: Sequence[tuple]) -> str:
+    """Markdown table of (run_id, attack-set key, entry) rows: n, clean and robust accuracy in %."""
+    labels: List[str] = []
+    for _, _, e in rows:
+        labels += [k for k in e["robust"] if k not in labels]
+    head = ["run", "attack set", "n", "clean"] + labels
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rid, key, e in rows:
+        cells = [rid, key, str(e.get("n")), f"{100 * e['clean_acc']:.2f}" if "clean_acc" in e else ""]
+        cells += [f"{100 * e['robust'][k]:.2f}" if k in e["robust"] else "" for k in labels]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    opts = _options(parser, args)
+    try:
+        refs = find_runs(Path(args.path), opts["seeds"], opts["patterns"])
+    except ValueError as err:
+        _fail(parser, str(err))
+    if not refs:
+        _fail(parser, f"{args.path}: no finished runs with a checkpoint" +
+              (" match --seeds/--runs" if opts["seeds"] or opts["patterns"] else ""))
+    old_threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return _evaluate_all(parser, args, opts, refs)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _evaluate_all(parser, args, opts: Dict, refs: List[RunRef]) -> int:
+    from .run import write_summary
+
+    print(f"deep.evaluate: {len(refs)} run(s), attack sets {', '.join(s.key for s in opts['sets'])}, "
+          f"device {opts['device']}", flush=True)
+    rows, failed, cache, t0 = [], [], {}, time.perf_counter()
+    for i, ref in enumerate(refs, 1):
+        print(f"[{i}/{len(refs)}] {ref.run_id}", flush=True)
+        try:
+            done = evaluate_ref(ref, opts, args, cache)
+        except DataError as err:
+            _fail(parser, str(err))
+        except ValueError as err:
+            if len(refs) == 1:
+                _fail(parser, str(err))
+            print(f"{parser.prog}: {ref.run_id} skipped: {err}", file=sys.stderr)
+            failed.append(ref.run_id)
+            continue
+        except KeyboardInterrupt:
+            print(f"\n{parser.prog}: interrupted in {ref.run_id}; finished attack sets are stored, rerun the "
+                  f"same command to continue", file=sys.stderr)
+            return 130
+        rows += [(ref.run_id, key, entry) for key, entry in done.items()]
+    print()
+    print(results_table(rows))
+    for folder in dict.fromkeys(ref.json_path.parent for ref in refs if ref.json_path is not None):
+        print(f"summary with the gradient-masking checks: {write_summary(folder)}")
+    print(f"{len(refs) - len(failed)} run(s) in {time.perf_counter() - t0:.1f} s"
+          + (f"; skipped for errors: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
