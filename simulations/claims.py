@@ -10,9 +10,8 @@ reliance r(v) of docs/theory.md section 2, matched ridge lambda of T5), and accu
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +25,8 @@ from .stats import binomial_ci, compare, mean_ci, measure, weight_ratio
 from .training import margins, pgd_linear, sample_replicas
 
 __all__ = ["claim_S1", "claim_S2", "claim_S3", "claim_S4", "claim_S5", "CLAIM_FUNCS",
-           "OPT_TOL", "mc_accuracy", "rho_for_lambda"]
+           "OPT_TOL", "mc_accuracy", "rho_for_lambda", "theory_requests", "solve_requests",
+           "prime_solutions", "precompute"]
 
 # Optimisation allowances per statistic for the default budget, from the convergence study in
 # simulations/README.md: about twice the largest change of a seed mean when the 40 epochs are doubled
@@ -49,12 +49,28 @@ def _tol(st: Settings, name: str) -> float:
 OPT_REASON = "SGD error left by the budget: change when the epochs are doubled, simulations/README.md"
 
 
-@functools.lru_cache(maxsize=256)
+_SOLVED: Dict[tuple, "lt.Solution"] = {}
+
+
+def _solve_key(model, method: str, strength: float = 0.0, tau=None, checks: bool = False,
+               sam_norm=None) -> tuple:
+    return (model, method, float(strength), None if tau is None else float(tau), bool(checks), sam_norm)
+
+
 def _solve(model, method: str, strength: float = 0.0, tau=None, checks: bool = False, sam_norm=None):
-    """``lt.solve`` memoised (S4 and S5 ask for the same optima; the models are frozen dataclasses).
+    """``lt.solve`` memoised (S4 and S5 ask for the same optima; the models are frozen dataclasses;
+    :func:`prime_solutions` adds optima solved elsewhere, e.g. in a worker process).
     ``sam_norm="projected"`` (sam-fixed-scale only): T5 with the exact ascent's margin drop
     rho*tau*||P_w x|| instead of rho*tau*||x|| (linear_theory README, "Projected norm")."""
-    return lt.solve(model, method, float(strength), tau=tau, checks=checks, sam_norm=sam_norm)
+    key = _solve_key(model, method, strength, tau, checks, sam_norm)
+    if key not in _SOLVED:
+        _SOLVED[key] = lt.solve(model, method, float(strength), tau=tau, checks=checks, sam_norm=sam_norm)
+    return _SOLVED[key]
+
+
+def prime_solutions(solved: Dict[tuple, "lt.Solution"]) -> None:
+    """Add optima computed by :func:`solve_requests` (same keys as :func:`_solve` uses)."""
+    _SOLVED.update(solved)
 
 
 # Companion rows of S4/S5 (id suffix "-proj"): the same measurements against T5 with the projected norm.
@@ -222,8 +238,12 @@ def claim_S3(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
 
 # ----------------------------------------------------------------------------------------- S4
 
+def _lambda_grid(rho_max: float, n: int = 13) -> np.ndarray:
+    return np.linspace(0.0, rho_max, n)
+
+
 def _lambda_curve(model, tau: float, rho_max: float, n: int = 13):
-    rhos = np.linspace(0.0, rho_max, n)
+    rhos = _lambda_grid(rho_max, n)
     lams = np.array([_solve(model, "sam-fixed-scale", float(r), tau=tau).lam for r in rhos])
     return rhos, lams
 
@@ -340,6 +360,12 @@ def _curve_rows(st: Settings, method: str, metrics, points, suffix: str, label: 
     return rows
 
 
+def _fine_grid(method: str, strengths) -> np.ndarray:
+    """Strengths of a theory curve drawn in the figures."""
+    n_fine = 41 if method == "at-linf" else 13  # T5 needs a 1-D solve per point; T3 is closed form
+    return np.linspace(min(strengths), max(strengths), n_fine)
+
+
 def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict], dict]:
     """S5/T6: trade-off curves of SAM(rho) at fixed scale and PGD-AT(eps) l_inf, sim vs theory."""
     rows, curves = [], {}
@@ -363,9 +389,7 @@ def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
             cur["sim"][key] = {"mean": [a[0] for a in stats_], "lo": [a[1][0] for a in stats_],
                                "hi": [a[1][1] for a in stats_],
                                "per_seed": [[x[key] for x in p[2]] for p in per_point]}
-        lo, hi = min(strengths), max(strengths)
-        n_fine = 41 if method == "at-linf" else 13  # T5 needs a 1-D solve per point; T3 is closed form
-        fine = np.linspace(lo, hi, n_fine)
+        fine = _fine_grid(method, strengths)
         rows_fine = [_curve_stats(model, st, th_v(float(s))) for s in fine]
         cur["theory_grid"] = {"strength": fine.tolist(),
                               **{k: [r[k] for r in rows_fine] for k in rows_fine[0]}}
@@ -421,3 +445,36 @@ def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
 
 
 CLAIM_FUNCS = {"S1": claim_S1, "S2": claim_S2, "S3": claim_S3, "S4": claim_S4, "S5": claim_S5}
+
+
+# ------------------------------------------------------------------------ work that needs no training
+
+def theory_requests(st: Settings, claims: Sequence[str]) -> List[tuple]:
+    """The numerical optima (T2, T5; arguments of :func:`_solve`) that S3-S5 will ask for whatever the
+    training gives, so they can be solved while the models train. (The closed forms are instant, and
+    S4's weight-decay rows need the learned scale: neither is listed.)"""
+    req = []
+    if "S3" in claims:
+        req.append(("sam", st.s3_rho, None, True, None))
+    fixed = []
+    if "S4" in claims:
+        fixed += [(r, n) for r in st.s4_rho for n in (None, "projected")]
+        fixed += [(float(r), None) for r in _lambda_grid(2.0 * st.s4_m_rho)] + [(st.s4_m_rho, None)]
+    if "S5" in claims:
+        rhos = list(st.s5_rho) + [float(s) for s in _fine_grid("sam-fixed-scale", st.s5_rho)]
+        fixed += [(r, n) for r in rhos for n in (None, "projected")]
+    req += [("sam-fixed-scale", r, st.tau, False, n) for r, n in fixed]
+    return list(dict.fromkeys(req))
+
+
+def solve_requests(model, requests: Sequence[tuple]) -> Dict[tuple, "lt.Solution"]:
+    """Solve every (method, strength, tau, checks, sam_norm) request; keys as :func:`_solve` uses."""
+    return {_solve_key(model, *r): _solve(model, *r) for r in requests}
+
+
+def precompute(model, st: Settings, claims: Sequence[str]) -> dict:
+    """What needs no trained weights: S1's rows (when asked for) and the optima of
+    :func:`theory_requests` (run in a worker process while the parent trains)."""
+    out: Dict[str, Optional[object]] = {"S1": CLAIM_FUNCS["S1"](model, st, None) if "S1" in claims else None}
+    out["solutions"] = solve_requests(model, theory_requests(st, claims))
+    return out

@@ -2,8 +2,12 @@
 
 A *job* is one training recipe (``TrainConfig``) applied to all seeds at once (and, for SAM, to a list
 of rho values, vectorised as replicas). Each finished job is written atomically to
-``<out>/cache/<key>-<hash>.json``; the hash covers the feature model, the recipe, the seeds and the rho
-list, so a resumed run skips exactly the jobs whose inputs are unchanged.
+``<out>/cache/<key>-<hash>.json``; the hash covers the feature model, the recipe, the seeds, the rho
+list and the engine, so a resumed run skips exactly the jobs whose inputs are unchanged.
+
+Engines (:data:`ENGINES`): ``"batched"`` (default) trains all pending jobs that share data and step
+count together (:func:`train_jobs`, :mod:`simulations.engine`), in float32 by default; ``"loop"`` is the
+original route, one job at a time with :func:`simulations.training.train_replicas` in float64.
 """
 from __future__ import annotations
 
@@ -15,17 +19,36 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 import linear_theory as lt
 from deep.files import write_text_atomic
 
+from .engine import JobSpec, batch_key, train_sharded
 from .training import TrainConfig, fresh_data, train_replicas
 
-__all__ = ["Settings", "PROFILES", "Job", "jobs_for", "run_job", "atomic_write_json", "CLAIMS",
-           "CACHE_VERSION"]
+__all__ = ["Settings", "PROFILES", "Job", "jobs_for", "run_job", "train_jobs", "atomic_write_json",
+           "CLAIMS", "CACHE_VERSION", "ENGINES", "DTYPES", "DEFAULT_ENGINE", "engine_tag"]
 
 CLAIMS = ("S1", "S2", "S3", "S4", "S5")
 CACHE_VERSION = 1
+ENGINES = ("batched", "loop")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEFAULT_ENGINE = "batched"
+DEFAULT_DTYPE = "float32"
+
+
+def engine_tag(engine: str = DEFAULT_ENGINE, dtype: str = DEFAULT_DTYPE) -> str:
+    """'loop' (always float64) or 'batched-<dtype>'; ValueError on unknown names or loop with float32."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if engine == "loop":
+        if dtype != "float64":
+            raise ValueError("the loop engine trains in float64 only")
+        return "loop"
+    return f"batched-{dtype}"
 
 
 @dataclass(frozen=True)
@@ -110,13 +133,18 @@ class Job:
         rhos = self.rhos or (self.cfg.rho,)
         return [(r, s) for r in rhos for s in self.seeds]
 
-    def digest(self, model) -> str:
-        payload = json.dumps({"v": CACHE_VERSION, "model": asdict(model), "cfg": self.cfg.to_dict(),
-                              "seeds": list(self.seeds), "rhos": list(self.rhos)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    def digest(self, model, tag: Optional[str] = None) -> str:
+        """Hash of model, recipe, seeds, rhos and the engine tag (:func:`engine_tag`, default the default engine's; the loop
+        engine's hash is the one of cache version 1, so its old cache files stay valid)."""
+        tag = tag or engine_tag()
+        payload = {"v": CACHE_VERSION, "model": asdict(model), "cfg": self.cfg.to_dict(),
+                   "seeds": list(self.seeds), "rhos": list(self.rhos)}
+        if tag != "loop":
+            payload["engine"] = tag
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
-    def path(self, cache_dir: str, model) -> str:
-        return os.path.join(cache_dir, f"{self.key}-{self.digest(model)}.json")
+    def path(self, cache_dir: str, model, tag: Optional[str] = None) -> str:
+        return os.path.join(cache_dir, f"{self.key}-{self.digest(model, tag)}.json")
 
 
 def _free(st: Settings, **kw) -> TrainConfig:
@@ -216,9 +244,9 @@ def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False))
 
 
-def load_job(job: Job, cache_dir: str, model) -> Optional[dict]:
+def load_job(job: Job, cache_dir: str, model, tag: Optional[str] = None) -> Optional[dict]:
     """The cached result of ``job`` or None (missing or unreadable cache files are recomputed)."""
-    path = job.path(cache_dir, model)
+    path = job.path(cache_dir, model, tag)
     try:
         with open(path) as f:
             res = json.load(f)
@@ -231,31 +259,82 @@ def load_job(job: Job, cache_dir: str, model) -> Optional[dict]:
         return None
 
 
-def run_job(job: Job, model, cache_dir: str, force: bool = False,
-            progress: Optional[Callable] = None) -> dict:
-    """Train ``job`` (or load it from the cache) and return {"weights": (R, D) array of v, ...}.
+def _data_seeds(job: Job) -> List[int]:
+    return sorted(set(job.seeds))
+
+
+def _spec(job: Job) -> JobSpec:
+    """The job for :func:`simulations.engine.train_batched`: generator seed and data rows as
+    :func:`run_job`'s loop route uses them."""
+    seeds = _data_seeds(job)
+    return JobSpec(job.cfg, 1000 + seeds[0], tuple(float(r) for r, _ in job.replicas),
+                   tuple(seeds.index(s) for _, s in job.replicas))
+
+
+def _effective(job: Job, W: np.ndarray) -> np.ndarray:
+    """Stored weights: v = tau * w / ||w|| for the fixed-scale form, else the trained rows."""
+    if job.cfg.form == "fixed-scale":
+        return job.cfg.tau * W / np.linalg.norm(W, axis=1, keepdims=True)
+    return W
+
+
+def train_jobs(jobs: Sequence[Job], model, dtype: str = DEFAULT_DTYPE, progress: Optional[Callable] = None,
+               workers: int = 1) -> Dict[str, Tuple[np.ndarray, float]]:
+    """Train ``jobs`` with the batched engine: jobs with the same data (sizes, seeds) and step count go
+    into one :func:`simulations.engine.train_sharded` call (``workers`` processes). Returns key ->
+    (weights as stored by :func:`run_job`, the job's share of its batch's wall time, by rows)."""
+    groups: Dict[tuple, List[Job]] = {}
+    for job in jobs:
+        groups.setdefault((batch_key(job.cfg), tuple(_data_seeds(job))), []).append(job)
+    out: Dict[str, Tuple[np.ndarray, float]] = {}
+    for (key, seeds), group in groups.items():
+        t0 = time.perf_counter()
+        data = fresh_data(model, key[0], list(seeds))
+        weights = train_sharded([_spec(j) for j in group], data, DTYPES[dtype], progress, workers)
+        wall = time.perf_counter() - t0
+        rows = sum(len(W) for W in weights)
+        for job, W in zip(group, weights):
+            out[job.key] = (_effective(job, W), wall * len(W) / rows)
+    return out
+
+
+def _train_loop(job: Job, model, progress: Optional[Callable]) -> Tuple[np.ndarray, float]:
+    """The loop engine: :func:`simulations.training.train_replicas` on this job alone."""
+    t0 = time.perf_counter()
+    seeds = _data_seeds(job)
+    spec = _spec(job)
+    data = fresh_data(model, job.cfg.n_train, seeds)
+    W = train_replicas(data, job.cfg, seed=spec.seed, rho=list(spec.rho), source=list(spec.source),
+                       progress=progress)
+    return _effective(job, W), time.perf_counter() - t0
+
+
+def run_job(job: Job, model, cache_dir: str, force: bool = False, progress: Optional[Callable] = None,
+            engine: str = DEFAULT_ENGINE, dtype: Optional[str] = None,
+            trained: Optional[Tuple[np.ndarray, float]] = None) -> dict:
+    """Return {"weights": (R, D) array of v, ...} for ``job``: the ``trained`` (weights, wall_s) pair
+    from :func:`train_jobs` if given, else the cached result (unless ``force``), else trained here with
+    ``engine`` (``dtype``: default float32 for batched, float64 for loop); the result is cached.
 
     For the fixed-scale form the stored weights are v = tau * w (the model's effective weights).
     """
-    if not force:
-        res = load_job(job, cache_dir, model)
+    dtype = dtype or ("float64" if engine == "loop" else DEFAULT_DTYPE)
+    tag = engine_tag(engine, dtype)
+    if trained is None and not force:
+        res = load_job(job, cache_dir, model, tag)
         if res is not None:
             if progress is not None:
                 progress(job.cfg.epochs)
             res["cached"] = True
             return res
-    t0 = time.perf_counter()
-    seeds = sorted(set(job.seeds))
-    source = [seeds.index(s) for _, s in job.replicas]
-    rhos = [r for r, _ in job.replicas]
-    data = fresh_data(model, job.cfg.n_train, seeds)
-    W = train_replicas(data, job.cfg, seed=1000 + seeds[0], rho=rhos, source=source, progress=progress)
-    if job.cfg.form == "fixed-scale":
-        W = job.cfg.tau * W / np.linalg.norm(W, axis=1, keepdims=True)
+    if trained is None:
+        trained = (_train_loop(job, model, progress) if engine == "loop" else
+                   train_jobs([job], model, dtype, progress)[job.key])
+    W, wall = trained
     res = {"key": job.key, "config": job.cfg.to_dict(), "seeds": list(job.seeds),
-           "rhos": list(job.rhos), "replicas": [[r, s] for r, s in job.replicas],
-           "wall_s": time.perf_counter() - t0, "weights": W.tolist()}
-    atomic_write_json(job.path(cache_dir, model), res)
+           "rhos": list(job.rhos), "replicas": [[r, s] for r, s in job.replicas], "engine": tag,
+           "wall_s": wall, "weights": W.tolist()}
+    atomic_write_json(job.path(cache_dir, model, tag), res)
     res["weights"] = W
     res["cached"] = False
     return res

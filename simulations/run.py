@@ -5,6 +5,8 @@ compares them claim by claim with ``linear_theory``, prints a table, writes
 ``<out>/simulations.json`` and ``<out>/simulations.md`` atomically, and the figures
 ``<out>/figures/sim_*.png``. Exit status: 0 every check holds, 1 some check fails, 2 bad arguments.
 Finished training jobs are cached in ``<out>/cache/``; a rerun (e.g. after an interruption) skips them.
+``--engine batched`` (default) trains all pending jobs together in one batched loop (float32 by default,
+``--dtype float64``); ``--engine loop`` is the original one-job-at-a-time route (float64).
 """
 from __future__ import annotations
 
@@ -22,12 +24,16 @@ from tqdm import tqdm
 import linear_theory as lt
 
 from . import experiments
-from .claims import CLAIM_FUNCS, OPT_TOL
-from .experiments import CLAIMS, PROFILES, Settings, atomic_write_json, atomic_write_text, jobs_for
+from .claims import CLAIM_FUNCS, OPT_TOL, precompute, prime_solutions
+from .experiments import (CLAIMS, DEFAULT_ENGINE, DTYPES, ENGINES, PROFILES, Settings, atomic_write_json,
+                          atomic_write_text, engine_tag, jobs_for)
 from .figures import write_figures
+from .parallel import Forked, can_fork
 from .report import format_table, markdown_report
 
-__all__ = ["run_simulations", "main", "parse_claims"]
+__all__ = ["run_simulations", "main", "parse_claims", "DEFAULT_WORKERS"]
+
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 
 
 def parse_claims(text: Optional[str]) -> List[str]:
@@ -61,34 +67,75 @@ def torch_threads(n: Optional[int]):
 
 def run_simulations(settings: Settings, claims: Sequence[str] = CLAIMS, out: str = "results",
                     force: bool = False, figures: bool = True, model=None, progress: bool = True,
-                    threads: Optional[int] = 1) -> dict:
-    """Run the claims, write results, return the results dict (schema: simulations/README.md)."""
+                    threads: Optional[int] = 1, engine: str = DEFAULT_ENGINE,
+                    dtype: Optional[str] = None, workers: int = DEFAULT_WORKERS) -> dict:
+    """Run the claims, write results, return the results dict (schema: simulations/README.md).
+    ``engine``: "batched" (default; ``dtype`` "float32" by default or "float64") or "loop" (float64).
+    ``workers`` > 1 (batched engine): train in that many processes, and meanwhile compute what needs no
+    training (S1, the numerical optima) in another one; the results do not depend on it."""
+    dtype = dtype or ("float64" if engine == "loop" else experiments.DEFAULT_DTYPE)
+    engine_tag(engine, dtype)  # ValueError on bad names
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if engine == "loop":
+        workers = 1  # the original route, unchanged
     with torch_threads(threads):
-        return _run(settings, claims, out, force, figures, model, progress)
+        return _run(settings, claims, out, force, figures, model, progress, engine, dtype, int(workers))
 
 
-def _run(settings, claims, out, force, figures, model, progress) -> dict:
+def _train_all(jobs, model, cache_dir: str, force: bool, bar, engine: str, dtype: str,
+               workers: int) -> dict:
+    """Every job's result (cached, or trained: with the batched engine all pending jobs at once,
+    before the per-job loop that stores them; with the loop engine one job at a time in that loop)."""
+    trained = {}
+    if engine == "batched":
+        tag = engine_tag(engine, dtype)
+        pending = [j for j in jobs if force or experiments.load_job(j, cache_dir, model, tag) is None]
+        if pending:
+            bar.set_postfix_str(f"{len(pending)} jobs batched")
+            trained = experiments.train_jobs(pending, model, dtype, progress=bar.update, workers=workers)
+    results = {}
+    for job in jobs:
+        bar.set_postfix_str(job.key)
+        results[job.key] = experiments.run_job(job, model, cache_dir, force=force, progress=bar.update,
+                                               engine=engine, dtype=dtype, trained=trained.get(job.key))
+    return results
+
+
+def _claims(claims, model, settings, results, progress, pre: Optional[Forked]):
+    """Rows and extras of every claim; with a :func:`simulations.claims.precompute` worker ``pre``,
+    S1's rows and the theory optima come from it."""
+    s1 = None
+    if pre is not None:
+        done = pre.result()
+        prime_solutions(done["solutions"])
+        s1 = done["S1"]
+    rows, extras = [], {"curves": {}, "sam_vs_m": []}
+    for c in tqdm(claims, desc="claims", disable=not progress, leave=False):
+        r, ex = s1 if c == "S1" and s1 is not None else CLAIM_FUNCS[c](model, settings, results)
+        rows += r
+        extras.update(ex)
+    return rows, extras
+
+
+def _run(settings, claims, out, force, figures, model, progress, engine, dtype, workers) -> dict:
     model = model or lt.FeatureModel()
     t0 = time.perf_counter()
     cache_dir = os.path.join(out, "cache")
     jobs = jobs_for(claims, settings)
-    results, train_time, n_cached = {}, 0.0, 0
-    bar = tqdm(total=sum(j.cfg.epochs for j in jobs), desc="training", unit="epoch",
-               disable=not progress or not jobs, dynamic_ncols=True)
+    pre = Forked(precompute, model, settings, claims) if workers > 1 and can_fork() else None
     try:
-        for job in jobs:
-            bar.set_postfix_str(job.key)
-            res = experiments.run_job(job, model, cache_dir, force=force, progress=bar.update)
-            results[job.key] = res
-            n_cached += bool(res["cached"])
-            train_time += 0.0 if res["cached"] else res["wall_s"]
+        bar = tqdm(total=sum(j.cfg.epochs for j in jobs), desc="training", unit="epoch",
+                   disable=not progress or not jobs, dynamic_ncols=True)
+        try:
+            results = _train_all(jobs, model, cache_dir, force, bar, engine, dtype, workers)
+        finally:
+            bar.close()
+        rows, extras = _claims(claims, model, settings, results, progress, pre)
     finally:
-        bar.close()
-    rows, extras = [], {"curves": {}, "sam_vs_m": []}
-    for c in tqdm(claims, desc="claims", disable=not progress, leave=False):
-        r, ex = CLAIM_FUNCS[c](model, settings, results)
-        rows += r
-        extras.update(ex)
+        if pre is not None:
+            pre.cancel()
+    train_time = sum(0.0 if r["cached"] else r["wall_s"] for r in results.values())
     checked = [r for r in rows if r["holds"] is not None]
     meta = {
         "profile": settings.profile, "claims": list(claims), "seeds": list(settings.seeds),
@@ -101,6 +148,7 @@ def _run(settings, claims, out, force, figures, model, progress) -> dict:
         "n_checks": len(checked), "n_failed": sum(not r["holds"] for r in checked),
         "all_hold": all(r["holds"] for r in checked),
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "engine": engine, "dtype": dtype, "workers": workers,
     }
     data = {"meta": meta, "claims": rows, "curves": extras.pop("curves"), "sam_vs_m": extras.pop("sam_vs_m"),
             "extra": extras}
@@ -137,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, metavar="T",
                    help="torch intra-op threads (default 1: the tensors are tiny, more threads only add "
                         "overhead)")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="batched (default): all jobs in one batched training loop; loop: the original "
+                        "route, one job at a time (float64, about 4x slower)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                   help="batched engine's float type (default float32; float64 reproduces the loop "
+                        "engine to rounding); the loop engine is float64 only")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="W",
+                   help=f"batched engine: processes that train at the same time (S1 and the theory "
+                        f"optima are computed in another one meanwhile); default {DEFAULT_WORKERS} (this "
+                        f"machine's cores, at most 2); the results do not depend on it")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -151,6 +209,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(e))
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.engine == "loop" and args.dtype == "float32":
+        parser.error("--dtype float32 needs --engine batched (the loop engine is float64 only)")
     settings = PROFILES["quick" if args.quick else "full" if args.full else "default"]
     if args.seeds is not None:
         if args.seeds < 2:
@@ -159,7 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         data = run_simulations(settings, claims, out=args.out, force=args.force,
                                figures=not args.no_figures, progress=not args.no_progress,
-                               threads=args.threads)
+                               threads=args.threads, engine=args.engine, dtype=args.dtype,
+                               workers=args.workers)
     except KeyboardInterrupt:
         print("interrupted; finished jobs are cached, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -38,7 +38,7 @@ from deep.sam import sam_perturbation
 __all__ = [
     "TrainConfig", "FORMS", "METHODS", "margins", "logistic_loss", "sample_replicas",
     "sam_gradient_vectorized", "sam_gradient_loop", "pgd_linear", "train_replicas",
-    "make_optimizer", "fresh_data", "fixed_data",
+    "make_optimizer", "make_scheduler", "fresh_data", "fixed_data",
 ]
 
 FORMS = ("free", "fixed-scale")
@@ -239,17 +239,21 @@ def pgd_linear(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps: float, no
 
 # --------------------------------------------------------------------------- training loop
 
+def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
+    """The per-step learning-rate schedule of every param group of ``opt``: "cosine" (to 0 after
+    ``total_steps``), "step" (x0.1 at 50% and 75% of the steps) or "constant"."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[total_steps // 2, (3 * total_steps) // 4], gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
 def make_optimizer(P: torch.Tensor, cfg: TrainConfig, total_steps: int):
     """torch SGD(momentum, weight_decay) and its per-step learning-rate schedule."""
     opt = torch.optim.SGD([P], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    elif cfg.schedule == "step":
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=[total_steps // 2, (3 * total_steps) // 4], gamma=0.1)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
+    return opt, make_scheduler(opt, cfg.schedule, total_steps)
 
 
 def _init_weights(R: int, D: int, cfg: TrainConfig, gen: torch.Generator, dtype) -> torch.Tensor:

@@ -1,0 +1,150 @@
+"""Batched forms of the SAM ascent, the m-sharpness SAM gradient and PGD for many linear models at once.
+
+These are the same algorithms as ``deep.sam.sam_perturbation``, :func:`simulations.training.
+sam_gradient_vectorized` and ``deep.attacks.pgd`` (via :func:`simulations.training.pgd_linear`), written
+on stacked tensors so that rows with *different* strengths (rho or eps per row) run in one call, with
+plain autograd instead of nested ``vmap``. ``tests/test_sim_batched.py`` checks each one against the
+original on the same inputs (same numbers up to float rounding; the random starts are identical).
+
+Shapes: P (R, D) weights of R linear models, X (R, B, D) inputs, y (R, B) labels in {-1, +1}.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .training import logistic_loss, margins
+
+__all__ = ["sam_ascent_batched", "sam_gradient_batched", "pgd_random_start", "pgd_linear_batched",
+           "plain_gradient", "row_margins"]
+
+
+def _rows(t, like: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A float or (R,) tensor as an (R, 1, ..., 1) tensor with ``ndim`` dims, dtype of ``like``."""
+    t = torch.as_tensor(t, dtype=like.dtype)
+    if t.dim() == 0:
+        t = t.expand(like.shape[0])
+    return t.reshape(-1, *([1] * (ndim - 1)))
+
+
+def sam_ascent_batched(g: torch.Tensor, rho, eps: float = 1e-12) -> torch.Tensor:
+    """Batched form of ``deep.sam.sam_perturbation`` (non-adaptive, one tensor): for every row of ``g``
+    (shape (..., D)), e = rho * g / (||g||_2 + eps), the norm over the last dim accumulated in float64
+    for float64 inputs (as deep's). ``rho`` broadcasts against g[..., :1] (e.g. (R, 1, 1) for (R, G, D))."""
+    acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+    norm = torch.linalg.vector_norm(g.detach(), dim=-1, keepdim=True, dtype=acc)
+    return (g.detach() * (rho / (norm + eps))).to(g.dtype)
+
+
+def row_margins(P: torch.Tensor, X: torch.Tensor, form: str = "free", tau: float = 1.0) -> torch.Tensor:
+    """:func:`simulations.training.margins` for weights P (..., D) and inputs X (..., n, D) with the same
+    leading dims: f = P . x (free) or tau P . x / ||P|| (fixed-scale), as an elementwise product summed
+    over D (no batched matrix product: for m = 1 that would be thousands of 1 x D products)."""
+    z = (X * P.unsqueeze(-2)).sum(-1)
+    if form == "fixed-scale":
+        z = tau * z / torch.linalg.vector_norm(P, dim=-1, keepdim=True)
+    return z
+
+
+def _input_margins(P: torch.Tensor, X: torch.Tensor, form: str, tau: float) -> torch.Tensor:
+    """:func:`row_margins` for P (R, D) and X (R, B, D) as R matrix-vector products (the fastest form
+    when the gradient is taken with respect to the inputs, as in PGD)."""
+    z = torch.bmm(X, P.unsqueeze(-1)).squeeze(-1)
+    if form == "fixed-scale":
+        z = tau * z / torch.linalg.vector_norm(P, dim=-1, keepdim=True)
+    return z
+
+
+def plain_gradient(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, form: str = "free",
+                   tau: float = 1.0) -> torch.Tensor:
+    """Gradient (autograd) of each row's mean logistic batch loss: row r gets grad L_r(P_r), (R, D)."""
+    Pl = P.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = logistic_loss(row_margins(Pl, X, form, tau), y).mean(dim=1).sum()
+        (g,) = torch.autograd.grad(loss, Pl)
+    return g
+
+
+def sam_gradient_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, rho, m: int,
+                         form: str = "free", tau: float = 1.0) -> torch.Tensor:
+    """Batched form of :func:`simulations.training.sam_gradient_vectorized` (same arguments, same
+    result): m-sharpness SAM, for replica r and group g of m consecutive examples the ascent
+    e_g = rho_r grad L_g(P_r) / ||grad L_g(P_r)|| and the returned row is mean_g grad L_g(P_r + e_g).
+
+    Two autograd passes on stacked tensors: the per-group gradients are the gradient of
+    sum_{r,g} L_g with respect to P broadcast to (R, G, D); the descent gradient is the gradient of
+    sum_r mean_g L_g(P_r + e_g) with respect to P (e held fixed, as in SAM).
+    """
+    R, B, D = X.shape
+    if B % m:
+        raise ValueError(f"batch size {B} must be a multiple of m={m}")
+    G = B // m
+    Xg, yg = X.reshape(R, G, m, D), y.reshape(R, G, m)
+    with torch.enable_grad():
+        Pl = P.detach().requires_grad_(True)
+        W = Pl.unsqueeze(1).expand(R, G, D)
+        (g,) = torch.autograd.grad(logistic_loss(row_margins(W, Xg, form, tau), yg).mean(-1).sum(), W)
+        e = sam_ascent_batched(g, _rows(rho, P, 3))
+        Pl2 = P.detach().requires_grad_(True)
+        loss2 = logistic_loss(row_margins(Pl2.unsqueeze(1) + e, Xg, form, tau), yg).mean(-1).mean(-1).sum()
+        (g2,) = torch.autograd.grad(loss2, Pl2)
+    return g2
+
+
+def pgd_random_start(shape: Sequence[int], eps: float, norm: str,
+                     generator: Optional[torch.Generator], dtype=torch.float64) -> torch.Tensor:
+    """The random start of ``deep.attacks.pgd`` for unbounded inputs of ``shape`` (N, D), drawn from
+    ``generator`` in the same order, so the same generator state gives the same start: l_inf uniform
+    in the cube; l2 uniform in the ball (Gaussian direction, radius eps U^(1/D))."""
+    if norm == "inf":
+        u = torch.rand(tuple(shape), generator=generator, dtype=dtype)
+        return (2.0 * u - 1.0) * eps
+    g = torch.randn(tuple(shape), generator=generator, dtype=dtype)
+    g = g / (g.norm(p=2, dim=1, keepdim=True) + 1e-12)
+    u = torch.rand((shape[0], 1), generator=generator, dtype=dtype)
+    return g * eps * u.pow(1.0 / shape[1])
+
+
+def _l2_direction(g: torch.Tensor) -> torch.Tensor:
+    """Per example (last dim) g / ||g||_2 after dividing by the max-abs entry (as deep.attacks')."""
+    m = g.abs().amax(dim=-1, keepdim=True)
+    g = g / torch.where(m > 0, m, torch.ones_like(m))
+    return g / (g.norm(p=2, dim=-1, keepdim=True) + 1e-12)
+
+
+def _pgd_update_(delta: torch.Tensor, grad: torch.Tensor, eps, step, norm: str) -> torch.Tensor:
+    """One PGD step with projection on the eps ball, in place on ``delta`` (``grad`` is overwritten);
+    eps and step are (R, 1, 1) tensors. l_inf: delta + step sign(grad), clipped to [-eps, eps]; l2:
+    delta + step grad/||grad|| (scale-invariant, as deep.attacks'), scaled back into the ball."""
+    if norm == "inf":
+        delta.addcmul_(grad.sign_(), step)
+        torch.maximum(delta, -eps, out=delta)
+        return torch.minimum(delta, eps, out=delta)
+    m = grad.abs().amax(dim=-1, keepdim=True)
+    grad.div_(torch.where(m > 0, m, torch.ones_like(m)))
+    delta.addcmul_(grad, step / (grad.norm(p=2, dim=-1, keepdim=True) + 1e-12))
+    return delta.mul_(torch.clamp(eps / (delta.norm(p=2, dim=-1, keepdim=True) + 1e-12), max=1.0))
+
+
+def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, norm: str = "inf",
+                       steps: int = 10, step_size=None, delta0: Optional[torch.Tensor] = None,
+                       form: str = "free", tau: float = 1.0) -> torch.Tensor:
+    """Batched form of :func:`simulations.training.pgd_linear` (``deep.attacks.pgd`` with clamp=None and
+    the logistic loss) with a radius ``eps`` and a ``step_size`` per row (floats or (R,) tensors;
+    default step 2.5 eps / steps). ``delta0`` (R, B, D) is the random start (e.g. from
+    :func:`pgd_random_start`), None for none. Each step is an autograd gradient of the summed loss with
+    respect to the perturbation, a sign (l_inf) or l2-normalised step, and the projection. Returns x_adv."""
+    if norm not in ("inf", "l2"):
+        raise ValueError(f"norm must be 'inf' or 'l2', got {norm!r}")
+    eps_t = _rows(eps, X, 3)
+    step_t = 2.5 * eps_t / max(int(steps), 1) if step_size is None else _rows(step_size, X, 3)
+    Pd, x = P.detach(), X.detach()
+    delta = torch.zeros_like(x) if delta0 is None else delta0.to(x.dtype, copy=True)
+    for _ in range(int(steps)):
+        with torch.enable_grad():
+            delta.requires_grad_(True)
+            loss = logistic_loss(_input_margins(Pd, x + delta, form, tau), y).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+        delta = _pgd_update_(delta.detach(), grad, eps_t, step_t, norm)
+    return x + delta

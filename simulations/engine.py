@@ -1,0 +1,287 @@
+"""The batched training engine: every job of a run that shares data and step count, trained in one loop.
+
+:func:`simulations.training.train_replicas` trains one job (one recipe, all its seeds and rho values)
+at a time, one Python step per mini-batch per job. :func:`train_batched` runs the same algorithms for
+many jobs at once: all their replicas are rows of one (R, D) weight tensor, and each step computes the
+gradient of every row with one call per *kernel* (rows of the same method, form and m, e.g. every
+PGD-AT l_inf job together, each row with its own eps), then takes one torch SGD step (one param group per
+learning rate / momentum / weight decay) and one scheduler step for all rows.
+
+Per job it keeps everything :func:`~simulations.training.train_replicas` does: its own
+``torch.Generator`` seeded the same way (initial weights, then per epoch the shuffling, then the PGD
+random starts, drawn in the same order and in float64), the same data (epoch t of replica r is sample
+``source[r]`` of ``data(t)``), the same optimiser and schedule. So in float64 it reproduces the per-job
+route up to float rounding (tests/test_sim_batched.py); the default float32 changes the results by far
+less than the claims' tolerances (simulations/README.md, "Engines").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .batched_ops import pgd_linear_batched, pgd_random_start, plain_gradient, sam_gradient_batched
+from .parallel import Forked, can_fork
+from .training import TrainConfig, _init_weights, make_scheduler
+
+__all__ = ["JobSpec", "kernel_key", "batch_key", "train_batched", "train_sharded", "shard_jobs"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job inside a batched run: recipe, generator seed, and per replica its rho and data sample."""
+
+    cfg: TrainConfig
+    seed: int
+    rho: Tuple[float, ...]
+    source: Tuple[int, ...]
+
+    def __post_init__(self):
+        if len(self.rho) != len(self.source):
+            raise ValueError(f"rho ({len(self.rho)}) and source ({len(self.source)}) must have one entry "
+                             f"per replica")
+
+
+def kernel_key(cfg: TrainConfig) -> tuple:
+    """Rows whose gradients one batched call computes: same method, form, tau and m (SAM) or PGD
+    norm / steps / random start (AT). rho, eps, the step size and the optimiser may differ per row."""
+    if cfg.method == "sam":
+        return ("sam", cfg.form, cfg.tau, cfg.m)
+    if cfg.method == "at":
+        return ("at", cfg.form, cfg.tau, cfg.norm, cfg.pgd_steps, cfg.pgd_random_start)
+    return ("st", cfg.form, cfg.tau)
+
+
+def batch_key(cfg: TrainConfig) -> tuple:
+    """Jobs with equal batch keys (and the same data) can be trained together: same number of steps
+    per epoch and epochs, and the same learning-rate schedule."""
+    return (cfg.n_train, cfg.epochs, cfg.batch_size, cfg.schedule)
+
+
+@dataclass
+class _Block:
+    """Consecutive rows [start, stop) sharing one kernel; ``jobs`` are (job index, start, stop)."""
+
+    key: tuple
+    cfg: TrainConfig
+    start: int
+    stop: int
+    jobs: List[Tuple[int, int, int]] = field(default_factory=list)
+    rho: Optional[torch.Tensor] = None
+    eps: Optional[torch.Tensor] = None
+    step: Optional[torch.Tensor] = None
+
+
+def _pgd_step_size(cfg: TrainConfig) -> float:
+    """PGD step of :func:`simulations.training.pgd_linear`: given, or 2.5 eps / steps."""
+    if cfg.pgd_step_size is not None:
+        return float(cfg.pgd_step_size)
+    return 2.5 * float(cfg.eps) / max(int(cfg.pgd_steps), 1)
+
+
+def _row_order(spec: JobSpec) -> tuple:
+    """Jobs are laid out by form (so the fixed-scale rows are contiguous), then kernel, then optimiser
+    settings (so rows sharing an SGD param group are adjacent)."""
+    c = spec.cfg
+    return (c.form, repr(kernel_key(c)), c.lr, c.momentum, c.weight_decay)
+
+
+def _layout(specs: Sequence[JobSpec], dtype) -> Tuple[List[Tuple[int, int]], List[_Block]]:
+    """Row layout (:func:`_row_order`): each job's rows [start, stop) and the kernel blocks with their
+    per-row rho, eps and PGD step tensors."""
+    order = sorted(range(len(specs)), key=lambda j: _row_order(specs[j]))
+    spans: List[Tuple[int, int]] = [(0, 0)] * len(specs)
+    blocks: List[_Block] = []
+    row = 0
+    for j in order:
+        cfg, R = specs[j].cfg, len(specs[j].source)
+        spans[j] = (row, row + R)
+        if not blocks or blocks[-1].key != kernel_key(cfg):
+            blocks.append(_Block(kernel_key(cfg), cfg, row, row))
+        blocks[-1].stop = row + R
+        blocks[-1].jobs.append((j, row, row + R))
+        row += R
+    for b in blocks:
+        per_row = [(specs[j].rho[i], specs[j].cfg) for j, s, e in b.jobs for i in range(e - s)]
+        b.rho = torch.tensor([r for r, _ in per_row], dtype=dtype)
+        b.eps = torch.tensor([float(c.eps) for _, c in per_row], dtype=dtype)
+        b.step = torch.tensor([_pgd_step_size(c) for _, c in per_row], dtype=dtype)
+    return spans, blocks
+
+
+def _random_starts(b: _Block, specs, gens, batch: int, D: int, dtype) -> Optional[torch.Tensor]:
+    """Each AT job's PGD random start, drawn from its own generator in float64 exactly as
+    ``deep.attacks.pgd`` draws it for that job's (R_j * B, D) inputs (none when eps = 0, as there)."""
+    if not b.cfg.pgd_random_start:
+        return None
+    parts = []
+    for j, s, e in b.jobs:
+        cfg, shape = specs[j].cfg, ((e - s) * batch, D)
+        if cfg.eps == 0:
+            parts.append(torch.zeros(shape, dtype=torch.float64))
+        else:
+            parts.append(pgd_random_start(shape, float(cfg.eps), cfg.norm, gens[j]))
+    return torch.cat(parts).reshape(b.stop - b.start, batch, D).to(dtype)
+
+
+def _block_gradient(b: _Block, P, xb, yb, specs, gens) -> torch.Tensor:
+    """Gradient of every row of block ``b`` on its mini-batch, with the block's real algorithm."""
+    P, xb, yb = P[b.start:b.stop], xb[b.start:b.stop], yb[b.start:b.stop]
+    c = b.cfg
+    if c.method == "sam":
+        return sam_gradient_batched(P, xb, yb, b.rho, c.m, c.form, c.tau)
+    if c.method == "at":
+        d0 = _random_starts(b, specs, gens, xb.shape[1], xb.shape[2], xb.dtype)
+        xb = pgd_linear_batched(P, xb, yb, b.eps, c.norm, c.pgd_steps, b.step, d0, c.form, c.tau)
+    return plain_gradient(P, xb, yb, c.form, c.tau)
+
+
+def _param_runs(specs, spans) -> List[Tuple[tuple, int, int]]:
+    """Maximal runs of consecutive rows whose jobs share (lr, momentum, weight decay)."""
+    runs: List[Tuple[tuple, int, int]] = []
+    for spec, (s, e) in sorted(zip(specs, spans), key=lambda t: t[1]):
+        hp = (spec.cfg.lr, spec.cfg.momentum, spec.cfg.weight_decay)
+        if runs and runs[-1][0] == hp and runs[-1][2] == s:
+            runs[-1] = (hp, runs[-1][1], e)
+        else:
+            runs.append((hp, s, e))
+    return runs
+
+
+def _optimizer(specs, spans, P: torch.Tensor, G: torch.Tensor, total_steps: int):
+    """torch SGD over row views of P (their gradients: the matching views of G), one param group per
+    (lr, momentum, weight decay), and the shared schedule. SGD is elementwise, so each row is
+    updated exactly as if it were its own parameter."""
+    groups: Dict[tuple, List[torch.Tensor]] = {}
+    for hp, s, e in _param_runs(specs, spans):
+        view = P[s:e]
+        view.grad = G[s:e]
+        groups.setdefault(hp, []).append(view)
+    opt = torch.optim.SGD([{"params": v, "lr": lr, "momentum": mom, "weight_decay": wd}
+                           for (lr, mom, wd), v in groups.items()], lr=specs[0].cfg.lr, foreach=True)
+    return opt, make_scheduler(opt, specs[0].cfg.schedule, total_steps)
+
+
+def _check_batch(specs: Sequence[JobSpec], U: int, n: int) -> None:
+    if not specs:
+        raise ValueError("no jobs to train")
+    keys = {batch_key(s.cfg) for s in specs}
+    if len(keys) != 1:
+        raise ValueError(f"jobs trained together must share (n_train, epochs, batch_size, schedule), "
+                         f"got {sorted(keys)}")
+    if n < specs[0].cfg.batch_size:
+        raise ValueError(f"n_train ({n}) must be >= batch_size ({specs[0].cfg.batch_size})")
+    if any(not 0 <= i < U for s in specs for i in s.source):
+        raise ValueError(f"source indices must lie in [0, {U})")
+
+
+def _init(specs, spans, D: int, dtype):
+    """Per job its generator and initial rows (drawn in float64 as the per-job route does)."""
+    gens = [torch.Generator().manual_seed(int(s.seed)) for s in specs]
+    P = torch.empty(max(e for _, e in spans), D, dtype=dtype)
+    for spec, gen, (s, e) in zip(specs, gens, spans):
+        P[s:e] = _init_weights(e - s, D, spec.cfg, gen, torch.float64)
+    return gens, P
+
+
+def _epoch_rows(specs, spans, gens, U: int, n: int) -> torch.Tensor:
+    """This epoch's order of the examples of every row, shuffled as by ``train_replicas`` (each job
+    from its own generator), as indices into the epoch's data flattened to (U * n, D)."""
+    flat = torch.empty(max(e for _, e in spans), n, dtype=torch.long)
+    for spec, gen, (s, e) in zip(specs, gens, spans):
+        rows = torch.as_tensor(list(spec.source), dtype=torch.long)
+        flat[s:e] = torch.argsort(torch.rand(U, n, generator=gen), dim=1)[rows] + rows[:, None] * n
+    return flat
+
+
+def train_batched(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
+                  progress: Optional[Callable] = None) -> List[np.ndarray]:
+    """Train the jobs ``specs`` together; returns each job's weights (R_j, D) as float64 arrays.
+
+    ``data(epoch) -> (X (U, n, D), y (U, n))`` is shared by all jobs (see
+    :func:`simulations.training.fresh_data`); the jobs must share :func:`batch_key`. Each job gets the
+    result :func:`simulations.training.train_replicas` ``(data, cfg, seed, rho, source)`` gives, up to
+    float rounding in ``dtype``. ``progress(len(specs))`` is called after every epoch.
+    """
+    X, y = data(0)
+    U, n, D = X.shape
+    _check_batch(specs, U, n)
+    cfg0 = specs[0].cfg
+    spans, blocks = _layout(specs, dtype)
+    gens, P = _init(specs, spans, D, dtype)
+    G = torch.zeros_like(P)
+    steps, B = n // cfg0.batch_size, cfg0.batch_size
+    opt, sched = _optimizer(specs, spans, P, G, cfg0.epochs * steps)
+    fixed = [(b.start, b.stop) for b in blocks if b.cfg.form == "fixed-scale"]
+    f0, f1 = (fixed[0][0], fixed[-1][1]) if fixed else (0, 0)
+    for epoch in range(cfg0.epochs):
+        if epoch:
+            X, y = data(epoch)
+        Xd, yd = X.to(dtype), y.to(dtype)
+        Xf, yf = Xd.reshape(U * n, D), yd.reshape(U * n)
+        flat = _epoch_rows(specs, spans, gens, U, n)
+        for k in range(steps):
+            idx = flat[:, k * B:(k + 1) * B].reshape(-1)
+            xb, yb = Xf.index_select(0, idx).view(-1, B, D), yf.index_select(0, idx).view(-1, B)
+            for b in blocks:
+                G[b.start:b.stop] = _block_gradient(b, P, xb, yb, specs, gens)
+            opt.step()
+            sched.step()
+            if f1 > f0:
+                P[f0:f1] /= torch.linalg.vector_norm(P[f0:f1], dim=1, keepdim=True)
+        if progress is not None:
+            progress(len(specs))
+    return [P[s:e].double().numpy().copy() for s, e in spans]
+
+
+# Rough cost per row and step in microseconds (float32, one core) and per kernel call, for balancing
+# shards only: PGD-AT ~70 per PGD step, SAM ~120 fixed scale / 80 free, plain gradient 35.
+_ROW_COST = {"st": 35.0, "sam": 100.0}
+_KERNEL_COST = 300.0
+
+
+def _unit_cost(specs: Sequence[JobSpec]) -> float:
+    """Estimated time per step of one kernel's jobs (rows x cost per row + the call's overhead)."""
+    c = specs[0].cfg
+    per_row = 70.0 * c.pgd_steps if c.method == "at" else _ROW_COST[c.method]
+    return _KERNEL_COST + per_row * sum(len(s.source) for s in specs)
+
+
+def shard_jobs(specs: Sequence[JobSpec], k: int) -> List[List[int]]:
+    """Split the jobs (by index) into at most ``k`` shards of similar estimated cost, keeping the jobs of
+    one kernel together (largest kernel first to the cheapest shard). Empty shards are dropped."""
+    units: Dict[tuple, List[int]] = {}
+    for i, s in enumerate(specs):
+        units.setdefault(kernel_key(s.cfg), []).append(i)
+    shards: List[Tuple[float, List[int]]] = [(0.0, []) for _ in range(max(1, int(k)))]
+    for unit in sorted(units.values(), key=lambda u: -_unit_cost([specs[i] for i in u])):
+        j = min(range(len(shards)), key=lambda t: shards[t][0])
+        shards[j] = (shards[j][0] + _unit_cost([specs[i] for i in unit]), shards[j][1] + unit)
+    return [sorted(idx) for _, idx in shards if idx]
+
+
+def train_sharded(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
+                  progress: Optional[Callable] = None, workers: int = 1) -> List[np.ndarray]:
+    """:func:`train_batched` with the jobs split into ``workers`` shards (:func:`shard_jobs`) trained at
+    the same time, all but the first in forked child processes (one process where fork is missing).
+    Each row's result does not depend on the other rows of its batch, so it is the same as one
+    :func:`train_batched` call (tests/test_sim_batched.py)."""
+    shards = shard_jobs(specs, workers if can_fork() else 1)
+    if len(shards) == 1:
+        return train_batched(specs, data, dtype, progress)
+    children = [Forked(train_batched, [specs[i] for i in idx], data, dtype) for idx in shards[1:]]
+    try:
+        first = train_batched([specs[i] for i in shards[0]], data, dtype, progress)
+        results = [first] + [c.result() for c in children]
+    finally:
+        for c in children:
+            c.cancel()
+    if progress is not None:
+        progress(sum(len(idx) for idx in shards[1:]) * specs[0].cfg.epochs)
+    out: List[Optional[np.ndarray]] = [None] * len(specs)
+    for idx, weights in zip(shards, results):
+        for i, W in zip(idx, weights):
+            out[i] = W
+    return out
