@@ -11,7 +11,8 @@ def main(argv=None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         print("  run    check the claims S1-S5 of docs/theory.md with the real algorithms (same as python -m simulations.run)")
-        print("  bench  vectorised vs looped per-example SAM steps/s, and the default run's wall time")
+        print("  bench  per-example SAM steps/s (batched, vmap, loop), and the main job's wall time with the "
+              "batched and the loop engine, side by side")
         return 0
     if argv and argv[0] == "bench":
         return bench.main(argv[1:])
