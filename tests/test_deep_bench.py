@@ -21,14 +21,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def analytic_forward_flops(width, classes=10, size=32):
+def analytic_forward_flops(width, classes=10, size=32, channels=3):
     """2 * multiply-adds of every convolution and of the head of PreActResNet-18 (model.py docstring)."""
-    flops, cin, h = 2 * 3 * width * 9 * size * size, width, size          # stem conv
+    flops, cin, h = 2 * channels * width * 9 * size * size, width, size   # stem conv
     for stage in range(4):
         planes = width * 2 ** stage
         for block in range(2):
             stride = 2 if stage > 0 and block == 0 else 1
-            h //= stride
+            h = (h - 1) // stride + 1                                     # 3x3 pad 1 / 1x1 pad 0 output size
             flops += 2 * 9 * h * h * (cin * planes + planes * planes)
             if stride != 1 or cin != planes:
                 flops += 2 * h * h * cin * planes                        # 1x1 projection shortcut
@@ -90,7 +90,7 @@ def test_reference_pgd_stays_in_the_box_and_raises_the_loss():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "b.json"
-    rc = bench.main(["--device", "cpu", "--steps", "1", "--warmup", "0", "--batch-size", "8",
+    rc = bench.main(["--device", "cpu", "--dataset", "cifar10", "--steps", "1", "--warmup", "0", "--batch-size", "8",
                      "--width", "4", "--workers", "1", "--threads", "1", "--out", str(out), "--quiet"])
     assert rc == 0
     return out
@@ -126,7 +126,9 @@ def test_tiny_cpu_run_writes_consistent_results(tiny_run):
 
 @pytest.mark.parametrize("argv,word", [(["--steps", "0"], "steps"), (["--phases", "st,foo"], "phases"),
                                        (["--batch-size", "-1"], "batch-size"), (["--eps", "x"], "eps"),
-                                       (["--peak-tflops", "0"], "peak-tflops"), (["--device", "cuda:0"], "cuda")])
+                                       (["--peak-tflops", "0"], "peak-tflops"), (["--device", "cuda:0"], "cuda"),
+                                       (["--dataset", "mnist"], "dataset"), (["--clock-mhz", "0"], "clock-mhz"),
+                                       (["--accuracy-check", "--accuracy-methods", "foo"], "methods")])
 def test_cli_rejects_bad_options_with_exit_2(argv, word, capsys):
     if word == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -147,3 +149,152 @@ def test_python_m_deep_bench_dispatches_to_the_benchmark():
     assert p.stdout.startswith("usage: python -m deep.bench") and "--attack-steps" in p.stdout
     q = subprocess.run([sys.executable, "-m", "deep", "--help"], capture_output=True, text=True, timeout=120)
     assert q.returncode == 0 and q.stdout.startswith("usage: python -m deep.run")
+
+
+# ------------------------------------------------------------------------------- the CPU fast path
+
+FAKE_CPUINFO = """processor\t: 0
+model name\t: Fake Xeon
+cpu MHz\t\t: 2600.000
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile
+
+processor\t: 1
+cpu MHz\t\t: 1200.000
+"""
+
+
+def test_cpu_peak_assumption_from_a_fake_cpuinfo():
+    p = bench.cpu_peak_gflops(FAKE_CPUINFO, cores=2)
+    assert p["clock_mhz"] == 2600.0 and p["model"] == "Fake Xeon" and p["cores"] == 2
+    assert p["fp32_flops_per_cycle"] == 64 and p["fp32_gflops"] == pytest.approx(2 * 2.6 * 64)    # 332.8
+    assert p["bf16_flops_per_cycle"] == 1024 and p["bf16_gflops"] == pytest.approx(2 * 2.6 * 1024)  # AMX
+    assert "2 cores x 2600 MHz" in p["assumption"] and "AMX-BF16" in p["assumption"]
+    no_amx = bench.cpu_peak_gflops(FAKE_CPUINFO.replace(" amx_bf16", ""), cores=1, clock_mhz=2000)
+    assert no_amx["bf16_gflops"] == pytest.approx(2.0 * 128) and no_amx["fp32_gflops"] == pytest.approx(2.0 * 64)
+    avx2 = bench.cpu_peak_gflops("cpu MHz : 3000\nflags : sse2 avx2 fma\n", cores=4)
+    assert avx2["fp32_gflops"] == pytest.approx(4 * 3.0 * 32) and avx2["bf16_gflops"] is None
+    assert "bf16: unknown" in avx2["assumption"]
+    nothing = bench.cpu_peak_gflops("", cores=2)
+    assert nothing["clock_mhz"] is None and nothing["fp32_gflops"] is None and nothing["bf16_gflops"] is None
+
+
+def test_threads_default_to_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert bench.default_threads() == 3
+    assert bench.BenchConfig(device="cpu").resolved(torch.device("cpu")).threads == 3
+    assert bench.BenchConfig(device="cpu", threads=1).resolved(torch.device("cpu")).threads == 1
+    monkeypatch.delattr(bench.os, "sched_getaffinity", raising=False)
+    assert bench.default_threads() == max(1, bench.os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_defaults_are_the_fast_path_on_the_fashion_mnist_shape(monkeypatch, native):
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: native)
+    c = bench.BenchConfig(device="cpu").resolved(torch.device("cpu"))
+    assert (c.dataset, c.width, c.batch_size) == ("fashion-mnist", 16, 128)
+    assert c.bf16 is native and c.channels_last is native
+    c = bench.BenchConfig(device="cpu", dataset="cifar10", bf16=False).resolved(torch.device("cpu"))
+    assert c.dataset == "cifar10" and c.bf16 is False and c.channels_last is False
+
+
+def test_reference_dataset_follows_the_data_set_augmentation():
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(2, 28, 28, 1), dtype=np.uint8)
+    ds = bench.ReferenceStyleDataset(imgs, np.array([0, 1]), pad=2, flip=False, channels=1)
+    padded = F.pad(torch.from_numpy(imgs[0]).permute(2, 0, 1).float()[None] / 255, (2,) * 4, mode="reflect")[0]
+    windows = [padded[:, t:t + 28, l:l + 28] for t in range(5) for l in range(5)]     # no flipped windows
+    torch.manual_seed(0)
+    for _ in range(8):
+        x, _ = ds[0]
+        assert x.shape == (1, 28, 28) and any(torch.equal(x, w) for w in windows)
+
+
+def _rows(ips):
+    return [{"loop": loop, "phase": phase, "images_per_s": v, "flags": {"compiled": loop == "ours-compiled"},
+             "warmup_s": 12.0, "warmup_images": 256} for (loop, phase), v in ips.items()]
+
+
+def test_ratios_take_the_faster_ours_and_compile_summary_says_where_compile_pays():
+    rows = _rows({("ours", "st"): 400.0, ("ours-compiled", "st"): 500.0, ("reference", "st"): 160.0,
+                  ("ours", "sam"): 220.0, ("ours-compiled", "sam"): 200.0, ("reference", "sam"): 80.0})
+    rt = bench.compute_ratios(rows)
+    assert rt["st_ours_vs_ref"] == pytest.approx(500 / 160) and rt["sam_ours_vs_ref"] == pytest.approx(220 / 80)
+    assert rt["sam_cost_vs_st"] == pytest.approx(500 / 220) and rt["ref_sam_cost_vs_st"] == pytest.approx(2.0)
+    comp = bench.compile_summary(rows, epoch_images=60_000)
+    assert comp["st"]["used"] and not comp["sam"]["used"] and comp["st"]["speedup"] == pytest.approx(1.25)
+    compile_s = 12.0 - 256 / 400
+    assert comp["st"]["compile_s"] == pytest.approx(compile_s)
+    assert comp["st"]["break_even_images"] == pytest.approx(compile_s / (1 / 400 - 1 / 500))
+    assert comp["st"]["break_even_epochs"] == pytest.approx(comp["st"]["break_even_images"] / 60_000)
+    assert comp["sam"]["break_even_images"] is None and "at" not in comp
+    tg = bench.judge_targets(rt, "cpu")
+    assert set(tg) == set(bench.CPU_TARGETS)
+    assert tg["st_ours_vs_ref"]["met"] and tg["st_ours_vs_ref"]["stretch_met"]          # 3.125 >= 3
+    assert tg["sam_ours_vs_ref"]["met"] and not tg["sam_ours_vs_ref"]["stretch_met"]    # 2.75
+    assert not tg["sam_cost_vs_st"]["met"]                                              # 2.27 > 2.1
+    assert set(bench.judge_targets(rt, "cuda")) == set(bench.TARGETS)
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion_run(tmp_path_factory):
+    """The CPU defaults (Fashion-MNIST shape, fast path where native) with a stand-in for torch.compile
+    (a wrapper module: the real compile takes minutes) and a tiny accuracy check (width 2, 1 epoch)."""
+    out = tmp_path_factory.mktemp("bench") / "f.json"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bench, "compile_for", lambda model, *a: torch.nn.Sequential(model))
+    try:
+        rc = bench.main(["--device", "cpu", "--steps", "1", "--warmup", "0", "--batch-size", "8", "--width", "4",
+                         "--workers", "0", "--threads", "1", "--phases", "st,sam,eval", "--compile",
+                         "--accuracy-check", "--accuracy-width", "2", "--accuracy-epochs", "1",
+                         "--accuracy-seeds", "0", "--accuracy-n-train", "96", "--accuracy-n-test", "40",
+                         "--out", str(out), "--quiet"])
+    finally:
+        mp.undo()
+    assert rc == 0
+    return out
+
+
+def test_tiny_fashion_mnist_shape_run_reports_gflops_peak_compile_and_accuracy(tiny_fashion_run):
+    res = json.loads(tiny_fashion_run.read_text())
+    md = tiny_fashion_run.with_suffix(".md").read_text()
+    meta, rows = res["meta"], {(r["loop"], r["phase"]): r for r in res["rows"]}
+    assert meta["dataset"] == "fashion-mnist" and meta["image_shape"] == [1, 28, 28] and meta["cpu_threads"] == 1
+    assert set(rows) == {(loop, p) for loop in ("ours", "reference") for p in ("st", "sam", "eval")} \
+        | {("ours-compiled", "st"), ("ours-compiled", "sam")}
+    fwd = analytic_forward_flops(4, size=28, channels=1)
+    st = 3 * fwd - 2 * 1 * 4 * 9 * 28 * 28
+    assert meta["model_flops_per_image"] == {"forward": fwd, "forward_backward": st}
+    assert rows["ours", "st"]["flops_per_image"] == rows["reference", "st"]["flops_per_image"] == st
+    native = meta["cpu_native_bf16"]
+    for (loop, phase), r in rows.items():
+        assert r["epoch_s"] == pytest.approx((10_000 if phase == "eval" else 60_000) / r["images_per_s"])
+        assert r["gflops"] == pytest.approx(r["tflops"] * 1e3)
+        kind = "bf16" if loop != "reference" and phase != "eval" and native else "fp32"
+        assert r["cpu_peak_kind"] == kind and r["flags"]["bf16"] == (kind == "bf16")
+        if r["cpu_peak_gflops"]:
+            assert r["fraction_of_cpu_peak"] == pytest.approx(r["gflops"] / r["cpu_peak_gflops"])
+    assert meta["cpu_peak"]["cores"] == 1 and "assumed CPU peak" in md
+    assert set(res["targets"]) == set(bench.CPU_TARGETS) and set(res["compile"]) == {"st", "sam"}
+    assert all(c["compiled"] for c in res["compile"].values())
+    assert "1 torch threads" in md and "GFLOP/s" in md and "torch.compile of our training loop" in md
+    assert "| train ST | ours (compiled) |" in md and "(CPU)" in md
+    acc = res["accuracy_check"]
+    assert [(r["method"], r["precision"]) for r in acc["runs"]] == \
+        [("st", "fp32"), ("st", "bf16"), ("sam", "fp32"), ("sam", "bf16")]
+    assert all(r["bf16_used"] == (r["precision"] == "bf16" and native) for r in acc["runs"])
+    assert all(0 <= r[k] <= 1 for r in acc["runs"] for k in ("clean_acc", "robust_acc"))
+    assert acc["n_train"] == 96 and acc["n_test"] == 40 and set(acc["summary"]) == {"st", "sam"}
+    assert "| method | seed | clean fp32 | clean bf16 | PGD fp32 | PGD bf16 |" in md and "| SAM | mean |" in md
+
+
+def test_accuracy_check_fp32_runs_repeat_exactly():
+    """Same seed, same precision: the same accuracies (the comparison fp32 vs bf16 is of precision only)."""
+    acfg = bench.AccuracyCheckConfig(methods=("st",), seeds=(3,), epochs=1, width=2, n_train=64, n_test=30,
+                                     attack_steps=2)
+    a, b = bench.accuracy_check(acfg, "cpu"), bench.accuracy_check(acfg, "cpu")
+    assert [r["clean_acc"] for r in a["runs"]] == [r["clean_acc"] for r in b["runs"]]
+    assert [r["robust_acc"] for r in a["runs"]] == [r["robust_acc"] for r in b["runs"]]
+    text = bench.format_accuracy(a)
+    assert "| ST | 3 |" in text and "Largest |bf16 - fp32|" in text
+    with pytest.raises(ValueError, match="digits or fashion-mnist"):
+        bench.AccuracyCheckConfig(dataset="cifar10")
