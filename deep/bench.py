@@ -421,7 +421,7 @@ def _ours_eval(cfg: BenchConfig, data: ImageData, device: torch.device) -> Dict:
     def run(lo, hi):
         sub = ImageData(data.x[lo * B:hi * B], data.y[lo * B:hi * B], data.num_classes)
         return evaluate(model, sub, attack, steps=cfg.attack_steps, batch_size=B, seed=cfg.seed,
-                        bf16=False, channels_last=channels_last, sharded=False)
+                        bf16=False, channels_last=channels_last, sharded=False, fixed_work=True)
 
     flops = count_flops(lambda: run(0, 1))
     if cfg.warmup:

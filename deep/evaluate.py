@@ -91,12 +91,15 @@ def _batches(data: ImageData, batch_size: int, sharded: bool):
 def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] = DEFAULT_GRID,
              steps: int = 10, restarts: int = 1, batch_size: int = 500, seed: int = 0,
              bf16: bool = False, channels_last: bool = False, sharded: bool = True,
-             progress: bool = False, loss: str = "ce", n_robust: Optional[int] = None) -> Dict:
+             progress: bool = False, loss: str = "ce", n_robust: Optional[int] = None,
+             fixed_work: bool = False) -> Dict:
     """{"clean_acc": float, "robust": {label: float}} on ``data`` (already on the model's device).
 
     Under torch.distributed each rank evaluates its slice and the counts are summed (``sharded``).
     ``n_robust``: robust accuracy on the first ``n_robust`` images only (clean accuracy on all); the
     result then has "n_clean" and "n_robust".
+    ``fixed_work``: attack every image for every step and restart and judge the last iterate (PGD as
+    before best-iterate evaluation): the same work whatever the model, for the benchmark only.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
@@ -146,14 +149,14 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] 
         for ai, a in enumerate(attacks):
             still = ok.clone()
             for r in range(restarts):
-                idx = still.nonzero().squeeze(1)
+                idx = torch.arange(y.shape[0], device=device) if fixed_work else still.nonzero().squeeze(1)
                 if idx.numel():
                     g = torch.Generator(device=device)
                     g.manual_seed((int(seed) * 1_000_003 + bi * 7919 + ai * 104_729 + r * 31
                                    + ddist.get_rank() * 15_485_863) % (2 ** 62))
                     x_adv = pgd(fwd, x[idx], y[idx], eps=a.eps, norm=a.norm, steps=steps,
                                 step_size=default_step_size(a.eps, a.norm), random_start=True, generator=g,
-                                loss_fn=LOSSES[loss], best_iterate=True)
+                                loss_fn=LOSSES[loss], best_iterate=not fixed_work)
                     with torch.no_grad():
                         still[idx] &= fwd(x_adv).argmax(1) == y[idx]
                 if bar is not None:
