@@ -106,17 +106,19 @@ def pgd_random_start(shape: Sequence[int], eps: float, norm: str,
     return g * eps * u.pow(1.0 / shape[1])
 
 
-def _l2_direction(g: torch.Tensor) -> torch.Tensor:
-    """Per example (last dim) g / ||g||_2 after dividing by the max-abs entry (as deep.attacks')."""
-    m = g.abs().amax(dim=-1, keepdim=True)
-    g = g / torch.where(m > 0, m, torch.ones_like(m))
-    return g / (g.norm(p=2, dim=-1, keepdim=True) + 1e-12)
+def _input_grad(P: torch.Tensor, x: torch.Tensor, y: torch.Tensor, form: str, tau: float) -> torch.Tensor:
+    """Autograd gradient of the summed logistic loss with respect to the inputs ``x``."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(logistic_loss(_input_margins(P, x, form, tau), y).sum(), x)
+    return grad
 
 
 def _pgd_update_(delta: torch.Tensor, grad: torch.Tensor, eps, step, norm: str) -> torch.Tensor:
     """One PGD step with projection on the eps ball, in place on ``delta`` (``grad`` is overwritten);
     eps and step are (R, 1, 1) tensors. l_inf: delta + step sign(grad), clipped to [-eps, eps]; l2:
-    delta + step grad/||grad|| (scale-invariant, as deep.attacks'), scaled back into the ball."""
+    delta + step grad/||grad|| (scale-invariant: grad first divided by its max |entry|, as
+    deep.attacks'), scaled back into the ball."""
     if norm == "inf":
         delta.addcmul_(grad.sign_(), step)
         torch.maximum(delta, -eps, out=delta)
@@ -133,8 +135,9 @@ def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, n
     """Batched form of :func:`simulations.training.pgd_linear` (``deep.attacks.pgd`` with clamp=None and
     the logistic loss) with a radius ``eps`` and a ``step_size`` per row (floats or (R,) tensors;
     default step 2.5 eps / steps). ``delta0`` (R, B, D) is the random start (e.g. from
-    :func:`pgd_random_start`), None for none. Each step is an autograd gradient of the summed loss with
-    respect to the perturbation, a sign (l_inf) or l2-normalised step, and the projection. Returns x_adv."""
+    :func:`pgd_random_start`), None for none. Each step is an autograd gradient of the summed loss at
+    x + delta (with respect to the input, i.e. to delta), a sign (l_inf) or l2-normalised step, and the
+    projection. Returns x_adv."""
     if norm not in ("inf", "l2"):
         raise ValueError(f"norm must be 'inf' or 'l2', got {norm!r}")
     eps_t = _rows(eps, X, 3)
@@ -142,9 +145,5 @@ def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, n
     Pd, x = P.detach(), X.detach()
     delta = torch.zeros_like(x) if delta0 is None else delta0.to(x.dtype, copy=True)
     for _ in range(int(steps)):
-        with torch.enable_grad():
-            delta.requires_grad_(True)
-            loss = logistic_loss(_input_margins(Pd, x + delta, form, tau), y).sum()
-            (grad,) = torch.autograd.grad(loss, delta)
-        delta = _pgd_update_(delta.detach(), grad, eps_t, step_t, norm)
+        delta = _pgd_update_(delta, _input_grad(Pd, x + delta, y, form, tau), eps_t, step_t, norm)
     return x + delta

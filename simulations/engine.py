@@ -116,14 +116,13 @@ def _random_starts(b: _Block, specs, gens, batch: int, D: int, dtype) -> Optiona
     ``deep.attacks.pgd`` draws it for that job's (R_j * B, D) inputs (none when eps = 0, as there)."""
     if not b.cfg.pgd_random_start:
         return None
-    parts = []
+    out = torch.zeros(b.stop - b.start, batch, D, dtype=dtype)
     for j, s, e in b.jobs:
-        cfg, shape = specs[j].cfg, ((e - s) * batch, D)
-        if cfg.eps == 0:
-            parts.append(torch.zeros(shape, dtype=torch.float64))
-        else:
-            parts.append(pgd_random_start(shape, float(cfg.eps), cfg.norm, gens[j]))
-    return torch.cat(parts).reshape(b.stop - b.start, batch, D).to(dtype)
+        cfg = specs[j].cfg
+        if cfg.eps != 0:
+            start = pgd_random_start(((e - s) * batch, D), float(cfg.eps), cfg.norm, gens[j])
+            out[s - b.start:e - b.start].view(-1, D).copy_(start)
+    return out
 
 
 def _block_gradient(b: _Block, P, xb, yb, specs, gens) -> torch.Tensor:

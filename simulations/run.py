@@ -36,6 +36,13 @@ __all__ = ["run_simulations", "main", "parse_claims", "DEFAULT_WORKERS"]
 DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 
 
+class _Bar(tqdm):
+    """tqdm without its monitor thread, so that worker processes are forked from a single-threaded
+    parent."""
+
+    monitor_interval = 0
+
+
 def parse_claims(text: Optional[str]) -> List[str]:
     """'S2,S4' -> ['S2', 'S4'] (case-insensitive); None -> all. ValueError names the bad entry."""
     if text is None:
@@ -111,7 +118,7 @@ def _claims(claims, model, settings, results, progress, pre: Optional[Forked]):
         prime_solutions(done["solutions"])
         s1 = done["S1"]
     rows, extras = [], {"curves": {}, "sam_vs_m": []}
-    for c in tqdm(claims, desc="claims", disable=not progress, leave=False):
+    for c in _Bar(claims, desc="claims", disable=not progress, leave=False):
         r, ex = s1 if c == "S1" and s1 is not None else CLAIM_FUNCS[c](model, settings, results)
         rows += r
         extras.update(ex)
@@ -125,7 +132,7 @@ def _run(settings, claims, out, force, figures, model, progress, engine, dtype, 
     jobs = jobs_for(claims, settings)
     pre = Forked(precompute, model, settings, claims) if workers > 1 and can_fork() else None
     try:
-        bar = tqdm(total=sum(j.cfg.epochs for j in jobs), desc="training", unit="epoch",
+        bar = _Bar(total=sum(j.cfg.epochs for j in jobs), desc="training", unit="epoch",
                    disable=not progress or not jobs, dynamic_ncols=True)
         try:
             results = _train_all(jobs, model, cache_dir, force, bar, engine, dtype, workers)
