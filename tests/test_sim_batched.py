@@ -115,6 +115,18 @@ def test_batched_pgd_with_random_start_equals_deep_pgd(norm):
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("norm,random_start", [("inf", True), ("l2", False), ("l2", True)])
+def test_s1_pgd_in_chunks_equals_one_call(norm, random_start):
+    X, y = fresh_data(MODEL, 1000, [11])(0)
+    v = torch.as_tensor(lt.solve(MODEL, "st").v)
+    one = pgd_linear(v, X[0], y[0], 0.2, norm, steps=4, random_start=random_start,
+                     generator=torch.Generator().manual_seed(1))
+    chunked = claims_mod.pgd_in_chunks(v, X[0], y[0], 0.2, norm, 4, random_start,
+                                       torch.Generator().manual_seed(1), chunk=300)
+    assert torch.equal(chunked, one)
+    assert not torch.equal(one, X[0])
+
+
 # ----------------------------------------------------------------------------- engine
 
 BASE = dict(n_train=256, epochs=2, batch_size=32)
