@@ -27,25 +27,11 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from common.threat import normalize_norm  # "inf" / "l2" from any accepted spelling
+
 __all__ = ["pgd", "normalize_norm", "default_step_size", "check_linf_eps", "margin_loss", "LOSSES"]
 
 Norm = Union[str, int, float]
-
-
-def normalize_norm(norm: Norm) -> str:
-    """Map the accepted spellings of a norm to ``"inf"`` or ``"l2"``; ValueError otherwise."""
-    if isinstance(norm, str):
-        key = norm.strip().lower()
-        if key in ("inf", "linf", "l_inf", "infinity"):
-            return "inf"
-        if key in ("2", "l2", "l_2"):
-            return "l2"
-    elif isinstance(norm, (int, float)) and not isinstance(norm, bool):
-        if norm == 2:
-            return "l2"
-        if norm == float("inf"):
-            return "inf"
-    raise ValueError(f"norm must be 'inf' (or 'linf') or 2 (or 'l2'), got {norm!r}")
 
 
 def check_linf_eps(eps: float, what: str = "eps") -> None:

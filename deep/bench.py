@@ -63,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .data import ImageData
 from .datasets import dataset_info
-from .files import write_text_atomic
+from common.files import write_json_atomic, write_text_atomic
 from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
@@ -878,7 +878,7 @@ def format_accuracy(acc: Dict) -> str:
 
 def write_results(result: Dict, out: Path) -> Path:
     """JSON at ``out`` and markdown at ``out`` with suffix .md, each written atomically."""
-    write_text_atomic(out, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(out, result)
     return write_text_atomic(out.with_suffix(".md"), "# deep/ training throughput: ours vs reference-style loop\n\n"
                              + format_table(result) + "\n")
 

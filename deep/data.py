@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.seeds import DATA_SEED_MULT, DATA_SEED_OFFSET
+
 __all__ = ["DataError", "CIFAR_SPECS", "CIFAR_SIZES", "ImageData", "load_cifar", "download_cifar", "md5_of",
            "verify_md5", "SyntheticSpec", "make_synthetic", "synthetic_patterns", "PROBE_VARIANTS",
            "augment_batch", "to_float"]
@@ -387,7 +389,7 @@ def make_synthetic(n: int, seed: int, spec: SyntheticSpec = SyntheticSpec(),
         raise ValueError(f"variant must be one of {PROBE_VARIANTS}, got {variant!r}")
     K, S = spec.num_classes, spec.image_size
     R, N = synthetic_patterns(spec)
-    g = torch.Generator().manual_seed(int(seed) * 7_777_777 + 12345)
+    g = torch.Generator().manual_seed(int(seed) * DATA_SEED_MULT + DATA_SEED_OFFSET)
     y = torch.randint(0, K, (n,), generator=g)
     zeta = torch.randn(n, K, generator=g)
     z = torch.randn(n, generator=g)

@@ -50,6 +50,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from common.seeds import mix_seed
+
 __all__ = [
     "DistContext", "torchrun_env", "init_distributed", "teardown", "distributed_session", "exit_process",
     "is_initialized", "get_rank", "get_world_size", "is_main", "main_only", "barrier",
@@ -249,7 +251,7 @@ def epoch_permutation(n: int, seed: int, epoch: int, device=None) -> torch.Tenso
         raise ValueError(f"n must be >= 1, got {n}")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2 ** 63))
+    g = torch.Generator().manual_seed(mix_seed(seed, (epoch, 1), modulus=2 ** 63))
     perm = torch.randperm(n, generator=g)
     return perm if device is None else perm.to(device)
 

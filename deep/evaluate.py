@@ -15,38 +15,18 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Dict, Optional, Sequence
 
 import torch
+
+from common.seeds import ATTACK_MULT, BATCH_MULT, EVAL_RANK_MULT, RESTART_MULT, mix_seed
+from common.threat import attack_label, format_eps, parse_eps
 
 from . import distributed as ddist
 from .attacks import LOSSES, default_step_size, normalize_norm, pgd
 from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
 
 __all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "unique_attacks", "DEFAULT_GRID", "evaluate", "probes"]
-
-
-def parse_eps(text) -> float:
-    """'8/255' -> 0.0313..., '0.5' -> 0.5; ValueError naming eps when not a non-negative number."""
-    try:
-        val = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
-    if not val >= 0:
-        raise ValueError(f"eps must be >= 0, got {text!r}")
-    return val
-
-
-def format_eps(eps: float) -> str:
-    """0.0313... -> '8/255' when eps*255 is (nearly) an integer and the decimal is long, else the shortest
-    decimal (0.5, 0.25, 1)."""
-    k = eps * 255.0
-    if len(f"{eps:g}") <= 5:            # short decimals stay decimals: 0.5, 0.2, 1 (not 51/255, 255/255)
-        return f"{eps:g}"
-    if eps > 0 and abs(k - round(k)) < 1e-6:
-        return f"{int(round(k))}/255"
-    return f"{eps:g}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +36,7 @@ class Attack:
 
     @property
     def label(self) -> str:
-        return f"{'linf' if self.norm == 'inf' else 'l2'}_{format_eps(self.eps)}"
+        return attack_label(self.norm, self.eps)
 
 
 def parse_attack(text: str) -> Attack:
@@ -152,8 +132,8 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] 
                 idx = torch.arange(y.shape[0], device=device) if fixed_work else still.nonzero().squeeze(1)
                 if idx.numel():
                     g = torch.Generator(device=device)
-                    g.manual_seed((int(seed) * 1_000_003 + bi * 7919 + ai * 104_729 + r * 31
-                                   + ddist.get_rank() * 15_485_863) % (2 ** 62))
+                    g.manual_seed(mix_seed(seed, (bi, BATCH_MULT), (ai, ATTACK_MULT), (r, RESTART_MULT),
+                                           (ddist.get_rank(), EVAL_RANK_MULT)))
                     x_adv = pgd(fwd, x[idx], y[idx], eps=a.eps, norm=a.norm, steps=steps,
                                 step_size=default_step_size(a.eps, a.norm), random_start=True, generator=g,
                                 loss_fn=LOSSES[loss], best_iterate=not fixed_work)

@@ -25,7 +25,7 @@ import torch
 
 from .data import DataError
 from .evaluate import Attack, evaluate, parse_attack
-from .files import write_text_atomic
+from common.files import write_json_atomic
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 
 __all__ = ["AttackSet", "parse_attack_set", "RunRef", "find_runs", "build_parser", "main"]
@@ -199,7 +199,7 @@ def store_entry(json_path: Path, key: str, entry: Dict, replace: bool) -> Dict:
     res = json.loads(json_path.read_text())
     extra = res.setdefault("extra_evals", {})
     extra[key] = merge_entry(extra.get(key), entry, replace)
-    write_text_atomic(json_path, json.dumps(res, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(json_path, res)
     return extra[key]
 
 

@@ -32,10 +32,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from common.files import write_json_atomic, write_text_atomic
+from common.threat import attack_label, norm_name, normalize_norm
+
 from . import distributed as ddist
 from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
 from .datasets import DATASETS, load_digits_split, load_fashion_mnist
-from .files import write_text_atomic
 from .masking import masking_markdown
 from .attacks import check_linf_eps
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
@@ -282,7 +284,7 @@ def run_id(cfg: TrainConfig) -> str:
     elif cfg.method == "sam":
         base = f"{'asam' if cfg.adaptive else 'sam'}_rho{cfg.rho:g}"
     else:
-        base = f"at_{'linf' if cfg.norm == 'inf' else 'l2'}_{format_eps(cfg.eps).replace('/', '-')}"
+        base = f"at_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
     return f"{base}_s{cfg.seed}"
 
 
@@ -292,7 +294,7 @@ def make_configs(args, r: Dict) -> List[TrainConfig]:
                   augment=args.augment, bf16=args.bf16, channels_last=args.channels_last, device=args.device,
                   n_train=r["n_train"], n_test=r["n_test"], synthetic=r["spec"].to_dict(),
                   attack_steps=args.at_steps, attack_step_size=r["at_step"],
-                  norm="inf" if args.norm == "linf" else "l2", adaptive=args.adaptive,
+                  norm=normalize_norm(args.norm), adaptive=args.adaptive,
                   sam_all_reduce_ascent=args.sam_all_reduce_ascent, bn_stats=args.bn_stats)
     cfgs = []
     for seed in r["seeds"]:
@@ -368,7 +370,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
         "run_id": rid, "dataset": cfg.dataset, "method": cfg.method,
         "rho": cfg.rho if cfg.method == "sam" else None,
         "eps": cfg.eps if cfg.method == "at" else None,
-        "norm": ("linf" if cfg.norm == "inf" else "l2") if cfg.method == "at" else None,
+        "norm": norm_name(cfg.norm) if cfg.method == "at" else None,
         "seed": cfg.seed, "epochs": cfg.epochs, "clean_acc": ev["clean_acc"], "robust": ev["robust"],
         "wall_time_s": res.train_time_s,
         "images_per_s": res.images_per_s if res.images_per_s is not None and math.isfinite(res.images_per_s)
@@ -392,7 +394,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
                                               device=train.x.device, seed=cfg.seed,
                                               batch_size=min(args.eval_batch_size, 250))
     if is_main:
-        write_text_atomic(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_json_atomic(path, result)
     return result
 
 

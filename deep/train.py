@@ -34,11 +34,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from common.files import write_atomic
+from common.seeds import EPOCH_MULT, RANK_MULT, mix_seed
+
 from . import distributed as ddist
 from .attacks import check_linf_eps, normalize_norm, pgd
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
-from .files import write_atomic
 from .model import PreActResNet18, normalization_for
 from .sam import SAM, frozen_bn_stats
 
@@ -351,7 +353,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
 
 def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int, salt: int) -> torch.Generator:
     g = torch.Generator(device=device)
-    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 9_176 + int(rank) * 7919 + salt) % (2 ** 62))
+    g.manual_seed(mix_seed(seed, (epoch, EPOCH_MULT), (rank, RANK_MULT), (salt, 1)))
     return g
 
 
@@ -430,7 +432,7 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int):
 # ---------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (atomic; files.write_atomic)."""
+    """torch.save to a temporary file in the same folder, then os.replace (atomic; common.files.write_atomic)."""
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from common.files import write_text_atomic
+
 from . import metrics
 from .derive import derive_all, render_markdown, write_docs
 from .model import FeatureModel, TsiprasModel
@@ -79,16 +81,6 @@ def _parse_eps_grid(text: str):
 
 def _model_dict(model):
     return {"type": type(model).__name__, **dataclasses.asdict(model)}
-
-
-def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # a plain open (not mkstemp, which creates mode 0600) so the result gets the usual umask permissions
-    tmp = os.path.join(folder, f".tmp_{os.getpid()}_{os.path.basename(path)}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _fmt(x, width=8, prec=4):
@@ -215,13 +207,13 @@ def _cmd_tradeoff(a):
     out = {"model": _model_dict(model), "tau": a.tau, "sam_norm": sam_norm, "eps_grid": [[str(n), e] for n, e in grid],
            "curves": curves, "summary": _summaries(model, curves, a.clean_tol, summary_key), "wall_time_s": wall}
     if a.out:
-        _atomic_write(a.out, json.dumps(out, indent=2))
+        write_text_atomic(a.out, json.dumps(out, indent=2))
         md = [f"# linear_theory tradeoff ({type(model).__name__}, tau={a.tau}"
               + (f", sam-norm={sam_norm})" if sam_norm else ")"), ""]
         for method, rows in curves.items():
             md += [f"## {method}", "", "```", _table(rows, "rho" if method.startswith("sam") else "eps"), "```", ""]
         md += ["## summary", "", "```", json.dumps(out["summary"], indent=2), "```", ""]
-        _atomic_write(os.path.splitext(a.out)[0] + ".md", "\n".join(md))
+        write_text_atomic(os.path.splitext(a.out)[0] + ".md", "\n".join(md))
     if a.json:
         print(json.dumps(out, indent=2))
         return

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from common import threat
+from common.files import jsonable
+
 from . import closed_forms as cf
 from . import metrics
 from . import numeric
@@ -37,9 +40,12 @@ DEFAULT_EPS_GRID = (("inf", 0.1), ("inf", 0.2), ("inf", 0.3), (2, 0.5), (2, 1.0)
 
 
 def attack_label(norm, eps) -> str:
+    """common.threat.attack_label with the radius as ``f"{eps:g}"`` ("linf_0.1", "l2_0.5"); any other
+    l_p norm (linear_theory allows p >= 1) is named "l{norm}"."""
     q = metrics.dual_exponent(norm)
-    name = "linf" if q == 1.0 else ("l2" if q == 2.0 else f"l{norm}")
-    return f"{name}_{eps:g}"
+    if q in (1.0, 2.0):
+        return threat.attack_label(threat.Norm.LINF if q == 1.0 else threat.Norm.L2, eps, fmt="g")
+    return f"l{norm}_{eps:g}"
 
 
 @dataclass
@@ -101,25 +107,11 @@ class Solution:
             "robust_reliance": self.robust_reliance,
             "loss": self.loss,
             "objective": self.objective,
-            "info": _jsonable(self.info),
+            "info": jsonable(self.info),
         }
         if full_weights:
             out["v"] = [float(x) for x in self.v]
         return out
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _parse_grid(eps_grid):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import linear_theory as lt
+from common.threat import attack_label
 
 __all__ = ["TheorySettings", "settings_from_meta", "theory_point", "method_curve", "rho_grid",
            "coordinate_strength", "weight_summary", "eval_key",
@@ -32,8 +33,7 @@ def rho_grid(top: float = 0.4, n: int = 17) -> tuple:
 
 def eval_key(norm, eps: float) -> str:
     """Name of an evaluation attack, as the simulations use it: ("inf", 0.1) -> "linf_0.1"."""
-    name = "linf" if str(norm).lower() in ("inf", "linf") else "l2"
-    return f"{name}_{float(eps):g}"
+    return attack_label(norm, eps, fmt="g")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 from scipy.stats import norm as normal
 
 import linear_theory as lt
+from common.threat import attack_label
 
 from .experiments import (Settings, at_job, sam_fixed_job, sam_free_job, sam_wd_job, st_job,
                           weights_by_rho)
@@ -306,7 +307,7 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
         entry = {"m": m, "rho": rho, "theory_lambda_m1": t_lam}
         for name, vals in (("lambda_eff", lam), ("rho_eff", rho_eff), ("reliance", rel),
                            ("clean", [_acc(model, v) for v in V]),
-                           (f"robust_linf_{st.eval_linf:g}", [_acc(model, v, "inf", st.eval_linf) for v in V])):
+                           (f"robust_{attack_label('inf', st.eval_linf, fmt='g')}", [_acc(model, v, "inf", st.eval_linf) for v in V])):
             mean, (lo, hi), _ = mean_ci(vals)
             entry[name] = {"mean": mean, "lo": lo, "hi": hi, "per_seed": [float(x) for x in vals]}
         sam_vs_m.append(entry)
@@ -351,8 +352,8 @@ def _weight_decay_rows(model, st: Settings, results) -> List[dict]:
 
 def _curve_stats(model, st: Settings, v) -> dict:
     return {"clean": _acc(model, v),
-            f"robust_linf_{st.eval_linf:g}": _acc(model, v, "inf", st.eval_linf),
-            f"robust_l2_{st.eval_l2:g}": _acc(model, v, "l2", st.eval_l2),
+            f"robust_{attack_label('inf', st.eval_linf, fmt='g')}": _acc(model, v, "inf", st.eval_linf),
+            f"robust_{attack_label('l2', st.eval_l2, fmt='g')}": _acc(model, v, "l2", st.eval_l2),
             "reliance": lt.robust_reliance(model, v),
             "ratio": weight_ratio(model, v)}
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import linear_theory as lt
-from deep.files import write_text_atomic
+from common.files import write_text_atomic
 
 from .engine import JobSpec, batch_key, train_sharded
 from .training import TrainConfig, fresh_data, train_replicas

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from deep.files import write_atomic  # noqa: E402
+from common.files import write_atomic  # noqa: E402
 
 __all__ = ["write_figures"]
 
