@@ -1,0 +1,85 @@
+"""The one-way dependency arrows of the package layout (README.md, "Layout"):
+
+    common <- linear_theory <- simulations,   common <- deep,   everything <- paper_figs
+
+Every module's imports (module level and inside functions) are read with ``ast``; an import of a
+package that is not upstream of the importing package fails the test.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("common", "linear_theory", "simulations", "deep", "paper_figs")
+
+#: package -> the other packages it may import
+ALLOWED = {
+    "common": set(),
+    "linear_theory": {"common"},
+    "simulations": {"common", "linear_theory"},
+    "deep": {"common"},
+    "paper_figs": {"common", "linear_theory", "simulations", "deep"},
+}
+
+#: (importing package, imported module) pairs allowed against the arrows
+EXCEPTIONS = {
+    # simulations -> deep: PGD and the SAM step; to move into common
+    ("simulations", "deep.attacks"),
+    ("simulations", "deep.sam"),
+}
+
+
+def _imported_modules(path: Path):
+    """(line, dotted name) of every absolute import in ``path``: ``import a.b`` -> "a.b",
+    ``from a.b import c`` -> "a.b.c" (c may be a submodule or a name in a.b)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def _allowed(package: str, name: str) -> bool:
+    top = name.split(".")[0]
+    if top not in PACKAGES or top == package or top in ALLOWED[package]:
+        return True
+    return any(p == package and (name == m or name.startswith(m + ".")) for p, m in EXCEPTIONS)
+
+
+def _violations(package: str, root: Path = ROOT) -> list:
+    return [f"{path.relative_to(root)}:{line}: {package} imports {name}"
+            for path in sorted((root / package).rglob("*.py"))
+            for line, name in _imported_modules(path) if not _allowed(package, name)]
+
+
+def test_every_package_is_listed():
+    found = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert found == set(PACKAGES), "a new top-level package needs its arrows in tests/test_layout.py"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_follow_the_arrows(package):
+    assert _violations(package) == []
+
+
+def test_checker_sees_a_violation(tmp_path):
+    """The checker itself: imports against the arrows are reported (also inside functions and in
+    ``from pkg import module`` form), allowed ones and the recorded exceptions are not."""
+    for pkg in ("common", "simulations"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "common" / "bad.py").write_text(
+        "import numpy\nfrom deep.attacks import pgd\n\ndef f():\n    import paper_figs.report\n")
+    (tmp_path / "simulations" / "ok.py").write_text(
+        "import linear_theory as lt\nfrom common.threat import Norm\nfrom deep.attacks import pgd\n"
+        "from deep import sam\nfrom deep.evaluate import evaluate\n")
+    assert [v.split(": ", 1)[1] for v in _violations("common", tmp_path)] == [
+        "common imports deep.attacks.pgd", "common imports paper_figs.report"]
+    assert [v.split(": ", 1)[1] for v in _violations("simulations", tmp_path)] == [
+        "simulations imports deep.evaluate.evaluate"]
