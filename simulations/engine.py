@@ -164,6 +164,7 @@ def _optimizer(specs, spans, P: torch.Tensor, G: torch.Tensor, total_steps: int)
 
 
 def _check_batch(specs: Sequence[JobSpec], U: int, n: int) -> None:
+    """ValueError unless the jobs can share one loop over data of U samples of n examples."""
     if not specs:
         raise ValueError("no jobs to train")
     keys = {batch_key(s.cfg) for s in specs}
