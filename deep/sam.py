@@ -84,8 +84,9 @@ class SAM(torch.optim.Optimizer):
 
     ``base_optimizer`` may be an optimizer class (constructed here on ``params`` with ``**kw``) or an
     already constructed optimizer instance (then ``params`` may be None and ``kw`` must be empty).
-    ``rho = 0`` reproduces the base optimizer exactly. ``param_groups``/``state`` are shared with the
-    base optimizer, so lr schedulers and ``state_dict`` work through the wrapper.
+    ``rho = 0`` reproduces the base optimizer exactly. Built on torch's public Optimizer API: the param
+    group dicts are shared with the base optimizer (lr schedulers work through the wrapper); the optimizer
+    state (momentum buffers) lives in the base optimizer and ``state_dict``/``load_state_dict`` are its.
     """
 
     def __init__(self, params, base_optimizer, rho: float = 0.05, adaptive: bool = False,
@@ -95,28 +96,23 @@ class SAM(torch.optim.Optimizer):
         if isinstance(base_optimizer, torch.optim.Optimizer):
             if kw:
                 raise ValueError("keyword options go to the base optimizer only when it is a class")
-            base = base_optimizer
+            base, groups = base_optimizer, base_optimizer.param_groups
         elif isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer):
             if params is None:
                 raise ValueError("params are required when base_optimizer is a class")
-            base = base_optimizer(params, **kw)
+            base, groups = None, params
         else:
             raise ValueError(f"base_optimizer must be a torch optimizer class or instance, "
                              f"got {base_optimizer!r}")
-        self.base_optimizer = base
+        # Public API only: Optimizer.__init__ builds our param groups (dicts); the base optimizer is built
+        # on (or already holds) the very same dicts, so an lr set on either is seen by both.
+        super().__init__(groups, dict(rho=float(rho), adaptive=bool(adaptive)))
+        self.base_optimizer = base if base is not None else base_optimizer(self.param_groups, **kw)
         self.rho = float(rho)
         self.adaptive = bool(adaptive)
         self.perturb_eps = float(perturb_eps)
-        # Share groups and state with the base optimizer (no copies).
-        self.defaults = dict(base.defaults, rho=self.rho, adaptive=self.adaptive)
-        self.param_groups = base.param_groups
-        self.state = base.state
         self._w_backup: Optional[List[torch.Tensor]] = None
         self._perturbed: List[torch.Tensor] = []
-        self._hook_for_profile = None
-        # torch.optim.Optimizer internals that some utilities (schedulers, hooks) look for.
-        self._optimizer_step_pre_hooks = getattr(base, "_optimizer_step_pre_hooks", {})
-        self._optimizer_step_post_hooks = getattr(base, "_optimizer_step_post_hooks", {})
 
     def _params_with_grad(self) -> List[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -175,9 +171,9 @@ class SAM(torch.optim.Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict) -> None:
+        """Load into the base optimizer (it replaces its group dicts), then share its groups again."""
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
-        self.state = self.base_optimizer.state
 
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
