@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import linear_theory as lt
-from common.files import write_text_atomic
+from common.files import jsonable, write_text_atomic
 
 from .engine import JobSpec, batch_key, train_sharded
 from .training import TrainConfig, fresh_data, train_replicas
@@ -217,31 +217,14 @@ def jobs_for(claims: Sequence[str], st: Settings) -> List[Job]:
     return out
 
 
-def _jsonable(obj):
-    """Replace non-finite floats by None and numpy scalars/arrays by Python objects (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (``deep.files.write_text_atomic``: tmp file, then os.replace)."""
+    """Write ``text`` to ``path`` atomically (``common.files.write_text_atomic``: tmp file, then os.replace)."""
     write_text_atomic(path, text)
 
 
 def atomic_write_json(path: str, obj) -> None:
     """Write strict JSON (NaN/inf -> null) to ``path`` atomically (via :func:`atomic_write_text`)."""
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False))
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=1, allow_nan=False))
 
 
 def load_job(job: Job, cache_dir: str, model, tag: Optional[str] = None) -> Optional[dict]:

@@ -23,7 +23,7 @@ def _err(sim: dict):
 
 
 def _save(fig, path: str) -> str:
-    """PNG written atomically (``deep.files.write_atomic``); the figure is closed."""
+    """PNG written atomically (``common.files.write_atomic``); the figure is closed."""
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
