@@ -65,12 +65,31 @@ def sources(res: Dict) -> Dict[str, Dict]:
     return out
 
 
+def _baseline_name(res: Dict) -> str:
+    ev = res.get("eval") or {}
+    return f"pgd-{ev.get('attack_steps', 10)}x{ev.get('restarts', 1)}-{ev.get('loss') or 'ce'}"
+
+
 def gap_points(res: Dict, label: str) -> Optional[float]:
-    """Baseline minus the lowest other estimate at ``label``, in points; None without both."""
+    """Baseline PGD minus the lowest other estimate at ``label`` *on the same images*, in points.
+
+    The baseline is the run's own PGD or the same PGD re-run on the subset the stronger attacks used
+    (an extra_evals entry named like the run's attack, e.g. pgd-10x1-ce); only estimates with the same
+    number of images n are compared (the first n test images in both), so sampling differences between
+    the 2,000-image PGD and a 100-image AutoAttack never pass as a gap. The largest matched gap; None
+    without a matched pair."""
     src = sources(res)
-    base = [s["robust"][label] for s in src.values() if s["kind"] == "baseline" and label in s["robust"]]
-    other = [s["robust"][label] for s in src.values() if s["kind"] != "baseline" and label in s["robust"]]
-    return 100.0 * (base[0] - min(other)) if base and other else None
+    same_attack = _baseline_name(res)
+    bases = [(name, s) for name, s in src.items()
+             if (s["kind"] == "baseline" or name == same_attack) and label in s["robust"]]
+    gaps = []
+    for bname, b in bases:
+        others = [s["robust"][label] for name, s in src.items()
+                  if name != bname and name != same_attack and s["kind"] != "baseline"
+                  and label in s["robust"] and s["n"] == b["n"]]
+        if others:
+            gaps.append(100.0 * (b["robust"][label] - min(others)))
+    return max(gaps) if gaps else None
 
 
 def monotone_violations(robust: Dict[str, float], tol: float = MONOTONE_TOL) -> List[str]:

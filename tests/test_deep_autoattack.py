@@ -126,7 +126,11 @@ def test_gap_is_baseline_minus_the_lowest_other_estimate_and_flags_above_two_poi
     base = {"linf_0.01": 0.50, "linf_0.02": 0.30}
     extra = {"pgd-50x5-ce": {"robust": {"linf_0.01": 0.47, "linf_0.02": 0.295}, "n": 500},
              "autoattack-cpu": {"robust": {"linf_0.01": 0.455, "linf_0.02": 0.29}, "n": 500}}
-    res = _res(robust=base, extra=extra)
+    # estimates on 500 images are not compared with the run's PGD on 2,000 images (other images) ...
+    assert masking.gap_points(_res(robust=base, extra=extra), "linf_0.01") is None
+    # ... but with the run's PGD-10 re-run on the same 500 images
+    extra["pgd-10x1-ce"] = {"robust": dict(base), "n": 500}
+    res = _res(robust={"linf_0.01": 0.9, "linf_0.02": 0.9}, extra=extra)
     assert masking.gap_points(res, "linf_0.01") == pytest.approx(4.5)
     assert masking.gap_points(res, "linf_0.02") == pytest.approx(1.0)
     assert masking.gap_points(_res(robust=base), "linf_0.01") is None
@@ -139,7 +143,7 @@ def test_gap_is_baseline_minus_the_lowest_other_estimate_and_flags_above_two_poi
 
 
 def test_gap_over_seeds_reports_mean_and_worst_seed():
-    runs = [_res(s, robust={"l2_0.5": 0.40}, aa={"version": "cpu", "n": 1000, "robust": {"l2_0.5": 0.40 - g}})
+    runs = [_res(s, robust={"l2_0.5": 0.40}, aa={"version": "cpu", "n": 2000, "robust": {"l2_0.5": 0.40 - g}})
             for s, g in ((0, 0.01), (1, 0.03))]
     (check,) = masking.masking_checks(runs)
     (row,) = check["radii"]
