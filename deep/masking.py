@@ -193,7 +193,7 @@ def masking_markdown(results: Sequence[Dict]) -> str:
     table per configuration."""
     checks = masking_checks(results)
     lines = ["## Gradient-masking checks", "",
-             f"Robust accuracy in %, mean over seeds. gap = the run's own PGD minus the lowest other estimate "
+             f"Robust accuracy in %, mean over seeds. gap = the run's PGD (or the same PGD re-run on the same images) minus the lowest other estimate on the same images "
              f"(points; worst seed in brackets), flagged above {GAP_FLAG:g} points in any seed; monotone: no "
              f"estimate rises with eps by more than {MONOTONE_TOL:g} points; sanity: at the large radii the "
              f"lowest estimate is at most {100 * SANITY_MAX:g} % (deep.masking).", "",

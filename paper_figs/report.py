@@ -96,7 +96,16 @@ def deep_tables(deep: dict) -> str:
                 out.append("| " + " | ".join([c.text] + [c.probes[k].fmt() if k in c.probes
                                                           else "-" for k in PROBE_KEYS]) + " |")
         out.append("")
+        out.append(masking_section(runs))
     return "\n".join(out)
+
+
+def masking_section(runs) -> str:
+    """The gradient-masking checks of deep.masking (PGD-10 vs stronger PGD vs AutoAttack on the same
+    images, monotone in eps, large-eps sanity) for the runs of one data set, one level below its heading."""
+    from deep.masking import masking_markdown
+    text = masking_markdown([r.raw for r in runs])
+    return text.replace("## Gradient-masking checks", "#### Gradient-masking checks", 1) + "\n"
 
 
 def render_report(report_path, figures, skipped, errors, sim, deep, command: str,
