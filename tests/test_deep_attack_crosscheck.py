@@ -20,13 +20,7 @@ torchattacks = pytest.importorskip("torchattacks")
 BATCH = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """A tiny model gains nothing from intra-op threads, and on a busy machine they slow down badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from deep.evaluate import Attack, evaluate, main as evaluate_main  # noqa: E402
 from deep.run import main as run_main  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tiny models gain nothing from more, and a busy machine slows threads badly."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ wrapper

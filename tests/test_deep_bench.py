@@ -11,14 +11,7 @@ from deep import bench
 from deep.model import preact_resnet18
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tiny models are dominated by per-op overhead, which extra threads only add
-    to on a busy CPU (no result depends on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")  # tests/conftest.py
 
 
 def analytic_forward_flops(width, classes=10, size=32, channels=3):

@@ -30,13 +30,7 @@ LR = 0.1
 N, B_RANK, WORLD, EPOCHS, SEED = 24, 4, 2, 2, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-process references on one thread (fast on a busy CPU; results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------------------- single process

@@ -17,12 +17,7 @@ TINY = ["--dataset", "synthetic", "--methods", "st", "--epochs", "1", "--n-train
         "--probe-n", "16", "--threads", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _cli_error(argv, capsys):

@@ -12,13 +12,7 @@ from deep.train import DivergenceError, TrainConfig, fit, lr_at
 SPEC = SyntheticSpec(image_size=16, robust_resolution=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine they slow down badly."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _cfg(**kw):
