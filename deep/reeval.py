@@ -126,7 +126,7 @@ def load_run_model(ref: RunRef, device: torch.device):
         cfg = TrainConfig(**ck["config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{ref.checkpoint}: configuration not readable by this version ({err})") from None
-    if ck.get("epoch", 0) < cfg.epochs:
+    if ck.get("epoch", 0) < cfg.epochs and ck.get("stopped_early") is None:
         raise ValueError(f"{ref.checkpoint}: unfinished run (epoch {ck.get('epoch')} of {cfg.epochs})")
     model = build_model(cfg, device)
     model.load_state_dict(ck["model"])

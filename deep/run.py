@@ -41,7 +41,9 @@ from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .masking import masking_markdown
 from .attacks import check_linf_eps
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
-from .train import BN_STATS, DivergenceError, TrainConfig, config_matches, fit, resolve_device, _flags
+from .archs import ARCHS, DEFAULT_ARCH
+from .train import (AT_VARIANTS, BN_STATS, METHOD_NAMES, DivergenceError, TrainConfig, at_variant,
+                    at_variant_config, config_matches, fit, resolve_device, _flags)
 
 # Per-data-set protocol (docs/protocol.md): the grid and the evaluation used unless options say otherwise.
 CIFAR_PROTOCOL = dict(methods="st,sam,at", rho="0.1,0.2,0.4", eps="8/255", epochs=100, width=64,
@@ -106,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cifar10 / cifar100 (python archives in --data-dir), fashion-mnist (idx files in "
                         "--data-dir or from Debian's package dataset-fashion-mnist), digits (scikit-learn) or "
                         "the generated robust/non-robust images (synthetic) [default: cifar10]")
-    g.add_argument("--methods", default=None, help="comma list of st, sam, at [default: st,sam,at]")
+    g.add_argument("--methods", default=None,
+                   help="comma list of st, sam, at and the cheap AT variants fgsm-rs (FGSM, random start, step "
+                        "1.25 eps), pgd1 (one step of eps from the clean point) and pgd2 (two steps of eps/2, "
+                        "random start), which train at the --eps radii with a catastrophic-overfitting check "
+                        "[default: st,sam,at]")
+    g.add_argument("--archs", default=DEFAULT_ARCH,
+                   help="comma list of architectures: " + ", ".join(ARCHS) + " (deep/archs.py)")
     g.add_argument("--rho", default=None,
                    help="comma list of SAM radii [default: 0.1,0.2,0.4; fashion-mnist, digits: 0.05,0.1,0.2,0.4]")
     g.add_argument("--adaptive", action="store_true", help="adaptive SAM (ASAM): e = rho w^2 g / ||w g||")
@@ -238,9 +246,13 @@ def _resolve(parser, args) -> Dict:
     """Validate the arguments after filling in the profile / data-set defaults (:func:`_apply_profile`)."""
     _apply_profile(parser, args)
     methods = _csv(args.methods)
-    bad = [m for m in methods if m not in ("st", "sam", "at")]
+    bad = [m for m in methods if m not in METHOD_NAMES]
     if bad or not methods:
-        parser.error(f"--methods: unknown method(s) {bad}; choose from st, sam, at")
+        parser.error(f"--methods: unknown method(s) {bad}; choose from {', '.join(METHOD_NAMES)}")
+    archs = _csv(args.archs)
+    bad = [a for a in archs if a not in ARCHS]
+    if bad or not archs:
+        parser.error(f"--archs: unknown architecture(s) {bad}; choose from {', '.join(ARCHS)}")
     rhos = _float_list(parser, args.rho, "rho")
     epss = _float_list(parser, args.eps, "eps")
     try:
@@ -272,20 +284,25 @@ def _resolve(parser, args) -> Dict:
         parser.error(f"--eval-attacks: {', '.join(dict.fromkeys(dup))} given more than once (linf: and inf: "
                      f"are the same norm); each attack once")
     out_dir = Path(args.out) / ("quick" if args.profile == "quick" else args.dataset)
-    return dict(threads=args.threads, dataset=args.dataset, methods=methods, rhos=rhos, epss=epss, seeds=seeds,
+    return dict(threads=args.threads, dataset=args.dataset, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds,
                 epochs=args.epochs, width=args.width, batch=args.batch_size, n_train=args.n_train,
                 n_test=args.n_test, probe_n=args.probe_n, attacks=attacks, at_step=at_step, spec=spec,
                 device=device, out_dir=out_dir)
 
 
 def run_id(cfg: TrainConfig) -> str:
+    """e.g. st_s0, sam_rho0.1_s0, at_linf_0.1_s0, fgsm-rs_linf_0.1_s0, vit_sam_rho0.1_s1 (architecture
+    prefix unless PreActResNet-18; AT with a custom number of steps: at10 -> at{k})."""
     if cfg.method == "st":
         base = "st"
     elif cfg.method == "sam":
         base = f"{'asam' if cfg.adaptive else 'sam'}_rho{cfg.rho:g}"
     else:
-        base = f"at_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
-    return f"{base}_s{cfg.seed}"
+        name = at_variant(cfg) or ("at" if cfg.attack_steps == 10 and cfg.attack_random_start
+                                   and cfg.attack_step_size is None else f"at{cfg.attack_steps}")
+        base = f"{name}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
+    arch = "" if cfg.arch == DEFAULT_ARCH else f"{cfg.arch}_"
+    return f"{arch}{base}_s{cfg.seed}"
 
 
 def make_configs(args, r: Dict) -> List[TrainConfig]:
@@ -298,13 +315,17 @@ def make_configs(args, r: Dict) -> List[TrainConfig]:
                   sam_all_reduce_ascent=args.sam_all_reduce_ascent, bn_stats=args.bn_stats)
     cfgs = []
     for seed in r["seeds"]:
-        for m in r["methods"]:
-            if m == "st":
-                cfgs.append(TrainConfig(method="st", seed=seed, **common))
-            elif m == "sam":
-                cfgs.extend(TrainConfig(method="sam", rho=rho, seed=seed, **common) for rho in r["rhos"])
-            else:
-                cfgs.extend(TrainConfig(method="at", eps=eps, seed=seed, **common) for eps in r["epss"])
+        for arch in r["archs"]:
+            for m in r["methods"]:
+                kw = dict(common, seed=seed, arch=arch)
+                if m == "st":
+                    cfgs.append(TrainConfig(method="st", **kw))
+                elif m == "sam":
+                    cfgs.extend(TrainConfig(method="sam", rho=rho, **kw) for rho in r["rhos"])
+                elif m == "at":
+                    cfgs.extend(TrainConfig(method="at", eps=eps, **kw) for eps in r["epss"])
+                else:
+                    cfgs.extend(TrainConfig(**dict(kw, **at_variant_config(m, eps))) for eps in r["epss"])
     return cfgs
 
 
@@ -371,6 +392,7 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
         "rho": cfg.rho if cfg.method == "sam" else None,
         "eps": cfg.eps if cfg.method == "at" else None,
         "norm": norm_name(cfg.norm) if cfg.method == "at" else None,
+        "arch": cfg.arch, "at_variant": at_variant(cfg), "stopped_early": res.stopped_early,
         "seed": cfg.seed, "epochs": cfg.epochs, "clean_acc": ev["clean_acc"], "robust": ev["robust"],
         "wall_time_s": res.train_time_s,
         "images_per_s": res.images_per_s if res.images_per_s is not None and math.isfinite(res.images_per_s)
@@ -400,11 +422,20 @@ def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
 
 # ------------------------------------------------------------------------------------------- tables
 
-def _method_label(res: Dict) -> str:
-    """st, sam, asam (adaptive SAM) or at."""
-    if res["method"] == "sam" and (res.get("config") or {}).get("adaptive"):
-        return "asam"
-    return res["method"]
+def method_label(res: Dict) -> str:
+    """st, sam, asam (adaptive SAM), at or an AT variant (fgsm-rs, pgd1, pgd2); prefixed by the
+    architecture unless PreActResNet-18 (e.g. "vit sam")."""
+    cfg = res.get("config") or {}
+    label = res["method"]
+    if label == "sam" and cfg.get("adaptive"):
+        label = "asam"
+    elif label == "at" and cfg:
+        try:
+            label = at_variant(TrainConfig(**cfg)) or label
+        except (TypeError, ValueError):
+            pass
+    arch = cfg.get("arch", DEFAULT_ARCH)
+    return label if arch == DEFAULT_ARCH else f"{arch} {label}"
 
 
 def _per_s(val) -> str:
@@ -437,7 +468,7 @@ def results_table(results: Sequence[Dict]) -> str:
         [f"probe {p}" for p in probe_cols] + ["train time (s)", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
-        row = [_method_label(res), _strength(res)] + ([settings[_group_key(res)]] if extra else [])
+        row = [method_label(res), _strength(res)] + ([settings[_group_key(res)]] if extra else [])
         row += [str(res["seed"]), f"{100 * res['clean_acc']:.2f}"]
         row += [f"{100 * res['robust'][k]:.2f}" if k in res["robust"] else "" for k in labels]
         row += [f"{100 * res['probes'][p]:.2f}" if res.get("probes") and p in res["probes"] else ""
@@ -498,7 +529,7 @@ def _group_settings(groups: Dict[str, List[Dict]]) -> Dict[str, str]:
     evals = _distinct_evals([rs[0] for rs in groups.values()])
     rows: Dict[tuple, List[str]] = {}
     for key, rs in groups.items():
-        rows.setdefault((_method_label(rs[0]), _strength(rs[0])), []).append(key)
+        rows.setdefault((method_label(rs[0]), _strength(rs[0])), []).append(key)
     out = {key: "" for key in groups}
     for keys in rows.values():
         if len(keys) < 2:
@@ -538,7 +569,7 @@ def aggregate_table(results: Sequence[Dict]) -> str:
     head = ["method", "strength"] + extra + ["seeds", "clean"] + labels + ["train time (s)", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, rs in groups.items():
-        row = [_method_label(rs[0]), _strength(rs[0])] + ([settings[key]] if extra else [])
+        row = [method_label(rs[0]), _strength(rs[0])] + ([settings[key]] if extra else [])
         row += [str(len(rs)), _mean_sd([x["clean_acc"] for x in rs])]
         row += [_mean_sd([x["robust"][k] for x in rs if k in x["robust"]]) if any(k in x["robust"] for x in rs)
                 else "" for k in labels]
@@ -581,8 +612,10 @@ def write_summary(out_dir: Path) -> Path:
             continue
         if isinstance(res, dict) and "clean_acc" in res:
             results.append(res)
-    order = {"st": 0, "sam": 1, "asam": 2, "at": 3}
-    results.sort(key=lambda x: (order.get(_method_label(x), 9), x.get("rho") or 0, x.get("eps") or 0,
+    order = {"st": 0, "sam": 1, "asam": 2, "fgsm-rs": 3, "pgd1": 4, "pgd2": 5, "at": 6}
+    results.sort(key=lambda x: ((x.get("config") or {}).get("arch", DEFAULT_ARCH) != DEFAULT_ARCH,
+                                (x.get("config") or {}).get("arch", ""),
+                                order.get(method_label(x).split()[-1], 9), x.get("rho") or 0, x.get("eps") or 0,
                                 x.get("norm") or "", x["seed"]))
     text = [f"# deep results: {out_dir.name}", "",
             "Accuracies in % on the test set; robust columns are PGD (random start, worst case over restarts);"

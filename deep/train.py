@@ -41,14 +41,53 @@ from . import distributed as ddist
 from .attacks import check_linf_eps, normalize_norm, pgd
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
-from .model import PreActResNet18, normalization_for
+from .archs import ARCHS, DEFAULT_ARCH, build_arch
+from .model import normalization_for
 from .sam import SAM, frozen_bn_stats
 
 __all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
            "train_step", "train_epoch", "fit", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
-           "config_matches", "BN_STATS", "batch_bounds"]
+           "config_matches", "BN_STATS", "batch_bounds", "AT_VARIANTS", "METHOD_NAMES", "at_variant",
+           "at_variant_config", "pgd_check_acc"]
 
 METHODS = ("st", "sam", "at")
+# Cheap adversarial training at about SAM's cost (two or three forward/backward passes per step instead of
+# AT's eleven; docs/protocol.md, "equal cost"): name -> (PGD steps, step size / eps, random start).
+#   fgsm-rs: FGSM from a uniform random start with step 1.25 eps ("fast AT", Wong, Rice and Kolter 2020)
+#   pgd1:    one PGD step of eps from the clean point (= FGSM AT, Goodfellow et al. 2015)
+#   pgd2:    two PGD steps of eps/2 from a uniform random start
+# All three train with the catastrophic-overfitting check of AT_VARIANT_CHECK images (pgd_check).
+AT_VARIANTS = {"fgsm-rs": (1, 1.25, True), "pgd1": (1, 1.0, False), "pgd2": (2, 0.5, True)}
+AT_VARIANT_CHECK = 256
+METHOD_NAMES = METHODS + tuple(AT_VARIANTS)     # what --methods accepts
+
+
+def at_variant_config(name: str, eps: float) -> dict:
+    """TrainConfig fields of the AT variant ``name`` (AT_VARIANTS) at radius ``eps``."""
+    steps, mult, start = AT_VARIANTS[name]
+    return dict(method="at", eps=eps, attack_steps=steps, attack_step_size=mult * eps,
+                attack_random_start=start, pgd_check=AT_VARIANT_CHECK)
+
+
+def at_variant(cfg) -> Optional[str]:
+    """The AT_VARIANTS name that ``cfg`` (a TrainConfig) trains with, or None (the protocol's PGD AT or a
+    custom setting)."""
+    if cfg.method != "at":
+        return None
+    for name in AT_VARIANTS:
+        want = at_variant_config(name, cfg.eps)
+        if all(_same(getattr(cfg, k), v) for k, v in want.items()):
+            return name
+    return None
+
+
+def _same(a, b) -> bool:
+    """Equal, with floats compared to 1e-12 relative (step sizes are products like 1.25 * eps)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-12 * max(1.0, abs(b))
+    return a == b
+
+
 # Which training forwards update the BatchNorm running statistics: "first" (ours: only the forward that
 # computes the training loss at w; SAM's second pass and AT's inner PGD run under frozen_bn_stats) or "all"
 # (the paper's code: every forward in train mode, including SAM's second pass and each PGD iteration).
@@ -90,6 +129,9 @@ class TrainConfig:
     synthetic: dict = field(default_factory=lambda: SyntheticSpec().to_dict())
     check_every: int = 50               # steps between non-finite checks (one host sync each)
     bn_stats: str = "first"             # BN running-statistics updates: "first" | "all" (BN_STATS)
+    arch: str = DEFAULT_ARCH            # a key of deep.archs.ARCHS
+    attack_random_start: bool = True    # AT: PGD starts from a uniform point of the eps ball
+    pgd_check: int = 0                  # AT: images of the catastrophic-overfitting check (0: off)
 
     def __post_init__(self):
         dataset_info(self.dataset)  # ValueError listing the data sets
@@ -102,6 +144,10 @@ class TrainConfig:
         self.norm = normalize_norm(self.norm)
         if self.norm == "inf":
             check_linf_eps(self.eps, "eps")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {self.arch!r}")
+        if self.pgd_check < 0:
+            raise ValueError(f"pgd_check must be >= 0, got {self.pgd_check!r}")
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         for name in ("epochs", "batch_size", "width"):
@@ -220,12 +266,12 @@ def autocast_ctx(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> PreActResNet18:
-    """PreActResNet-18 for ``cfg`` (weights from torch.manual_seed(cfg.seed))."""
+def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """cfg.arch (PreActResNet-18 by default; deep.archs) for ``cfg`` (weights from torch.manual_seed(cfg.seed))."""
     torch.manual_seed(cfg.seed)
     mean, std = normalization_for(cfg.dataset)
-    model = PreActResNet18(num_classes=cfg.num_classes, width=cfg.width, mean=mean, std=std,
-                           final_bn=cfg.final_bn).to(device)
+    size = cfg.synthetic_spec.image_size if cfg.dataset == "synthetic" else dataset_info(cfg.dataset).image_size
+    model = build_arch(cfg.arch, cfg.num_classes, cfg.width, mean, std, size, final_bn=cfg.final_bn).to(device)
     if _flags(cfg, device)[1]:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -327,7 +373,8 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     if cfg.method == "at":
         with bn_guard(raw), autocast_ctx(device, bf16):
             x = pgd(raw, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
-                    step_size=cfg.attack_step_size, random_start=True, generator=generator)
+                    step_size=cfg.attack_step_size, random_start=cfg.attack_random_start,
+                    generator=generator)
     opt.zero_grad(set_to_none=True)
     ascent = ddist.ascent_sync(model, cfg.sam_all_reduce_ascent) if cfg.method == "sam" \
         else contextlib.nullcontext()
@@ -464,6 +511,50 @@ class FitResult:
     images_per_s: Optional[float]       # None when no training time was measured (no epoch ran)
     epochs_done: int
     finished: bool
+    stopped_early: Optional[int] = None  # AT with pgd_check: epoch whose weights were kept after a collapse
+
+
+# A drop of the check's PGD accuracy by more than this below its best marks catastrophic overfitting.
+CO_DROP = 0.2
+
+
+def pgd_check_acc(model: torch.nn.Module, train: ImageData, cfg: TrainConfig) -> float:
+    """PGD-10 accuracy (cfg.eps, cfg.norm, step eps/4 or eps/8, random start, best iterate, eval mode,
+    fp32) on the first cfg.pgd_check training images: the catastrophic-overfitting check of fast AT (Wong,
+    Rice and Kolter 2020, early stopping when it collapses). Restores the model's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(device=train.x.device)
+    g.manual_seed(mix_seed(cfg.seed, (3, 1)))
+    correct = 0
+    n = min(cfg.pgd_check, len(train))
+    for s in range(0, n, 500):
+        x, y = to_float(train.x[s:min(s + 500, n)]), train.y[s:min(s + 500, n)]
+        xa = pgd(model, x, y, eps=cfg.eps, norm=cfg.norm, steps=10, random_start=True, generator=g,
+                 best_iterate=True)
+        with torch.no_grad():
+            correct += int((model(xa).argmax(1) == y).sum())
+    model.train(was_training)
+    return correct / max(n, 1)
+
+
+def _co_guard(model, train, cfg, rec: dict, best: dict) -> bool:
+    """Run the PGD check after an epoch (AT with cfg.pgd_check > 0): record its accuracy in ``rec``; keep a
+    copy of the best-checked weights in ``best``; on a drop of more than CO_DROP below the best, restore
+    those weights and return True (stop training)."""
+    if cfg.method != "at" or cfg.pgd_check <= 0:
+        return False
+    acc = pgd_check_acc(model, train, cfg)
+    rec["pgd_check_acc"] = acc
+    if acc >= best.get("acc", -1.0):
+        best.update(acc=acc, epoch=rec["epoch"],
+                    model={k: v.detach().clone() for k, v in model.state_dict().items()})
+        return False
+    if acc < best["acc"] - CO_DROP:
+        model.load_state_dict(best["model"])
+        rec["co_stop"] = f"PGD check {acc:.3f} < best {best['acc']:.3f} - {CO_DROP}: kept epoch {best['epoch']}"
+        return True
+    return False
 
 
 def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, resume: bool = False,
@@ -487,6 +578,8 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
     opt = build_optimizer(cfg, model)
     history: List[dict] = []
     start_epoch, train_time = 0, 0.0
+    best: dict = {}                       # best PGD-check weights (AT with cfg.pgd_check)
+    stopped: Optional[int] = None         # epoch kept after a catastrophic-overfitting stop
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         ck = load_checkpoint(checkpoint, device)
         if not config_matches(ck.get("config"), cfg):
@@ -495,10 +588,13 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history, train_time = ck["epoch"], ck["history"], ck["train_time_s"]
+        best, stopped = ck.get("pgd_check_best") or {}, ck.get("stopped_early")
         _set_rng_state(ck["rng"])
     net = compile_for(model, train, bf16, channels_last) if compile_model else model
     net = model_wrapper(net) if model_wrapper is not None else net
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    if stopped is not None:
+        end_epoch = start_epoch           # stopped early before the interruption: nothing left to train
     steps_per_epoch = len(batch_bounds(
         len(train) if shard is None else shard(torch.arange(len(train))).shape[0], cfg.batch_size))
     bar = None
@@ -521,22 +617,27 @@ def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, re
             count = ddist.all_reduce_sum(m["count"].to(device).float())
             rec = {"epoch": epoch + 1, "train_loss": float(loss_sum / count),
                    "train_acc": float(correct / count), "lr_end": lr_at(cfg, epoch + 1)}
+            halt = _co_guard(model, train, cfg, rec, best)     # its cost counts as training time
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time += time.perf_counter() - t0
             rec["images"] = int(count)
             history.append(rec)
+            stopped = best["epoch"] if halt else None
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
             if checkpoint is not None and is_main:
                 save_checkpoint(checkpoint, {
                     "config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "history": history, "train_time_s": train_time,
-                    "rng": _rng_state()})
+                    "rng": _rng_state(), "pgd_check_best": best, "stopped_early": stopped})
+            if stopped is not None:
+                break
     finally:
         if bar is not None:
             bar.close()
     images = sum(h["images"] for h in history)
     return FitResult(model=model, history=history, train_time_s=train_time,
                      images_per_s=images / train_time if train_time > 0 else None,
-                     epochs_done=len(history), finished=len(history) >= cfg.epochs)
+                     epochs_done=len(history), finished=len(history) >= cfg.epochs or stopped is not None,
+                     stopped_early=stopped)

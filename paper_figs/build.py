@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import deep_figures, figures, real_figures
+from . import beyond_figures, deep_figures, figures, real_figures
 from . import palette as pal
 from . import theory as th
 from .loaders import CorruptInput, MissingInput, load_deep, load_simulations
@@ -26,6 +26,7 @@ class BuildResult:
     errors: list = field(default_factory=list)      # corrupt inputs, one line each
     report: Path | None = None
     real: object = None                             # real_figures.RealSection or None
+    beyond: object = None                           # beyond_figures.BeyondSection or None
 
 
 def _skip_line(exc: MissingInput) -> str:
@@ -116,8 +117,14 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
         res.figures.append(fr)
         log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
     _real(ctx, report_path, res, log)
+    res.beyond = beyond_figures.beyond_section(ctx, report_path)
+    for line in res.beyond.skipped:
+        log(line)
+    res.skipped += res.beyond.skipped
+    for fr in res.beyond.figures:
+        log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
     render_report(report_path, res.figures, [s for s in res.skipped if "skipped:" in s],
-                  res.errors, sim, deep, command, inputs, real=res.real)
+                  res.errors, sim, deep, command, inputs, real=res.real, beyond=res.beyond)
     res.report = Path(report_path)
     log(f"report: {report_path}")
     return res

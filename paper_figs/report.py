@@ -109,7 +109,7 @@ def masking_section(runs) -> str:
 
 
 def render_report(report_path, figures, skipped, errors, sim, deep, command: str,
-                  inputs: list, real=None) -> str:
+                  inputs: list, real=None, beyond=None) -> str:
     """Write the report atomically; returns its text. ``figures``: FigureResult list; ``real``:
     the real-data section (:class:`paper_figs.real_figures.RealSection`: ``figures`` listed in the
     verdicts table, ``text`` placed before the deep result tables) or None."""
@@ -123,7 +123,7 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
     if skipped or errors:
         lines += ["", "Skipped:", ""] + [f"* {s}" for s in list(errors) + list(skipped)]
     lines += ["", "## Verdicts at a glance", "", "| figure | theory vs practice |", "|---|---|"]
-    for f in list(figures) + (list(real.figures) if real else []):
+    for f in list(figures) + (list(real.figures) if real else []) + (list(beyond.figures) if beyond else []):
         lines.append(f"| [{f.title}](#{f.name.replace('_', '-')}) | {f.verdict.text} |")
     lines += ["", "## Simulations, claim by claim (docs/theory.md S1-S5)", ""]
     if sim is not None:
@@ -135,6 +135,8 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
         lines += figure_block(f, f"Figure {i}: {f.title}", base)
     if real is not None:
         lines += [real.text, ""]
+    if beyond is not None and beyond.text:
+        lines += [beyond.text, ""]
     lines += ["## Deep results", ""]
     lines.append(deep_tables(deep) if deep else "Not available (see Skipped above).")
     text = "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,253 @@
+"""Beyond the paper (docs/protocol.md, "Beyond the paper"): the data, verdicts and tables of four
+questions, as pure functions of the saved runs (raw result dicts of deep.run).
+
+* equal cost: SAM against cheap AT (fgsm-rs, pgd1, pgd2) and PGD-10 AT at measured training cost;
+* architectures: SAM's robust gain over ST for PreActResNet-18, an MLP, a small CNN and a small ViT;
+* rho sweep: clean and robust accuracy of SAM against rho, with the linear theory's T6 shape;
+* saliency: how image-like the input gradients of ST, SAM and AT are (deep.saliency).
+
+Runs come from ``<results>/deep/<dataset>/`` (the main grid: ST, SAM, AT of PreActResNet-18) and
+``<results>/beyond/<experiment>/<dataset>/`` (EXPERIMENTS). Every verdict is computed from the numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from deep.archs import DEFAULT_ARCH
+from deep.run import method_label
+
+from .aggregate import Stat
+from .report import markdown_table
+
+__all__ = ["EXPERIMENTS", "BEYOND_DATASET", "Group", "load_beyond", "groups", "acc", "equal_cost_rows",
+           "equal_cost_verdict", "arch_gains", "arch_verdict", "rho_points", "saliency_rows",
+           "saliency_verdict", "SMALL_EPS", "MID_EPS"]
+
+BEYOND_DATASET = "fashion-mnist"
+# The command that produces each experiment's runs (docs/protocol.md lists the settings).
+EXPERIMENTS = {
+    "equal-cost": "python -m deep.run --profile cpu --methods fgsm-rs,pgd1,pgd2 --seeds 0,1 "
+                  "--out results/beyond/equal-cost",
+    "arch": "python -m deep.run --profile cpu --methods st,sam,at --rho 0.1 --archs mlp,vit --out "
+            "results/beyond/arch (cnn: --lr 0.02)",
+    "rho-sweep": "python -m deep.run --profile cpu --methods sam --rho 0.01,0.025,0.8,1.6 --seeds 0,1 "
+                 "--out results/beyond/rho-sweep",
+}
+SMALL_EPS, MID_EPS = "linf_0.02", "linf_0.05"       # the attacks the verdicts use (Fashion-MNIST radii)
+AA_KEY = "autoattack-cpu"
+
+
+@dataclass
+class Group:
+    """Runs that differ only in the seed: architecture, method label (st, sam, fgsm-rs, ..., at) and
+    strength (rho or eps)."""
+
+    arch: str
+    label: str
+    strength: float | None
+    runs: list
+
+    @property
+    def name(self) -> str:
+        arch = "" if self.arch == DEFAULT_ARCH else f"{self.arch} "
+        if self.label in ("sam", "asam"):
+            return f"{arch}{self.label.upper()} rho={self.strength:g}"
+        if self.strength is not None:
+            return f"{arch}{self.label.upper() if self.label == 'at' else self.label} eps={self.strength:g}"
+        return f"{arch}{self.label.upper()}"
+
+
+def _read(folder: Path) -> list:
+    out = []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(rec, dict) and "clean_acc" in rec and "config" in rec:
+            out.append(rec)
+    return out
+
+
+def load_beyond(results_dir, dataset: str = BEYOND_DATASET) -> dict:
+    """{"main": runs of <results>/deep/<dataset>, experiment: runs of <results>/beyond/<exp>/<dataset>}
+    (lists of raw result dicts; an absent folder gives an empty list)."""
+    root = Path(results_dir)
+    out = {"main": _read(root / "deep" / dataset)}
+    for exp in EXPERIMENTS:
+        out[exp] = _read(root / "beyond" / exp / dataset)
+    return out
+
+
+def groups(runs) -> list:
+    """Runs grouped by (architecture, method label, strength), in order of first appearance."""
+    out: dict = {}
+    for r in runs:
+        label = method_label(r).split()[-1]
+        arch = (r.get("config") or {}).get("arch", DEFAULT_ARCH)
+        strength = r.get("rho") if r["method"] == "sam" else r.get("eps")
+        key = (arch, label, strength)
+        out.setdefault(key, Group(arch, label, strength, []))
+        out[key].runs.append(r)
+    return list(out.values())
+
+
+def acc(g: Group, key: str | None = None, extra: str | None = None) -> Stat:
+    """Clean accuracy (key None), PGD robust accuracy ``key`` as stored by deep.run, or the accuracy
+    ``key`` of extra_evals[extra] (e.g. AutoAttack on the first 50 images) over the group's seeds."""
+    vals = []
+    for r in g.runs:
+        if key is None:
+            vals.append(r["clean_acc"])
+        elif extra is None:
+            vals.append((r.get("robust") or {}).get(key))
+        else:
+            vals.append((((r.get("extra_evals") or {}).get(extra) or {}).get("robust") or {}).get(key))
+    return Stat.of([v for v in vals if v is not None])
+
+
+def _time(g: Group) -> Stat:
+    return Stat.of([r.get("wall_time_s") for r in g.runs if r.get("wall_time_s") is not None])
+
+
+def _beyond(a: Stat, b: Stat) -> bool:
+    """a above b beyond the seed spread (mean - sd > mean + sd, both with >= 2 seeds)."""
+    return a.n >= 2 and b.n >= 2 and a.mean - a.sd > b.mean + b.sd
+
+
+# ----------------------------------------------------------------------------------------- equal cost
+
+EQUAL_COST_ORDER = ("st", "sam", "fgsm-rs", "pgd1", "pgd2", "at")
+
+
+def equal_cost_groups(data: dict) -> list:
+    """PreActResNet-18 groups of the main grid and the equal-cost runs, in EQUAL_COST_ORDER."""
+    gs = [g for g in groups(data["main"] + data["equal-cost"]) if g.arch == DEFAULT_ARCH]
+    return sorted(gs, key=lambda g: (EQUAL_COST_ORDER.index(g.label) if g.label in EQUAL_COST_ORDER else 9,
+                                     g.strength or 0))
+
+
+def equal_cost_rows(data: dict, cost: dict | None = None) -> tuple:
+    """(header, rows) of the equal-cost table: clean, PGD-10 at small/mid/large eps, AutoAttack (cpu
+    subset, first 50 images) at small/mid eps, training wall time and its ratio to ST, and the measured
+    time per step relative to ST from ``cost`` (deep.cost) when given."""
+    gs = equal_cost_groups(data)
+    st = next((g for g in gs if g.label == "st"), None)
+    header = ["method", "seeds", "clean", f"PGD {SMALL_EPS}", f"PGD {MID_EPS}", "PGD linf_0.1",
+              f"AA {SMALL_EPS} (50)", f"AA {MID_EPS} (50)", "train time (s)", "time / ST",
+              "step cost / ST"]
+    rows = []
+    for g in gs:
+        t = _time(g)
+        ratio = t.mean / _time(st).mean if st is not None and _time(st).n else float("nan")
+        step = (cost or {}).get("relative", {}).get(g.label)
+        rows.append([g.name, str(len(g.runs)), acc(g).fmt(), acc(g, SMALL_EPS).fmt(), acc(g, MID_EPS).fmt(),
+                     acc(g, "linf_0.1").fmt(), acc(g, SMALL_EPS, AA_KEY).fmt(), acc(g, MID_EPS, AA_KEY).fmt(),
+                     f"{t.mean:.0f}" if t.n else "-", f"{ratio:.2f}" if math.isfinite(ratio) else "-",
+                     f"{step:.2f}" if step else "-"])
+    return header, rows
+
+
+def equal_cost_verdict(data: dict) -> tuple:
+    """(holds, text) for "SAM can stand in for AT at equal cost": True when the best SAM configuration
+    matches or beats every cheap AT variant at the mid eps (PGD) while costing no more; computed."""
+    gs = equal_cost_groups(data)
+    sams = [g for g in gs if g.label == "sam" and acc(g, MID_EPS).n]
+    cheap = [g for g in gs if g.label in ("fgsm-rs", "pgd1", "pgd2") and acc(g, MID_EPS).n]
+    if not sams or not cheap:
+        return None, "not enough runs (needs SAM and at least one cheap AT variant)"
+    best_sam = max(sams, key=lambda g: acc(g, MID_EPS).mean)
+    best_cheap = max(cheap, key=lambda g: acc(g, MID_EPS).mean)
+    s, c = acc(best_sam, MID_EPS), acc(best_cheap, MID_EPS)
+    sc, cc = acc(best_sam), acc(best_cheap)
+    holds = s.mean >= c.mean
+    text = (f"best SAM ({best_sam.name}) PGD {MID_EPS} {s.fmt()} vs best cheap AT ({best_cheap.name}) "
+            f"{c.fmt()}; clean {sc.fmt()} vs {cc.fmt()}; train time {_time(best_sam).mean:.0f} s vs "
+            f"{_time(best_cheap).mean:.0f} s")
+    return holds, text
+
+
+# -------------------------------------------------------------------------------------- architectures
+
+def arch_gains(data: dict, key: str = SMALL_EPS) -> list:
+    """Per architecture: (arch, ST group, SAM group, AT group or None, gain = SAM - ST robust at ``key``
+    (Stat of the mean difference, sd as the larger of the two sds), clean change SAM - ST)."""
+    runs = [r for r in data["main"] if r["method"] == "st" or (r["method"] == "sam" and r.get("rho") == 0.1)
+            or (r["method"] == "at" and method_label(r) == "at")] + data["arch"]
+    by_arch: dict = {}
+    for g in groups(runs):
+        by_arch.setdefault(g.arch, {})[g.label if g.label != "sam" else "sam"] = g
+    out = []
+    for arch, d in by_arch.items():
+        st, sam = d.get("st"), d.get("sam")
+        if st is None or sam is None:
+            continue
+        a, b = acc(sam, key), acc(st, key)
+        gain = Stat(a.mean - b.mean, max(a.sd, b.sd), min(a.n, b.n))
+        out.append((arch, st, sam, d.get("at"), gain, acc(sam).mean - acc(st).mean))
+    return out
+
+
+def arch_verdict(gains: list) -> tuple:
+    """(holds, text): SAM gains robustness over ST on every architecture (mean gain > 0)."""
+    if not gains:
+        return None, "no architecture has both ST and SAM runs"
+    pos = [a for a, *_, gain, _c in gains if gain.mean > 0]
+    text = "; ".join(f"{a}: {100 * gain.mean:+.1f} pts (clean {100 * dc:+.1f})"
+                     for a, _st, _sam, _at, gain, dc in gains)
+    return len(pos) == len(gains), f"SAM - ST robust at {SMALL_EPS}: {text}"
+
+
+# ------------------------------------------------------------------------------------------ rho sweep
+
+def rho_points(data: dict) -> tuple:
+    """(ST group or None, [(rho, SAM group)] sorted by rho) of PreActResNet-18 from the main grid and the
+    rho sweep (same settings; the sweep adds rhos outside the protocol's 0.05-0.4)."""
+    gs = [g for g in groups(data["main"] + data["rho-sweep"]) if g.arch == DEFAULT_ARCH]
+    st = next((g for g in gs if g.label == "st"), None)
+    sams = sorted(((g.strength, g) for g in gs if g.label == "sam"), key=lambda t: t[0])
+    return st, sams
+
+
+def shape_summary(xs, clean, robust) -> dict:
+    """Shape of a trade-off curve along increasing strength ``xs``: where robust accuracy peaks (its
+    strength and value), and the clean accuracy change from the first point to that peak."""
+    i = max(range(len(robust)), key=lambda k: robust[k])
+    return {"peak_at": xs[i], "peak_robust": robust[i], "interior": 0 < i < len(xs) - 1,
+            "clean_drop_to_peak": clean[0] - clean[i], "robust_end_minus_peak": robust[-1] - robust[i]}
+
+
+# ------------------------------------------------------------------------------------------- saliency
+
+def saliency_rows(data: dict) -> list:
+    """(group, object_mass Stat, object_area Stat, image_corr Stat) for main-grid groups with a stored
+    saliency entry (python -m deep.saliency)."""
+    out = []
+    for g in groups(data["main"]):
+        ents = [r["saliency"] for r in g.runs if r.get("saliency")]
+        if ents:
+            out.append((g, Stat.of([e["object_mass"] for e in ents]), Stat.of([e["object_area"] for e in ents]),
+                        Stat.of([e["image_corr"] for e in ents])))
+    return out
+
+
+def saliency_verdict(rows: list) -> tuple:
+    """(holds, text): the feature-perturbation view predicts ST < SAM < AT in object mass; checked for
+    every SAM rho against the ST and AT groups."""
+    st = next((r for r in rows if r[0].label == "st"), None)
+    at = next((r for r in rows if r[0].label == "at"), None)
+    sams = [r for r in rows if r[0].label == "sam"]
+    if st is None or at is None or not sams:
+        return None, "needs saliency entries of ST, SAM and AT runs"
+    between = [r for r in sams if st[1].mean < r[1].mean < at[1].mean]
+    text = (f"object mass ST {st[1].fmt(1, 3)}, AT {at[1].fmt(1, 3)}; SAM " +
+            ", ".join(f"rho={r[0].strength:g} {r[1].fmt(1, 3)}" for r in sams) +
+            f"; SAM between ST and AT for {len(between)} of {len(sams)} rho")
+    return len(between) == len(sams), text
+
+
+def table(header, rows) -> str:
+    return markdown_table(header, rows)
