@@ -532,8 +532,8 @@ def pgd_check_acc(model: torch.nn.Module, train: ImageData, cfg: TrainConfig) ->
         x, y = to_float(train.x[s:min(s + 500, n)]), train.y[s:min(s + 500, n)]
         xa = pgd(model, x, y, eps=cfg.eps, norm=cfg.norm, steps=10, random_start=True, generator=g,
                  best_iterate=True)
-        with torch.no_grad():
-            correct += int((model(xa).argmax(1) == y).sum())
+        with torch.no_grad():   # robust = right on the clean image and on the attacked one (as deep.evaluate)
+            correct += int(((model(xa).argmax(1) == y) & (model(x).argmax(1) == y)).sum())
     model.train(was_training)
     return correct / max(n, 1)
 
