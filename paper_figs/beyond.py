@@ -123,11 +123,14 @@ def _beyond(a: Stat, b: Stat) -> bool:
 EQUAL_COST_ORDER = ("st", "sam", "fgsm-rs", "pgd1", "pgd2", "at")
 
 
+def _method_order(g: Group) -> tuple:
+    return (EQUAL_COST_ORDER.index(g.label) if g.label in EQUAL_COST_ORDER else 9, g.strength or 0)
+
+
 def equal_cost_groups(data: dict) -> list:
     """PreActResNet-18 groups of the main grid and the equal-cost runs, in EQUAL_COST_ORDER."""
-    gs = [g for g in groups(data["main"] + data["equal-cost"]) if g.arch == DEFAULT_ARCH]
-    return sorted(gs, key=lambda g: (EQUAL_COST_ORDER.index(g.label) if g.label in EQUAL_COST_ORDER else 9,
-                                     g.strength or 0))
+    return sorted((g for g in groups(data["main"] + data["equal-cost"]) if g.arch == DEFAULT_ARCH),
+                  key=_method_order)
 
 
 def equal_cost_rows(data: dict, cost: dict | None = None) -> tuple:
@@ -226,7 +229,7 @@ def saliency_rows(data: dict) -> list:
     """(group, object_mass Stat, object_area Stat, image_corr Stat) for main-grid groups with a stored
     saliency entry (python -m deep.saliency)."""
     out = []
-    for g in groups(data["main"]):
+    for g in sorted(groups(data["main"]), key=_method_order):
         ents = [r["saliency"] for r in g.runs if r.get("saliency")]
         if ents:
             out.append((g, Stat.of([e["object_mass"] for e in ents]), Stat.of([e["object_area"] for e in ents]),

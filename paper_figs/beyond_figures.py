@@ -179,24 +179,23 @@ def fig_rho(ctx: FigureContext, data: dict) -> FigureResult:
                         "accuracy costs there.", Verdict(same, ("Same shape: " if same else "Different shape: ") + text))
 
 
-def fig_saliency(ctx: FigureContext, data: dict) -> FigureResult:
-    rows = bd.saliency_rows(data)
-    if not rows:
-        raise SkipFigure("beyond_saliency skipped: no saliency entries; produce them with: python -m "
-                         "deep.saliency results/deep/fashion-mnist")
+def _saliency_panels(rows) -> list:
+    """(row name, maps, colormap, vmin) per row of the map grid: the images first (when stored), then the
+    seed-0 maps of each configuration in method order."""
     pick = {}
     for g, *_ in rows:
         for r in g.runs:
             if r.get("seed") == 0 and r.get("saliency", {}).get("maps"):
                 pick[(g.label, g.strength)] = (g.name, r["saliency"]["maps"])
-    order = sorted(pick, key=lambda k: (bd.EQUAL_COST_ORDER.index(k[0]) if k[0] in bd.EQUAL_COST_ORDER else 9, k[1] or 0))
-    ncol = min(6, min(len(pick[k][1]) for k in order))
+    order = sorted(pick, key=lambda k: (bd.EQUAL_COST_ORDER.index(k[0]) if k[0] in bd.EQUAL_COST_ORDER else 9,
+                                        k[1] or 0))
     images = next((r["saliency"].get("map_images") for g, *_ in rows for r in g.runs
                    if r.get("saliency", {}).get("map_images")), None)
-    panels = ([("image", images, "gray_r", 0.0)] if images else []) + \
+    return ([("image", images, "gray_r", 0.0)] if images else []) + \
         [(pick[k][0].replace(" rho=", "\n"), pick[k][1], "RdBu_r", -1.0) for k in order]
-    fig = plt.figure(figsize=(pal.COLUMN_WIDTH_IN * 1.8, 0.55 * len(panels) + 0.6))
-    gsp = fig.add_gridspec(len(panels), ncol + 3)
+
+
+def _map_grid(fig, gsp, panels, ncol: int) -> None:
     for i, (name, maps, cmap, vmin) in enumerate(panels):
         for j in range(ncol):
             ax = fig.add_subplot(gsp[i, j])
@@ -204,14 +203,29 @@ def fig_saliency(ctx: FigureContext, data: dict) -> FigureResult:
             ax.set_xticks([]), ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name, fontsize=5, rotation=0, ha="right", va="center")
-    ax = fig.add_subplot(gsp[:, ncol + 1:])
-    names = [g.name for g, *_ in rows]
+
+
+def _mass_bars(ax, rows) -> None:
+    """Object mass per configuration (mean and sd over seeds); dotted: the object's mean area."""
     ax.barh(range(len(rows)), [m.mean for _, m, _a, _c in rows], xerr=[m.sd for _, m, _a, _c in rows],
             color=[COLORS.get(g.label, "grey") for g, *_ in rows])
     ax.axvline(float(np.mean([a.mean for _, _m, a, _c in rows])), color="grey", linestyle=":", linewidth=0.8)
-    ax.set_yticks(range(len(rows)), names, fontsize=5)
+    ax.set_yticks(range(len(rows)), [g.name for g, *_ in rows], fontsize=5)
     ax.invert_yaxis()
     ax.set_xlabel("gradient mass on object", fontsize=6)
+
+
+def fig_saliency(ctx: FigureContext, data: dict) -> FigureResult:
+    rows = bd.saliency_rows(data)
+    if not rows:
+        raise SkipFigure("beyond_saliency skipped: no saliency entries; produce them with: python -m "
+                         "deep.saliency results/deep/fashion-mnist")
+    panels = _saliency_panels(rows)
+    ncol = min([6] + [len(p[1]) for p in panels])
+    fig = plt.figure(figsize=(pal.COLUMN_WIDTH_IN * 1.8, 0.55 * len(panels) + 0.6))
+    gsp = fig.add_gridspec(len(panels), ncol + 3)
+    _map_grid(fig, gsp, panels, ncol)
+    _mass_bars(fig.add_subplot(gsp[:, ncol + 1:]), rows)
     fig.tight_layout()
     files = save(fig, ctx.out_dir, "beyond_saliency", ctx.formats)
     holds, text = bd.saliency_verdict(rows)
