@@ -292,15 +292,14 @@ def _resolve(parser, args) -> Dict:
 
 def run_id(cfg: TrainConfig) -> str:
     """e.g. st_s0, sam_rho0.1_s0, at_linf_0.1_s0, fgsm-rs_linf_0.1_s0, vit_sam_rho0.1_s1 (architecture
-    prefix unless PreActResNet-18; AT with a custom number of steps: at10 -> at{k})."""
+    prefix unless PreActResNet-18; AT with other PGD settings keeps the name at_..., and a finished run of
+    another configuration under that name is refused by run_one)."""
     if cfg.method == "st":
         base = "st"
     elif cfg.method == "sam":
         base = f"{'asam' if cfg.adaptive else 'sam'}_rho{cfg.rho:g}"
     else:
-        name = at_variant(cfg) or ("at" if cfg.attack_steps == 10 and cfg.attack_random_start
-                                   and cfg.attack_step_size is None else f"at{cfg.attack_steps}")
-        base = f"{name}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
+        base = f"{at_variant(cfg) or 'at'}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
     arch = "" if cfg.arch == DEFAULT_ARCH else f"{cfg.arch}_"
     return f"{arch}{base}_s{cfg.seed}"
 

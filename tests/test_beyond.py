@@ -251,7 +251,7 @@ def test_fit_fgsm_rs_records_the_pgd_check(digits):
     (dict(at_variant_config("pgd1", 0.1)), "pgd1_linf_0.1_s0"),
     (dict(at_variant_config("pgd2", 0.1), arch="mlp"), "mlp_pgd2_linf_0.1_s0"),
     (dict(method="at", eps=0.1), "at_linf_0.1_s0"),
-    (dict(method="at", eps=0.1, attack_steps=5), "at5_linf_0.1_s0"),
+    (dict(method="at", eps=0.1, attack_steps=5), "at_linf_0.1_s0"),
     (dict(method="at", eps=8 / 255), "at_linf_8-255_s0"),
 ])
 def test_run_id(kw, want):
