@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from common.attacks import check_linf_eps
 from common.files import write_json_atomic, write_text_atomic
 from common.threat import attack_label, norm_name, normalize_norm
 
@@ -39,7 +40,6 @@ from . import distributed as ddist
 from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
 from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .masking import masking_markdown
-from .attacks import check_linf_eps
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
 from .archs import ARCHS, DEFAULT_ARCH
 from .train import (AT_VARIANTS, BN_STATS, METHOD_NAMES, DivergenceError, TrainConfig, at_variant,

@@ -103,7 +103,7 @@ def pgd_in_chunks(P, X, y, eps: float, norm: str, steps: int, random_start: bool
 
 def mc_accuracy(model, v, n: int, seed: int, norm=None, eps: float = 0.0, steps: int = 20,
                 random_start: bool = True):
-    """Monte-Carlo accuracy of f = v.x on n fresh samples under a real PGD attack (``deep.attacks.pgd``
+    """Monte-Carlo accuracy of f = v.x on n fresh samples under a real PGD attack (``common.attacks.pgd``
     via :func:`simulations.training.pgd_linear`). Returns (accuracy, max ||delta||, mean fraction of the
     L1 worst-case margin shift eps*||v||_q that the attack achieved, accuracy under the exact L1 worst
     case y v.x - eps*||v||_q > 0 on the same points)."""
