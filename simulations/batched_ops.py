@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from common.threat import normalize_norm
+
 from .training import logistic_loss, margins
 
 __all__ = ["sam_ascent_batched", "sam_gradient_batched", "pgd_random_start", "pgd_linear_batched",
@@ -97,7 +99,7 @@ def pgd_random_start(shape: Sequence[int], eps: float, norm: str,
     """The random start of ``common.attacks.pgd`` for unbounded inputs of ``shape`` (N, D), drawn from
     ``generator`` in the same order, so the same generator state gives the same start: l_inf uniform
     in the cube; l2 uniform in the ball (Gaussian direction, radius eps U^(1/D))."""
-    if norm == "inf":
+    if normalize_norm(norm) == "inf":
         u = torch.rand(tuple(shape), generator=generator, dtype=dtype)
         return (2.0 * u - 1.0) * eps
     g = torch.randn(tuple(shape), generator=generator, dtype=dtype)
@@ -138,8 +140,7 @@ def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, n
     :func:`pgd_random_start`), None for none. Each step is an autograd gradient of the summed loss at
     x + delta (with respect to the input, i.e. to delta), a sign (l_inf) or l2-normalised step, and the
     projection. Returns x_adv."""
-    if norm not in ("inf", "l2"):
-        raise ValueError(f"norm must be 'inf' or 'l2', got {norm!r}")
+    norm = normalize_norm(norm)   # "inf" | "l2"; ValueError otherwise
     eps_t = _rows(eps, X, 3)
     step_t = 2.5 * eps_t / max(int(steps), 1) if step_size is None else _rows(step_size, X, 3)
     Pd, x = P.detach(), X.detach()

@@ -18,7 +18,7 @@ import torch
 from scipy.stats import norm as normal
 
 import linear_theory as lt
-from common.threat import attack_label
+from common.threat import attack_label, normalize_norm
 
 from .experiments import (Settings, at_job, sam_fixed_job, sam_free_job, sam_wd_job, st_job,
                           weights_by_rho)
@@ -78,10 +78,15 @@ def prime_solutions(solved: Dict[tuple, "lt.Solution"]) -> None:
 PROJ = "T5 with ||P_w x|| (linear_theory sam_norm='projected')"
 
 
+def _robust_key(norm, eps: float) -> str:
+    """Name of a robust-accuracy statistic: ("inf", 0.1) -> "robust_linf_0.1" (common.threat.attack_label)."""
+    return f"robust_{attack_label(norm, eps, fmt='g')}"
+
+
 def _acc(model, v, norm=None, eps=0.0) -> float:
     if norm is None:
         return lt.clean_accuracy(model, v)
-    return lt.robust_accuracy(model, v, eps, norm=("inf" if norm == "inf" else 2))
+    return lt.robust_accuracy(model, v, eps, norm=normalize_norm(norm))
 
 
 # ----------------------------------------------------------------------------------------- S1
@@ -94,7 +99,7 @@ def pgd_in_chunks(P, X, y, eps: float, norm: str, steps: int, random_start: bool
     """:func:`simulations.training.pgd_linear` on ``chunk`` points at a time, with one generator: the
     same x_adv as one call on all points (PGD acts on each point alone, and the l_inf random start is
     drawn in the same order). The l2 random start (two draws per call) is not split."""
-    if len(X) <= chunk or (norm == "l2" and random_start):
+    if len(X) <= chunk or (normalize_norm(norm) == "l2" and random_start):
         return pgd_linear(P, X, y, eps, norm, steps=steps, random_start=random_start, generator=generator)
     return torch.cat([pgd_linear(P, X[i:i + chunk], y[i:i + chunk], eps, norm, steps=steps,
                                  random_start=random_start, generator=generator)
@@ -107,6 +112,7 @@ def mc_accuracy(model, v, n: int, seed: int, norm=None, eps: float = 0.0, steps:
     via :func:`simulations.training.pgd_linear`). Returns (accuracy, max ||delta||, mean fraction of the
     L1 worst-case margin shift eps*||v||_q that the attack achieved, accuracy under the exact L1 worst
     case y v.x - eps*||v||_q > 0 on the same points)."""
+    norm = None if norm is None else normalize_norm(norm)
     X, y = sample_replicas(model, n, [seed])
     X, y = X[0], y[0]
     P = torch.as_tensor(np.asarray(v, dtype=float))
@@ -307,7 +313,7 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
         entry = {"m": m, "rho": rho, "theory_lambda_m1": t_lam}
         for name, vals in (("lambda_eff", lam), ("rho_eff", rho_eff), ("reliance", rel),
                            ("clean", [_acc(model, v) for v in V]),
-                           (f"robust_{attack_label('inf', st.eval_linf, fmt='g')}", [_acc(model, v, "inf", st.eval_linf) for v in V])):
+                           (_robust_key("inf", st.eval_linf), [_acc(model, v, "inf", st.eval_linf) for v in V])):
             mean, (lo, hi), _ = mean_ci(vals)
             entry[name] = {"mean": mean, "lo": lo, "hi": hi, "per_seed": [float(x) for x in vals]}
         sam_vs_m.append(entry)
@@ -352,8 +358,8 @@ def _weight_decay_rows(model, st: Settings, results) -> List[dict]:
 
 def _curve_stats(model, st: Settings, v) -> dict:
     return {"clean": _acc(model, v),
-            f"robust_{attack_label('inf', st.eval_linf, fmt='g')}": _acc(model, v, "inf", st.eval_linf),
-            f"robust_{attack_label('l2', st.eval_l2, fmt='g')}": _acc(model, v, "l2", st.eval_l2),
+            _robust_key("inf", st.eval_linf): _acc(model, v, "inf", st.eval_linf),
+            _robust_key("l2", st.eval_l2): _acc(model, v, "l2", st.eval_l2),
             "reliance": lt.robust_reliance(model, v),
             "ratio": weight_ratio(model, v)}
 
@@ -391,7 +397,7 @@ def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
              ("at-linf", st.s5_eps, lambda s: results[at_job(st, "inf", s).key]["weights"],
               lambda s: _solve(model, "at-linf", s).v if s > 0 else _solve(model, "st").v))
     th_v_proj = lambda s: _solve(model, "sam-fixed-scale", s, tau=st.tau, sam_norm="projected").v  # noqa: E731
-    metrics = ("clean", f"robust_linf_{st.eval_linf:g}", f"robust_l2_{st.eval_l2:g}")
+    metrics = ("clean", _robust_key("inf", st.eval_linf), _robust_key("l2", st.eval_l2))
     for method, strengths, sim_w, th_v in specs:
         cur = {"strength": [float(s) for s in strengths], "theory": {}, "sim": {}}
         per_point = []
@@ -437,7 +443,7 @@ def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
     pos = [i for i, s in enumerate(sam["strength"]) if s > 0]
     if 0.0 in sam["strength"] and pos:
         i0, i1 = sam["strength"].index(0.0), pos[0]
-        key = f"robust_l2_{st.eval_l2:g}"
+        key = _robust_key("l2", st.eval_l2)
         gain = [b - a for a, b in zip(sam["sim"][key]["per_seed"][i0], sam["sim"][key]["per_seed"][i1])]
         rows.append(compare("S5-sam-gain", "S5",
                             f"T6: SAM rho={sam['strength'][i1]:g} gains l2 robust accuracy over rho=0 "

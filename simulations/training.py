@@ -34,6 +34,7 @@ from torch.func import grad, vmap
 
 from common.attacks import pgd
 from common.sam import sam_perturbation
+from common.threat import normalize_norm
 
 __all__ = [
     "TrainConfig", "FORMS", "METHODS", "margins", "logistic_loss", "sample_replicas",
@@ -100,8 +101,7 @@ class TrainConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of m ({self.m})")
         if self.batch_size > self.n_train:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n_train ({self.n_train})")
-        if self.norm not in ("inf", "l2"):
-            raise ValueError(f"norm must be 'inf' or 'l2', got {self.norm!r}")
+        object.__setattr__(self, "norm", normalize_norm(self.norm))   # "inf" | "l2"; ValueError otherwise
 
     def to_dict(self) -> dict:
         return asdict(self)
