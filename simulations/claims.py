@@ -18,6 +18,7 @@ import torch
 from scipy.stats import norm as normal
 
 import linear_theory as lt
+from common.seeds import S1_PGD_STEPS_SEED_OFFSET, S1_TEST_SEED_OFFSET, S1_WEIGHTS_MULT
 from common.threat import attack_label, normalize_norm
 
 from .experiments import (Settings, at_job, sam_fixed_job, sam_free_job, sam_wd_job, st_job,
@@ -147,7 +148,7 @@ def claim_S1(model, st: Settings, results=None) -> Tuple[List[dict], dict]:
     for i, (name, v) in enumerate(weights.items()):
         for j, (norm, eps) in enumerate(attacks):
             theory = _acc(model, v, norm, eps)
-            seed = 10_000 + 100 * i + j
+            seed = S1_TEST_SEED_OFFSET + S1_WEIGHTS_MULT * i + j
             rs = True if norm == "inf" else st.pgd_random_start_l2
             acc, dmax, frac, acc_l1 = mc_accuracy(model, v, st.s1_n_test, seed, norm, eps, st.s1_pgd_steps, rs)
             ci, _ = binomial_ci(acc, st.s1_n_test)
@@ -175,7 +176,7 @@ def claim_S1(model, st: Settings, results=None) -> Tuple[List[dict], dict]:
     # Finding: with a random start, l2 PGD approaches the L1 maximiser only slowly on a linear model.
     v = weights["T1 (ST)"]
     for steps in (st.pgd_steps, st.s1_pgd_steps):
-        fr = mc_accuracy(model, v, 2000, 20_000 + steps, "l2", st.eval_l2, steps, True)[2]
+        fr = mc_accuracy(model, v, 2000, S1_PGD_STEPS_SEED_OFFSET + steps, "l2", st.eval_l2, steps, True)[2]
         rows.append(measure(f"S1-pgd-l2-rs{steps}", "S1",
                             f"PGD-{steps} l2 eps={st.eval_l2:g} with random start: mean fraction of the L1 "
                             f"worst-case margin shift eps*||v||_2 reached (1 without random start)",
