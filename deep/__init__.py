@@ -2,8 +2,6 @@
 
 Modules (each importable on its own):
 
-* :mod:`deep.attacks` - ``pgd``: l_inf / l2 PGD in input space (docs/theory.md L1); reused by simulations/.
-* :mod:`deep.sam` - ``sam_perturbation`` and the ``SAM`` optimizer wrapper (docs/theory.md L2-L4).
 * :mod:`deep.model` - ``PreActResNet18`` with input normalisation inside ``forward``.
 * :mod:`deep.data` - CIFAR-10/100 reader and md5-checked download, the generated robust / non-robust
   image dataset with its probe variants, batched augmentation on device tensors.
@@ -14,4 +12,7 @@ Modules (each importable on its own):
 * :mod:`deep.masking` - gradient-masking checks on stored numbers (gap, monotonicity, large-eps sanity).
 * :mod:`deep.run` - ``python -m deep.run`` (``--quick`` for a one-minute CPU smoke run).
 * :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark.
+
+PGD and the SAM step live in ``common/`` (:mod:`common.attacks`, :mod:`common.sam`): simulations/ uses them
+too, and simulations/ may not import deep/.
 """

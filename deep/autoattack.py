@@ -25,6 +25,8 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from common.threat import Norm, parse_norm
+
 from .data import ImageData, to_float
 from .evaluate import Attack
 
@@ -50,7 +52,7 @@ def make_autoattack(model: torch.nn.Module, attack: Attack, version: str, device
 
     if version not in VERSIONS:
         raise ValueError(f"AutoAttack version must be one of {', '.join(VERSIONS)}, got {version!r}")
-    norm = {"inf": "Linf", "l2": "L2"}[attack.norm]
+    norm = {Norm.LINF: "Linf", Norm.L2: "L2"}[parse_norm(attack.norm)]   # the library's spelling
     if version == "standard":
         aa = AutoAttack(model, norm=norm, eps=attack.eps, version="standard", device=device, seed=seed)
     else:
@@ -74,7 +76,7 @@ def robust_flags(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attac
     with torch.random.fork_rng(devices=devices):
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     d = (x_adv - x).flatten(1)
-    size = d.abs().amax(1) if attack.norm == "inf" else d.norm(dim=1)
+    size = d.abs().amax(1) if parse_norm(attack.norm) is Norm.LINF else d.norm(dim=1)
     if bool((size > attack.eps + 1e-5).any()) or x_adv.min() < -1e-5 or x_adv.max() > 1 + 1e-5:
         raise RuntimeError(f"AutoAttack returned points outside the {attack.label} ball or the [0, 1] box")
     return _correct(model, x_adv, y, batch_size)

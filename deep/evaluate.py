@@ -3,7 +3,7 @@
 Robust accuracy at (norm, eps) is the share of test images classified correctly both clean and under
 every one of ``restarts`` PGD attacks (``steps`` steps, random start, step eps/4 for l_inf and eps/8 for
 l2 as in docs/protocol.md), i.e. the per-example worst case over restarts. A point counts as broken when any
-iterate of any restart fools the model (best iterate, deep.attacks.pgd); only points not yet broken are
+iterate of any restart fools the model (best iterate, common.attacks.pgd); only points not yet broken are
 attacked again. The PGD loss is cross-entropy ("ce") or the margin loss ("cw"). The model is in eval mode (BN running
 statistics) and the attack runs in fp32 unless ``bf16`` is asked for.
 
@@ -19,11 +19,11 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from common.attacks import LOSSES, default_step_size, normalize_norm, pgd
 from common.seeds import ATTACK_MULT, BATCH_MULT, EVAL_RANK_MULT, RESTART_MULT, mix_seed
 from common.threat import attack_label, format_eps, parse_eps
 
 from . import distributed as ddist
-from .attacks import LOSSES, default_step_size, normalize_norm, pgd
 from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
 
 __all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "unique_attacks", "DEFAULT_GRID", "evaluate", "probes"]

@@ -32,14 +32,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from common.attacks import check_linf_eps
 from common.files import write_json_atomic, write_text_atomic
-from common.threat import attack_label, norm_name, normalize_norm
+from common.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
 
 from . import distributed as ddist
 from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
 from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .masking import masking_markdown
-from .attacks import check_linf_eps
 from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
 from .archs import ARCHS, DEFAULT_ARCH
 from .train import (AT_VARIANTS, BN_STATS, METHOD_NAMES, DivergenceError, TrainConfig, at_variant,
@@ -271,11 +271,11 @@ def _resolve(parser, args) -> Dict:
                              pattern_seed=args.synthetic_seed,
                              num_classes=10)
         device = resolve_device(args.device)
-        if args.norm == "linf":
+        if parse_norm(args.norm) is Norm.LINF:
             for text, eps in zip(_csv(args.eps), epss):
                 check_linf_eps(eps, f"--eps {text}")
         for text, a in zip(_csv(args.eval_attacks), attacks):
-            if a.norm == "inf":
+            if parse_norm(a.norm) is Norm.LINF:
                 check_linf_eps(a.eps, f"--eval-attacks {text}")
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))

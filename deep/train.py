@@ -9,8 +9,8 @@ Structure (kept small so that data parallelism is a local change, see deep/distr
 
 Methods (docs/theory.md: ST = T1, SAM = L2-L4, AT = L1):
     st:  w <- SGD(w, grad L(w))
-    sam: e = rho g/||g|| (deep/sam.py), w <- SGD(w, grad L(w + e)); BN running stats from the first pass
-    at:  x_adv = PGD_eps(x) (deep/attacks.py, model in train mode with BN running stats frozen),
+    sam: e = rho g/||g|| (common/sam.py), w <- SGD(w, grad L(w + e)); BN running stats from the first pass
+    at:  x_adv = PGD_eps(x) (common/attacks.py, model in train mode with BN running stats frozen),
          w <- SGD(w, grad L(w; x_adv))
     (cfg.bn_stats = "all": every forward updates the BN running stats, as in the paper's code.)
 Learning rate (reference piecewise schedule): lr(t) = lr * (1, 0.1, 0.01) for t/epochs in
@@ -34,16 +34,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from common.attacks import check_linf_eps, normalize_norm, pgd
 from common.files import write_atomic
+from common.sam import SAM, frozen_bn_stats
 from common.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 
 from . import distributed as ddist
-from .attacks import check_linf_eps, normalize_norm, pgd
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
 from .archs import ARCHS, DEFAULT_ARCH, build_arch
 from .model import normalization_for
-from .sam import SAM, frozen_bn_stats
 
 __all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
            "train_step", "train_epoch", "fit", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from common import threat
 from common.files import write_text_atomic
 
 from . import metrics
@@ -70,8 +71,10 @@ def _parse_eps_grid(text: str):
             eps = float(eps)
         except ValueError:
             raise ValueError(f"eps-grid entry {item!r} is not NORM:EPS") from None
-        if norm.lower() not in ("inf", "linf"):
-            norm = float(norm.lstrip("lL"))
+        try:   # l_inf keeps its spelling, l2 becomes 2.0 (common.threat's spellings of both)
+            norm = norm if threat.parse_norm(norm) is threat.Norm.LINF else 2.0
+        except ValueError:
+            norm = float(norm.lstrip("lL"))     # any other l_p norm, p >= 1
         metrics.dual_exponent(norm)
         out.append((norm, metrics.check_nonnegative("eps", eps)))
     if not out:

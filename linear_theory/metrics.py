@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
+from common import threat
+
 from .model import check_weights
 
 __all__ = [
@@ -46,11 +48,14 @@ def check_nonnegative(name: str, value) -> float:
 
 
 def _parse_norm(norm) -> float:
-    """Attack norm p in [1, inf]: "inf"/"linf" -> inf, 2/"l2" -> 2, or a float p >= 1."""
+    """Attack norm p in [1, inf]: the spellings of common.threat.parse_norm ("inf"/"linf" -> inf,
+    "2"/"l2" -> 2), or any other p >= 1 ("1", "l3", 1.5; linear_theory allows every l_p norm)."""
     if isinstance(norm, str):
+        try:
+            return math.inf if threat.parse_norm(norm) is threat.Norm.LINF else 2.0
+        except ValueError:
+            pass                        # not l_inf or l2: read p itself
         key = norm.strip().lower()
-        if key in ("inf", "linf", "l_inf", "infinity"):
-            return math.inf
         if key.startswith("l"):
             key = key[1:]
         try:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import matplotlib as mpl
 
+from common.threat import Norm, parse_norm
+
 __all__ = [
     "MethodStyle", "style", "canonical_method", "FEATURE_COLORS", "COLUMN_WIDTH_IN",
     "THEORY_LINE", "apply_paper_style", "ETA_LINE",
@@ -61,16 +63,25 @@ ETA_LINE = {"color": "#777777", "linestyle": ":", "linewidth": 1.0}
 def canonical_method(method: str, norm: str | None = None) -> str:
     """Map a method name from any results file to one of "st", "sam", "at-linf", "at-l2".
 
-    Deep runs store ``method="at"`` plus a ``norm``; ``norm`` in {"l2", "2"} selects "at-l2".
+    Deep runs store ``method="at"`` plus a ``norm``; an l2 ``norm`` ("l2", "2", any spelling of
+    common.threat.parse_norm) selects "at-l2".
     ValueError for an unknown method.
     """
     key = str(method).strip().lower()
     if key not in _ALIASES:
         raise ValueError(f"method must be one of {sorted(set(_ALIASES))}, got {method!r}")
     canon = _ALIASES[key]
-    if canon == "at-linf" and norm is not None and str(norm).lower() in ("l2", "2"):
+    if canon == "at-linf" and norm is not None and _is_l2(norm):
         canon = "at-l2"
     return canon
+
+
+def _is_l2(norm) -> bool:
+    """True for any spelling of l2 (common.threat.parse_norm); any other value counts as l_inf."""
+    try:
+        return parse_norm(norm) is Norm.L2
+    except ValueError:
+        return False
 
 
 def style(method: str, norm: str | None = None) -> MethodStyle:

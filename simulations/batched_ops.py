@@ -1,7 +1,7 @@
 """Batched forms of the SAM ascent, the m-sharpness SAM gradient and PGD for many linear models at once.
 
-These are the same algorithms as ``deep.sam.sam_perturbation``, :func:`simulations.training.
-sam_gradient_vectorized` and ``deep.attacks.pgd`` (via :func:`simulations.training.pgd_linear`), written
+These are the same algorithms as ``common.sam.sam_perturbation``, :func:`simulations.training.
+sam_gradient_vectorized` and ``common.attacks.pgd`` (via :func:`simulations.training.pgd_linear`), written
 on stacked tensors so that rows with *different* strengths (rho or eps per row) run in one call, with
 plain autograd instead of nested ``vmap``. ``tests/test_sim_batched.py`` checks each one against the
 original on the same inputs (same numbers up to float rounding; the random starts are identical).
@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+
+from common.threat import normalize_norm
 
 from .training import logistic_loss, margins
 
@@ -29,7 +31,7 @@ def _rows(t, like: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def sam_ascent_batched(g: torch.Tensor, rho, eps: float = 1e-12) -> torch.Tensor:
-    """Batched form of ``deep.sam.sam_perturbation`` (non-adaptive, one tensor): for every row of ``g``
+    """Batched form of ``common.sam.sam_perturbation`` (non-adaptive, one tensor): for every row of ``g``
     (shape (..., D)), e = rho * g / (||g||_2 + eps), the norm over the last dim accumulated in float64
     for float64 inputs (as deep's). ``rho`` broadcasts against g[..., :1] (e.g. (R, 1, 1) for (R, G, D))."""
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
@@ -94,10 +96,10 @@ def sam_gradient_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, rho,
 
 def pgd_random_start(shape: Sequence[int], eps: float, norm: str,
                      generator: Optional[torch.Generator], dtype=torch.float64) -> torch.Tensor:
-    """The random start of ``deep.attacks.pgd`` for unbounded inputs of ``shape`` (N, D), drawn from
+    """The random start of ``common.attacks.pgd`` for unbounded inputs of ``shape`` (N, D), drawn from
     ``generator`` in the same order, so the same generator state gives the same start: l_inf uniform
     in the cube; l2 uniform in the ball (Gaussian direction, radius eps U^(1/D))."""
-    if norm == "inf":
+    if normalize_norm(norm) == "inf":
         u = torch.rand(tuple(shape), generator=generator, dtype=dtype)
         return (2.0 * u - 1.0) * eps
     g = torch.randn(tuple(shape), generator=generator, dtype=dtype)
@@ -118,7 +120,7 @@ def _pgd_update_(delta: torch.Tensor, grad: torch.Tensor, eps, step, norm: str) 
     """One PGD step with projection on the eps ball, in place on ``delta`` (``grad`` is overwritten);
     eps and step are (R, 1, 1) tensors. l_inf: delta + step sign(grad), clipped to [-eps, eps]; l2:
     delta + step grad/||grad|| (scale-invariant: grad first divided by its max |entry|, as
-    deep.attacks'), scaled back into the ball."""
+    common.attacks'), scaled back into the ball."""
     if norm == "inf":
         delta.addcmul_(grad.sign_(), step)
         torch.maximum(delta, -eps, out=delta)
@@ -132,14 +134,13 @@ def _pgd_update_(delta: torch.Tensor, grad: torch.Tensor, eps, step, norm: str) 
 def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, norm: str = "inf",
                        steps: int = 10, step_size=None, delta0: Optional[torch.Tensor] = None,
                        form: str = "free", tau: float = 1.0) -> torch.Tensor:
-    """Batched form of :func:`simulations.training.pgd_linear` (``deep.attacks.pgd`` with clamp=None and
+    """Batched form of :func:`simulations.training.pgd_linear` (``common.attacks.pgd`` with clamp=None and
     the logistic loss) with a radius ``eps`` and a ``step_size`` per row (floats or (R,) tensors;
     default step 2.5 eps / steps). ``delta0`` (R, B, D) is the random start (e.g. from
     :func:`pgd_random_start`), None for none. Each step is an autograd gradient of the summed loss at
     x + delta (with respect to the input, i.e. to delta), a sign (l_inf) or l2-normalised step, and the
     projection. Returns x_adv."""
-    if norm not in ("inf", "l2"):
-        raise ValueError(f"norm must be 'inf' or 'l2', got {norm!r}")
+    norm = normalize_norm(norm)   # "inf" | "l2"; ValueError otherwise
     eps_t = _rows(eps, X, 3)
     step_t = 2.5 * eps_t / max(int(steps), 1) if step_size is None else _rows(step_size, X, 3)
     Pd, x = P.detach(), X.detach()

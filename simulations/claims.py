@@ -18,7 +18,8 @@ import torch
 from scipy.stats import norm as normal
 
 import linear_theory as lt
-from common.threat import attack_label
+from common.seeds import S1_PGD_STEPS_SEED_OFFSET, S1_TEST_SEED_OFFSET, S1_WEIGHTS_MULT
+from common.threat import attack_label, normalize_norm
 
 from .experiments import (Settings, at_job, sam_fixed_job, sam_free_job, sam_wd_job, st_job,
                           weights_by_rho)
@@ -78,10 +79,15 @@ def prime_solutions(solved: Dict[tuple, "lt.Solution"]) -> None:
 PROJ = "T5 with ||P_w x|| (linear_theory sam_norm='projected')"
 
 
+def _robust_key(norm, eps: float) -> str:
+    """Name of a robust-accuracy statistic: ("inf", 0.1) -> "robust_linf_0.1" (common.threat.attack_label)."""
+    return f"robust_{attack_label(norm, eps, fmt='g')}"
+
+
 def _acc(model, v, norm=None, eps=0.0) -> float:
     if norm is None:
         return lt.clean_accuracy(model, v)
-    return lt.robust_accuracy(model, v, eps, norm=("inf" if norm == "inf" else 2))
+    return lt.robust_accuracy(model, v, eps, norm=normalize_norm(norm))
 
 
 # ----------------------------------------------------------------------------------------- S1
@@ -94,7 +100,7 @@ def pgd_in_chunks(P, X, y, eps: float, norm: str, steps: int, random_start: bool
     """:func:`simulations.training.pgd_linear` on ``chunk`` points at a time, with one generator: the
     same x_adv as one call on all points (PGD acts on each point alone, and the l_inf random start is
     drawn in the same order). The l2 random start (two draws per call) is not split."""
-    if len(X) <= chunk or (norm == "l2" and random_start):
+    if len(X) <= chunk or (normalize_norm(norm) == "l2" and random_start):
         return pgd_linear(P, X, y, eps, norm, steps=steps, random_start=random_start, generator=generator)
     return torch.cat([pgd_linear(P, X[i:i + chunk], y[i:i + chunk], eps, norm, steps=steps,
                                  random_start=random_start, generator=generator)
@@ -103,10 +109,11 @@ def pgd_in_chunks(P, X, y, eps: float, norm: str, steps: int, random_start: bool
 
 def mc_accuracy(model, v, n: int, seed: int, norm=None, eps: float = 0.0, steps: int = 20,
                 random_start: bool = True):
-    """Monte-Carlo accuracy of f = v.x on n fresh samples under a real PGD attack (``deep.attacks.pgd``
+    """Monte-Carlo accuracy of f = v.x on n fresh samples under a real PGD attack (``common.attacks.pgd``
     via :func:`simulations.training.pgd_linear`). Returns (accuracy, max ||delta||, mean fraction of the
     L1 worst-case margin shift eps*||v||_q that the attack achieved, accuracy under the exact L1 worst
     case y v.x - eps*||v||_q > 0 on the same points)."""
+    norm = None if norm is None else normalize_norm(norm)
     X, y = sample_replicas(model, n, [seed])
     X, y = X[0], y[0]
     P = torch.as_tensor(np.asarray(v, dtype=float))
@@ -141,7 +148,7 @@ def claim_S1(model, st: Settings, results=None) -> Tuple[List[dict], dict]:
     for i, (name, v) in enumerate(weights.items()):
         for j, (norm, eps) in enumerate(attacks):
             theory = _acc(model, v, norm, eps)
-            seed = 10_000 + 100 * i + j
+            seed = S1_TEST_SEED_OFFSET + S1_WEIGHTS_MULT * i + j
             rs = True if norm == "inf" else st.pgd_random_start_l2
             acc, dmax, frac, acc_l1 = mc_accuracy(model, v, st.s1_n_test, seed, norm, eps, st.s1_pgd_steps, rs)
             ci, _ = binomial_ci(acc, st.s1_n_test)
@@ -169,7 +176,7 @@ def claim_S1(model, st: Settings, results=None) -> Tuple[List[dict], dict]:
     # Finding: with a random start, l2 PGD approaches the L1 maximiser only slowly on a linear model.
     v = weights["T1 (ST)"]
     for steps in (st.pgd_steps, st.s1_pgd_steps):
-        fr = mc_accuracy(model, v, 2000, 20_000 + steps, "l2", st.eval_l2, steps, True)[2]
+        fr = mc_accuracy(model, v, 2000, S1_PGD_STEPS_SEED_OFFSET + steps, "l2", st.eval_l2, steps, True)[2]
         rows.append(measure(f"S1-pgd-l2-rs{steps}", "S1",
                             f"PGD-{steps} l2 eps={st.eval_l2:g} with random start: mean fraction of the L1 "
                             f"worst-case margin shift eps*||v||_2 reached (1 without random start)",
@@ -273,7 +280,17 @@ def rho_for_lambda(lam: float, rhos: np.ndarray, lams: np.ndarray) -> float:
 
 def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict], dict]:
     """S4: SAM on f = tau w.x/||w|| follows T5 for m = 1; effective strength as a function of m."""
-    rows = []
+    rows = _s4_m1_rows(model, st, results)
+    m_rows, sam_vs_m = _s4_m_sweep(model, st, results)
+    rows += m_rows
+    if st.weight_decay > 0:
+        rows += _weight_decay_rows(model, st, results)
+    return rows, {"sam_vs_m": sam_vs_m}
+
+
+def _s4_m1_rows(model, st: Settings, results: Dict[str, dict]) -> List[dict]:
+    """S4 for m = 1: robust reliance and matched ridge lambda per rho against T5, then the same
+    measurements against T5 with the projected norm (id suffix "-proj")."""
     tau = st.tau
     res1 = results[sam_fixed_job(st, 1).key]
     by_norm = {None: [], "projected": []}  # T5 rows, then the same measurements vs the projected norm
@@ -291,8 +308,14 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
                 compare(f"S4-rho{rho:g}-lambda{suffix}", "S4",
                         f"SAM fixed scale rho={rho:g} m=1: matched ridge lambda vs {label} lambda",
                         sol.lam, lam, _tol(st, "lambda_rel") * sol.lam, OPT_REASON, config=dict(cfg))]
-    rows += by_norm[None] + by_norm["projected"]
-    # effective strength vs m
+    return by_norm[None] + by_norm["projected"]
+
+
+def _s4_m_sweep(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict], List[dict]]:
+    """S4's effective strength as a function of m at rho = ``st.s4_m_rho``: the matched ridge lambda mapped
+    back through T5's rho -> lambda. Returns (rows, the "sam_vs_m" entries of the figure)."""
+    rows = []
+    tau = st.tau
     rho = st.s4_m_rho
     rhos_grid, lams_grid = _lambda_curve(model, tau, 2.0 * rho)
     t_lam = _solve(model, "sam-fixed-scale", rho, tau=tau).lam
@@ -307,7 +330,7 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
         entry = {"m": m, "rho": rho, "theory_lambda_m1": t_lam}
         for name, vals in (("lambda_eff", lam), ("rho_eff", rho_eff), ("reliance", rel),
                            ("clean", [_acc(model, v) for v in V]),
-                           (f"robust_{attack_label('inf', st.eval_linf, fmt='g')}", [_acc(model, v, "inf", st.eval_linf) for v in V])):
+                           (_robust_key("inf", st.eval_linf), [_acc(model, v, "inf", st.eval_linf) for v in V])):
             mean, (lo, hi), _ = mean_ci(vals)
             entry[name] = {"mean": mean, "lo": lo, "hi": hi, "per_seed": [float(x) for x in vals]}
         sam_vs_m.append(entry)
@@ -321,9 +344,7 @@ def claim_S4(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict],
         rows.append(compare(f"S4-m1-vs-m{m_max}", "S4",
                             f"docs/theory.md S4: effect weaker for m>1: lambda_eff(m=1) - lambda_eff(m={m_max}) "
                             f"> 0 (paired by seed)", 0.0, diffs, 0.0, "", relation=">"))
-    if st.weight_decay > 0:
-        rows += _weight_decay_rows(model, st, results)
-    return rows, {"sam_vs_m": sam_vs_m}
+    return rows, sam_vs_m
 
 
 def _weight_decay_rows(model, st: Settings, results) -> List[dict]:
@@ -352,8 +373,8 @@ def _weight_decay_rows(model, st: Settings, results) -> List[dict]:
 
 def _curve_stats(model, st: Settings, v) -> dict:
     return {"clean": _acc(model, v),
-            f"robust_{attack_label('inf', st.eval_linf, fmt='g')}": _acc(model, v, "inf", st.eval_linf),
-            f"robust_{attack_label('l2', st.eval_l2, fmt='g')}": _acc(model, v, "l2", st.eval_l2),
+            _robust_key("inf", st.eval_linf): _acc(model, v, "inf", st.eval_linf),
+            _robust_key("l2", st.eval_l2): _acc(model, v, "l2", st.eval_l2),
             "reliance": lt.robust_reliance(model, v),
             "ratio": weight_ratio(model, v)}
 
@@ -382,81 +403,118 @@ def _fine_grid(method: str, strengths) -> np.ndarray:
     return np.linspace(min(strengths), max(strengths), n_fine)
 
 
+def _s5_specs(model, st: Settings, results: Dict[str, dict]) -> tuple:
+    """The two S5 curves: (method, strengths, simulated weights at a strength (one row per seed),
+    theory weights at a strength)."""
+    res1 = results[sam_fixed_job(st, 1).key]
+    return (("sam-fixed-scale", st.s5_rho, lambda s: weights_by_rho(res1, s),
+             lambda s: _solve(model, "sam-fixed-scale", s, tau=st.tau).v),
+            ("at-linf", st.s5_eps, lambda s: results[at_job(st, "inf", s).key]["weights"],
+             lambda s: _solve(model, "at-linf", s).v if s > 0 else _solve(model, "st").v))
+
+
+def _s5_points(model, st: Settings, strengths, sim_w, th_v) -> List[tuple]:
+    """Per strength s: (s, theory stats, [sim stats per seed])."""
+    return [(s, _curve_stats(model, st, th_v(s)), [_curve_stats(model, st, v) for v in sim_w(s)])
+            for s in strengths]
+
+
+def _theory_on_grid(model, st: Settings, th_v, grid: np.ndarray) -> dict:
+    """{"strength": grid, stat: [value per grid point]} of the theory weights ``th_v`` (figure curves)."""
+    stats = [_curve_stats(model, st, th_v(float(s))) for s in grid]
+    return {"strength": grid.tolist(), **{k: [r[k] for r in stats] for k in stats[0]}}
+
+
+def _s5_curve(model, st: Settings, method: str, strengths, per_point, th_v) -> dict:
+    """The data of one trade-off curve: theory and simulation (mean, 95% CI, per seed) per strength, and
+    the theory on the fine grid of the figures."""
+    cur = {"strength": [float(s) for s in strengths], "theory": {}, "sim": {}}
+    for key in list(per_point[0][1]):
+        cur["theory"][key] = [p[1][key] for p in per_point]
+        stats_ = [mean_ci([x[key] for x in p[2]]) for p in per_point]
+        cur["sim"][key] = {"mean": [a[0] for a in stats_], "lo": [a[1][0] for a in stats_],
+                           "hi": [a[1][1] for a in stats_],
+                           "per_seed": [[x[key] for x in p[2]] for p in per_point]}
+    cur["theory_grid"] = _theory_on_grid(model, st, th_v, _fine_grid(method, strengths))
+    return cur
+
+
+def _s5_boundary(model, method: str, per_point) -> Tuple[list, List[dict]]:
+    """AT at eps = eta exactly: the mean margin no longer depends on the common non-robust weight b
+    (T3: mu.v - eps||v||_1 has zero slope in b), so the objective is flat to first order there and SGD's
+    error in b (hence in accuracy) is not controlled by the loss. Measured, not checked: returns those
+    points and their measurement rows."""
+    boundary = [p for p in per_point if method == "at-linf" and abs(p[0] - model.eta) < 1e-12]
+    rows = [measure(f"S5-at-eps=eta-{key}", "S5",
+                    f"AT l_inf at eps = eta = {model.eta:g} (flat objective in the non-robust "
+                    f"weights): {key}, theory T3 for reference", [x[key] for x in p[2]],
+                    theory=p[1][key])
+            for p in boundary for key in ("clean", "reliance")]
+    return boundary, rows
+
+
+def _s5_projected(model, st: Settings, cur: dict, strengths, checked, metrics) -> List[dict]:
+    """Companion of the SAM curve: the same points against T5 with the projected norm (rows with id
+    suffix "-proj"); adds "theory_projected" and "theory_projected_grid" to ``cur``."""
+    th_v_proj = lambda s: _solve(model, "sam-fixed-scale", s, tau=st.tau, sam_norm="projected").v  # noqa: E731
+    proj = [(s, _curve_stats(model, st, th_v_proj(s)), sims) for s, _, sims in checked]
+    th_all = [_curve_stats(model, st, th_v_proj(s)) for s in strengths]
+    cur["theory_projected"] = {k: [t[k] for t in th_all] for k in th_all[0]}
+    cur["theory_projected_grid"] = _theory_on_grid(model, st, th_v_proj,
+                                                   _fine_grid("sam-fixed-scale", strengths))
+    return _curve_rows(st, "sam-fixed-scale", metrics, proj, "-proj", f"T6 vs {PROJ}:", "",
+                       {"sam_norm": "projected"})
+
+
+def _s5_sam_checks(st: Settings, sam: dict) -> List[dict]:
+    """Qualitative T6 checks of the SAM curve, paired by seed: the first rho > 0 gains l2 robust accuracy
+    over rho = 0 and costs less than 0.5 points of clean accuracy."""
+    pos = [i for i, s in enumerate(sam["strength"]) if s > 0]
+    if not (0.0 in sam["strength"] and pos):
+        return []
+    i0, i1 = sam["strength"].index(0.0), pos[0]
+    key = _robust_key("l2", st.eval_l2)
+    gain = [b - a for a, b in zip(sam["sim"][key]["per_seed"][i0], sam["sim"][key]["per_seed"][i1])]
+    cost = [b - a for a, b in zip(sam["sim"]["clean"]["per_seed"][i0], sam["sim"]["clean"]["per_seed"][i1])]
+    return [compare("S5-sam-gain", "S5",
+                    f"T6: SAM rho={sam['strength'][i1]:g} gains l2 robust accuracy over rho=0 "
+                    f"(theory {sam['theory'][key][i1] - sam['theory'][key][i0]:+.4f})",
+                    0.0, gain, 0.0, "", relation=">"),
+            compare("S5-sam-cost", "S5",
+                    f"T6: SAM rho={sam['strength'][i1]:g} costs < 0.5 points clean accuracy "
+                    f"(theory {sam['theory']['clean'][i1] - sam['theory']['clean'][i0]:+.4f})",
+                    -0.005, cost, 0.0, "", relation=">")]
+
+
+def _s5_at_collapse(model, st: Settings, at: dict) -> List[dict]:
+    """T6: AT at the first eps > eta drops to the robust-feature-only clean accuracy."""
+    above = [i for i, s in enumerate(at["strength"]) if s > model.eta]
+    if not above:
+        return []
+    i = above[0]
+    base = float(normal.cdf(model.mu_r / model.sigma_r * math.sqrt(model.k)))
+    return [compare("S5-at-collapse", "S5",
+                    f"T6: AT eps={at['strength'][i]:g} > eta drops to robust-feature-only clean "
+                    f"accuracy Phi(sqrt(k) mu_r/sigma_r)", base, at["sim"]["clean"]["per_seed"][i],
+                    _tol(st, "accuracy"), OPT_REASON)]
+
+
 def claim_S5(model, st: Settings, results: Dict[str, dict]) -> Tuple[List[dict], dict]:
     """S5/T6: trade-off curves of SAM(rho) at fixed scale and PGD-AT(eps) l_inf, sim vs theory."""
     rows, curves = [], {}
-    res1 = results[sam_fixed_job(st, 1).key]
-    specs = (("sam-fixed-scale", st.s5_rho, lambda s: weights_by_rho(res1, s),
-              lambda s: _solve(model, "sam-fixed-scale", s, tau=st.tau).v),
-             ("at-linf", st.s5_eps, lambda s: results[at_job(st, "inf", s).key]["weights"],
-              lambda s: _solve(model, "at-linf", s).v if s > 0 else _solve(model, "st").v))
-    th_v_proj = lambda s: _solve(model, "sam-fixed-scale", s, tau=st.tau, sam_norm="projected").v  # noqa: E731
-    metrics = ("clean", f"robust_linf_{st.eval_linf:g}", f"robust_l2_{st.eval_l2:g}")
-    for method, strengths, sim_w, th_v in specs:
-        cur = {"strength": [float(s) for s in strengths], "theory": {}, "sim": {}}
-        per_point = []
-        for s in strengths:
-            th = _curve_stats(model, st, th_v(s))
-            sims = [_curve_stats(model, st, v) for v in sim_w(s)]
-            per_point.append((s, th, sims))
-        for key in list(per_point[0][1]):
-            cur["theory"][key] = [p[1][key] for p in per_point]
-            stats_ = [mean_ci([x[key] for x in p[2]]) for p in per_point]
-            cur["sim"][key] = {"mean": [a[0] for a in stats_], "lo": [a[1][0] for a in stats_],
-                               "hi": [a[1][1] for a in stats_],
-                               "per_seed": [[x[key] for x in p[2]] for p in per_point]}
-        fine = _fine_grid(method, strengths)
-        rows_fine = [_curve_stats(model, st, th_v(float(s))) for s in fine]
-        cur["theory_grid"] = {"strength": fine.tolist(),
-                              **{k: [r[k] for r in rows_fine] for k in rows_fine[0]}}
-        curves[method] = cur
-        # AT at eps = eta exactly: the mean margin no longer depends on the common non-robust weight b
-        # (T3: mu.v - eps||v||_1 has zero slope in b), so the objective is flat to first order there and
-        # SGD's error in b (hence in accuracy) is not controlled by the loss. Measured, not checked.
-        boundary = [p for p in per_point if method == "at-linf" and abs(p[0] - model.eta) < 1e-12]
-        for p in boundary:
-            for key in ("clean", "reliance"):
-                rows.append(measure(f"S5-at-eps=eta-{key}", "S5",
-                                    f"AT l_inf at eps = eta = {model.eta:g} (flat objective in the non-robust "
-                                    f"weights): {key}, theory T3 for reference", [x[key] for x in p[2]],
-                                    theory=p[1][key]))
+    metrics = ("clean", _robust_key("inf", st.eval_linf), _robust_key("l2", st.eval_l2))
+    for method, strengths, sim_w, th_v in _s5_specs(model, st, results):
+        per_point = _s5_points(model, st, strengths, sim_w, th_v)
+        cur = curves[method] = _s5_curve(model, st, method, strengths, per_point, th_v)
+        boundary, boundary_rows = _s5_boundary(model, method, per_point)
+        rows += boundary_rows
         checked = [p for p in per_point if p not in boundary]
         rows += _curve_rows(st, method, metrics, checked, "", "T6",
                             "; eps = eta measured separately" if boundary else "")
-        if method == "sam-fixed-scale":  # companion: the same points vs the projected-norm theory
-            proj = [(s, _curve_stats(model, st, th_v_proj(s)), sims) for s, _, sims in checked]
-            th_all = [_curve_stats(model, st, th_v_proj(s)) for s in strengths]
-            cur["theory_projected"] = {k: [t[k] for t in th_all] for k in th_all[0]}
-            grid_proj = [_curve_stats(model, st, th_v_proj(float(s))) for s in fine]
-            cur["theory_projected_grid"] = {"strength": fine.tolist(),
-                                            **{k: [r[k] for r in grid_proj] for k in grid_proj[0]}}
-            rows += _curve_rows(st, method, metrics, proj, "-proj", f"T6 vs {PROJ}:", "",
-                                {"sam_norm": "projected"})
-    # qualitative T6 checks, paired by seed
-    sam = curves["sam-fixed-scale"]
-    pos = [i for i, s in enumerate(sam["strength"]) if s > 0]
-    if 0.0 in sam["strength"] and pos:
-        i0, i1 = sam["strength"].index(0.0), pos[0]
-        key = f"robust_l2_{st.eval_l2:g}"
-        gain = [b - a for a, b in zip(sam["sim"][key]["per_seed"][i0], sam["sim"][key]["per_seed"][i1])]
-        rows.append(compare("S5-sam-gain", "S5",
-                            f"T6: SAM rho={sam['strength'][i1]:g} gains l2 robust accuracy over rho=0 "
-                            f"(theory {sam['theory'][key][i1] - sam['theory'][key][i0]:+.4f})",
-                            0.0, gain, 0.0, "", relation=">"))
-        cost = [b - a for a, b in zip(sam["sim"]["clean"]["per_seed"][i0], sam["sim"]["clean"]["per_seed"][i1])]
-        rows.append(compare("S5-sam-cost", "S5",
-                            f"T6: SAM rho={sam['strength'][i1]:g} costs < 0.5 points clean accuracy "
-                            f"(theory {sam['theory']['clean'][i1] - sam['theory']['clean'][i0]:+.4f})",
-                            -0.005, cost, 0.0, "", relation=">"))
-    at = curves["at-linf"]
-    above = [i for i, s in enumerate(at["strength"]) if s > model.eta]
-    if above:
-        i = above[0]
-        base = float(normal.cdf(model.mu_r / model.sigma_r * math.sqrt(model.k)))
-        rows.append(compare("S5-at-collapse", "S5",
-                            f"T6: AT eps={at['strength'][i]:g} > eta drops to robust-feature-only clean "
-                            f"accuracy Phi(sqrt(k) mu_r/sigma_r)", base, at["sim"]["clean"]["per_seed"][i],
-                            _tol(st, "accuracy"), OPT_REASON))
+        if method == "sam-fixed-scale":
+            rows += _s5_projected(model, st, cur, strengths, checked, metrics)
+    rows += _s5_sam_checks(st, curves["sam-fixed-scale"])   # qualitative T6 checks, paired by seed
+    rows += _s5_at_collapse(model, st, curves["at-linf"])
     return rows, {"curves": curves}
 
 

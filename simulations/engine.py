@@ -113,7 +113,7 @@ def _layout(specs: Sequence[JobSpec], dtype) -> Tuple[List[Tuple[int, int]], Lis
 
 def _random_starts(b: _Block, specs, gens, batch: int, D: int, dtype) -> Optional[torch.Tensor]:
     """Each AT job's PGD random start, drawn from its own generator in float64 exactly as
-    ``deep.attacks.pgd`` draws it for that job's (R_j * B, D) inputs (none when eps = 0, as there)."""
+    ``common.attacks.pgd`` draws it for that job's (R_j * B, D) inputs (none when eps = 0, as there)."""
     if not b.cfg.pgd_random_start:
         return None
     out = torch.zeros(b.stop - b.start, batch, D, dtype=dtype)

@@ -23,6 +23,7 @@ import torch
 
 import linear_theory as lt
 from common.files import jsonable, write_text_atomic
+from common.seeds import SIM_TRAIN_SEED_OFFSET
 
 from .engine import JobSpec, batch_key, train_sharded
 from .training import TrainConfig, fresh_data, train_replicas
@@ -250,7 +251,7 @@ def _spec(job: Job) -> JobSpec:
     """The job for :func:`simulations.engine.train_batched`: generator seed and data rows as
     :func:`run_job`'s loop route uses them."""
     seeds = _data_seeds(job)
-    return JobSpec(job.cfg, 1000 + seeds[0], tuple(float(r) for r, _ in job.replicas),
+    return JobSpec(job.cfg, SIM_TRAIN_SEED_OFFSET + seeds[0], tuple(float(r) for r, _ in job.replicas),
                    tuple(seeds.index(s) for _, s in job.replicas))
 
 

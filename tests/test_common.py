@@ -79,3 +79,10 @@ def test_mix_seed_reproduces_the_existing_formulas():
         assert mix_seed(seed, (a, EPOCH_MULT), (b, RANK_MULT), (c, 1)) == \
             (seed * 1_000_003 + a * 9_176 + b * 7919 + c) % (2 ** 62)
     assert math.isfinite(mix_seed(1))
+
+
+def test_simulation_seed_offsets_keep_their_values():
+    """The named offsets of simulations/ are the numbers the results were produced with."""
+    from common import seeds
+    assert (seeds.SIM_TRAIN_SEED_OFFSET, seeds.S1_TEST_SEED_OFFSET, seeds.S1_WEIGHTS_MULT,
+            seeds.S1_PGD_STEPS_SEED_OFFSET) == (1000, 10_000, 100, 20_000)

@@ -1,4 +1,4 @@
-"""PGD (deep/attacks.py) and SAM (deep/sam.py): checks against closed forms, hand-written two-pass
+"""PGD (common/attacks.py) and SAM (common/sam.py): checks against closed forms, hand-written two-pass
 updates and an independent library (pytorch_optimizer.SAM)."""
 import math
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deep.attacks import pgd
-from deep.sam import SAM, frozen_bn_stats, sam_perturbation
+from common.attacks import pgd
+from common.sam import SAM, frozen_bn_stats, sam_perturbation
 
 
 def _tiny_cnn(seed=0):
