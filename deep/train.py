@@ -52,7 +52,7 @@ __all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "b
 
 METHODS = ("st", "sam", "at")
 # Cheap adversarial training at about SAM's cost (two or three forward/backward passes per step instead of
-# AT's eleven; docs/protocol.md, "equal cost"): name -> (PGD steps, step size / eps, random start).
+# AT's eleven; docs/protocol.md, "Beyond the paper"): name -> (PGD steps, step size / eps, random start).
 #   fgsm-rs: FGSM from a uniform random start with step 1.25 eps ("fast AT", Wong, Rice and Kolter 2020)
 #   pgd1:    one PGD step of eps from the clean point (= FGSM AT, Goodfellow et al. 2015)
 #   pgd2:    two PGD steps of eps/2 from a uniform random start
