@@ -23,7 +23,7 @@ from .aggregate import Stat
 from .report import markdown_table
 
 __all__ = ["EXPERIMENTS", "BEYOND_DATASET", "Group", "load_beyond", "groups", "acc", "equal_cost_rows",
-           "equal_cost_verdict", "arch_gains", "arch_verdict", "rho_points", "saliency_rows",
+           "equal_cost_verdict", "arch_gains", "arch_verdict", "rho_points", "rho_zero", "saliency_rows",
            "saliency_verdict", "SMALL_EPS", "MID_EPS"]
 
 BEYOND_DATASET = "fashion-mnist"
@@ -167,9 +167,14 @@ def equal_cost_verdict(data: dict) -> tuple:
     s, c = acc(best_sam, MID_EPS), acc(best_cheap, MID_EPS)
     sc, cc = acc(best_sam), acc(best_cheap)
     holds = s.mean >= c.mean
+    small_sam = max(sams, key=lambda g: acc(g, SMALL_EPS).mean)
+    small_cheap = max(cheap, key=lambda g: acc(g, SMALL_EPS).mean)
     text = (f"best SAM ({best_sam.name}) PGD {MID_EPS} {s.fmt()} vs best cheap AT ({best_cheap.name}) "
             f"{c.fmt()}; clean {sc.fmt()} vs {cc.fmt()}; train time {_time(best_sam).mean:.0f} s vs "
-            f"{_time(best_cheap).mean:.0f} s")
+            f"{_time(best_cheap).mean:.0f} s; at {SMALL_EPS}: best SAM ({small_sam.name}) "
+            f"{acc(small_sam, SMALL_EPS).fmt()} vs {small_cheap.name} {acc(small_cheap, SMALL_EPS).fmt()}; "
+            f"highest clean: SAM {max(acc(g).mean for g in sams) * 100:.1f} vs cheap AT "
+            f"{max(acc(g).mean for g in cheap) * 100:.1f}")
     return holds, text
 
 
@@ -207,12 +212,20 @@ def arch_verdict(gains: list) -> tuple:
 # ------------------------------------------------------------------------------------------ rho sweep
 
 def rho_points(data: dict) -> tuple:
-    """(ST group or None, [(rho, SAM group)] sorted by rho) of PreActResNet-18 from the main grid and the
-    rho sweep (same settings; the sweep adds rhos outside the protocol's 0.05-0.4)."""
+    """(ST group or None, [(rho, SAM group)] sorted by rho, rho > 0) of PreActResNet-18 from the main grid
+    and the rho sweep (same settings; the sweep adds rhos outside the protocol's 0.05-0.4)."""
     gs = [g for g in groups(data["main"] + data["rho-sweep"]) if g.arch == DEFAULT_ARCH]
     st = next((g for g in gs if g.label == "st"), None)
-    sams = sorted(((g.strength, g) for g in gs if g.label == "sam"), key=lambda t: t[0])
+    sams = sorted(((g.strength, g) for g in gs if g.label == "sam" and g.strength), key=lambda t: t[0])
     return st, sams
+
+
+def rho_zero(data: dict):
+    """The SAM rho = 0 control group (SAM's code path with a zero ascent, i.e. ST at twice the cost), or
+    None: it separates the effect of the perturbation from that of SAM's second pass (BatchNorm statistics
+    frozen in it, bf16 rounding)."""
+    gs = [g for g in groups(data["main"] + data["rho-sweep"]) if g.arch == DEFAULT_ARCH]
+    return next((g for g in gs if g.label == "sam" and g.strength == 0), None)
 
 
 def shape_summary(xs, clean, robust) -> dict:

@@ -79,12 +79,15 @@ def fig_equal_cost(ctx: FigureContext, data: dict, cost) -> FigureResult:
                         marker=MARKERS.get(g.label, "x"), linestyle="none", markersize=4, capsize=2,
                         label=g.name)
         ax.set_xscale("log")
+        ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+        ax.minorticks_off()
         ax.set_xlabel("training cost / ST" + (" (measured per step)" if cost else " (wall time)"))
         ax.set_title(f"PGD-10 {key.replace('_', ' ')}", fontsize=7)
         ax.grid(alpha=0.25, linewidth=0.5)
     axes[0].set_ylabel("robust acc. (%)")
-    axes[1].legend(fontsize=5, loc="lower right", ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=5, loc="lower center", ncol=5, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     files = save(fig, ctx.out_dir, "beyond_equal_cost", ctx.formats)
     return FigureResult("beyond_equal_cost", "Equal cost: SAM vs cheap adversarial training", files,
                         "Fashion-MNIST, PreActResNet-18 (CPU preset): robust accuracy against training cost "
@@ -132,12 +135,17 @@ def _theory_rho(settings):
     return [r["strength"] for r in rows], [r["clean"] for r in rows], [r["robust"][key] for r in rows], key
 
 
+def _below(drop: float) -> str:
+    return f"{100 * abs(drop):.2f} pts {'below' if drop > 0 else 'above'}"
+
+
 def fig_rho(ctx: FigureContext, data: dict) -> FigureResult:
     st, sams = bd.rho_points(data)
     if len(sams) < 5 or st is None:
         raise SkipFigure("beyond_rho skipped: fewer than 5 SAM radii; produce them with: "
                          + bd.EXPERIMENTS["rho-sweep"])
     rhos = [r for r, _ in sams]
+    zero = bd.rho_zero(data)
     fig, axes = plt.subplots(1, 2, figsize=(pal.COLUMN_WIDTH_IN * 1.6, 2.3))
     ax = axes[0]
     for key, style, lab in ((None, "-", "clean"), (bd.SMALL_EPS, "--", "PGD linf 0.02"), (bd.MID_EPS, ":", "PGD linf 0.05")):
@@ -145,6 +153,10 @@ def fig_rho(ctx: FigureContext, data: dict) -> FigureResult:
         ax.errorbar(rhos, [100 * s.mean for s in m], yerr=[100 * s.sd for s in m], color=COLORS["sam"],
                     linestyle=style, marker="s", markersize=3, capsize=1.5, label=lab)
         ax.axhline(100 * bd.acc(st, key).mean, color="k", linestyle=style, linewidth=0.7)
+        if zero is not None:        # the rho = 0 control, drawn at the left edge
+            z = bd.acc(zero, key)
+            ax.errorbar(rhos[0] / 2, 100 * z.mean, yerr=100 * z.sd, color="grey", marker="o", markersize=3,
+                        capsize=1.5, label="SAM rho=0" if key is None else None)
     ax.set_xscale("log")
     ax.set_xlabel(r"$\rho$ (per batch)")
     ax.set_ylabel("accuracy (%)")
@@ -167,13 +179,16 @@ def fig_rho(ctx: FigureContext, data: dict) -> FigureResult:
                             [bd.acc(st, bd.SMALL_EPS).mean] + [bd.acc(g, bd.SMALL_EPS).mean for _, g in sams])
     theo = bd.shape_summary(tr, tc, trob)
     same = meas["interior"] == theo["interior"]
-    text = (f"robust accuracy peaks at rho={meas['peak_at']:g} (measured, {bd.SMALL_EPS}; clean "
-            f"{100 * meas['clean_drop_to_peak']:+.1f} pts below ST there, so {'not ' if meas['clean_drop_to_peak'] > 0.005 else ''}free) "
-            f"vs rho={theo['peak_at']:.3g} in T6 ({key}; clean {100 * theo['clean_drop_to_peak']:+.2f} pts below ST); "
-            f"both {'rise then fall' if same and meas['interior'] else 'differ in shape'}")
+    text = (f"robust accuracy peaks at rho={meas['peak_at']:g} (measured, {bd.SMALL_EPS}; clean accuracy there "
+            f"{_below(meas['clean_drop_to_peak'])} ST's, so {'not ' if meas['clean_drop_to_peak'] > 0.005 else ''}"
+            f"free) vs rho={theo['peak_at']:.3g} in T6 ({key}; clean {_below(theo['clean_drop_to_peak'])} ST's); "
+            f"both {'rise then fall' if same and meas['interior'] else 'differ in shape'}; at the largest rho, "
+            f"robust {100 * meas['robust_end_minus_peak']:+.1f} pts from the peak (T6: "
+            f"{100 * theo['robust_end_minus_peak']:+.1f})")
     return FigureResult("beyond_rho", "The rho sweep against T6", files,
                         "Left: SAM on Fashion-MNIST (CPU preset) for rho from 0.01 to 1.6 (8 values, log axis), "
-                        "mean and sd over seeds; black lines: ST. Right: the linear theory's SAM at fixed "
+                        "mean and sd over seeds; black lines: ST; grey dot at the left edge: SAM at rho = 0 "
+                        "(the control: SAM's code path with a zero ascent), when run. Right: the linear theory's SAM at fixed "
                         "scale against its rho (T6). The theory's rho is per example and the network's per "
                         "batch, so only the shapes are compared: where robust accuracy peaks and what clean "
                         "accuracy costs there.", Verdict(same, ("Same shape: " if same else "Different shape: ") + text))
@@ -288,6 +303,10 @@ def _rho_table(data) -> list:
     head = ["rho", "seeds", "clean", f"PGD {bd.SMALL_EPS}", f"PGD {bd.MID_EPS}", "train time (s)"]
     rows = [["0 (ST)", str(len(st.runs)), bd.acc(st).fmt(), bd.acc(st, bd.SMALL_EPS).fmt(),
              bd.acc(st, bd.MID_EPS).fmt(), f"{bd._time(st).mean:.0f}"]] if st else []
+    zero = bd.rho_zero(data)
+    if zero is not None:
+        rows.append(["0 (SAM, control)", str(len(zero.runs)), bd.acc(zero).fmt(), bd.acc(zero, bd.SMALL_EPS).fmt(),
+                     bd.acc(zero, bd.MID_EPS).fmt(), f"{bd._time(zero).mean:.0f}"])
     rows += [[f"{r:g}", str(len(g.runs)), bd.acc(g).fmt(), bd.acc(g, bd.SMALL_EPS).fmt(), bd.acc(g, bd.MID_EPS).fmt(),
               f"{bd._time(g).mean:.0f}"] for r, g in sams]
     return ["### rho sweep", "", bd.table(head, rows), ""]
