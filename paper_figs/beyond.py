@@ -29,12 +29,12 @@ __all__ = ["EXPERIMENTS", "BEYOND_DATASET", "Group", "load_beyond", "groups", "a
 BEYOND_DATASET = "fashion-mnist"
 # The command that produces each experiment's runs (docs/protocol.md lists the settings).
 EXPERIMENTS = {
-    "equal-cost": "python -m deep.run --profile cpu --methods fgsm-rs,pgd1,pgd2 --seeds 0,1 "
+    "equal-cost": "python -m deep.run --profile cpu --methods fgsm-rs,pgd1,pgd2 --seeds 0,1,2 "
                   "--out results/beyond/equal-cost",
-    "arch": "python -m deep.run --profile cpu --methods st,sam,at --rho 0.1 --archs mlp,vit --out "
-            "results/beyond/arch (cnn: --lr 0.02)",
-    "rho-sweep": "python -m deep.run --profile cpu --methods sam --rho 0.01,0.025,0.8,1.6 --seeds 0,1 "
-                 "--out results/beyond/rho-sweep",
+    "arch": "python -m deep.run --profile cpu --methods st,sam,at --rho 0.1 --archs mlp,cnn --seeds 0,1 --out "
+            "results/beyond/arch (cnn with --lr 0.02; vit: --methods st,sam --seeds 0)",
+    "rho-sweep": "python -m deep.run --profile cpu --methods sam --rho 0.01,0.025,0.8,1.6 --seeds 0,1,2 "
+                 "--out results/beyond/rho-sweep (control: --rho 0 --seeds 0,1)",
 }
 SMALL_EPS, MID_EPS = "linf_0.02", "linf_0.05"       # the attacks the verdicts use (Fashion-MNIST radii)
 AA_KEY = "autoattack-cpu"
