@@ -180,7 +180,9 @@ def _summaries(model, curves, clean_tol, first_key):
     return out
 
 
-def _cmd_tradeoff(a):
+def _tradeoff_inputs(a):
+    """Validated inputs of ``tradeoff``: (model, eps grid with the summary attack appended if
+    absent, label of the summary attack); bad options raise ValueError naming the parameter."""
     model = _model_from_args(a)
     grid = _parse_eps_grid(a.eps_grid)
     summary_attack = _parse_eps_grid(a.summary_attack)
@@ -195,7 +197,12 @@ def _cmd_tradeoff(a):
     for name in ("rho_max", "eps_max"):
         if metrics.check_nonnegative(name.replace("_", "-"), getattr(a, name)) == 0.0:
             raise ValueError(f"{name.replace('_', '-')} must be positive")
-    t0 = time.perf_counter()
+    return model, grid, summary_key
+
+
+def _tradeoff_curves(a, model, grid) -> dict:
+    """One trade-off curve per method of ``a.methods``: ``a.num`` strengths from 0 to --rho-max
+    (SAM) or --eps-max (AT); --tau and --sam-norm go to sam-fixed-scale only."""
     curves = {}
     for method in a.methods:
         if method == "st":
@@ -205,28 +212,52 @@ def _cmd_tradeoff(a):
         fixed = method == "sam-fixed-scale"
         curves[method] = tradeoff(model, method, strengths, eps_grid=grid, tau=a.tau if fixed else None,
                                   progress=a.progress, sam_norm=a.sam_norm if fixed else None)
+    return curves
+
+
+def _strength_name(method: str) -> str:
+    return "rho" if method.startswith("sam") else "eps"
+
+
+def _write_tradeoff(path, out, model, tau, sam_norm) -> None:
+    """The result ``out`` as JSON at ``path`` and its tables and summary as markdown next to it
+    (same stem, .md); both written atomically."""
+    write_text_atomic(path, json.dumps(out, indent=2))
+    md = [f"# linear_theory tradeoff ({type(model).__name__}, tau={tau}"
+          + (f", sam-norm={sam_norm})" if sam_norm else ")"), ""]
+    for method, rows in out["curves"].items():
+        md += [f"## {method}", "", "```", _table(rows, _strength_name(method)), "```", ""]
+    md += ["## summary", "", "```", json.dumps(out["summary"], indent=2), "```", ""]
+    write_text_atomic(os.path.splitext(path)[0] + ".md", "\n".join(md))
+
+
+def _print_tradeoff(a, out) -> None:
+    """The human-readable output of ``tradeoff``: one table per method, the summaries, wall time."""
+    for method, rows in out["curves"].items():
+        fixed = method == "sam-fixed-scale"
+        print(f"== {method}" + (f" (tau {a.tau:g}, {out['sam_norm']} norm)" if fixed else ""))
+        print(_table(rows, _strength_name(method)))
+        print()
+    for method, s in out["summary"].items():
+        print(f"summary {method}: {json.dumps(s)}")
+    print(f"wall time {out['wall_time_s']:.2f} s for {a.num} strengths x {len(a.methods)} methods")
+
+
+def _cmd_tradeoff(a):
+    """``tradeoff``: sweep each method's strength, summarise (T6), print and optionally write."""
+    model, grid, summary_key = _tradeoff_inputs(a)
+    t0 = time.perf_counter()
+    curves = _tradeoff_curves(a, model, grid)
     wall = time.perf_counter() - t0
     sam_norm = (a.sam_norm or "full") if "sam-fixed-scale" in a.methods else None
     out = {"model": _model_dict(model), "tau": a.tau, "sam_norm": sam_norm, "eps_grid": [[str(n), e] for n, e in grid],
            "curves": curves, "summary": _summaries(model, curves, a.clean_tol, summary_key), "wall_time_s": wall}
     if a.out:
-        write_text_atomic(a.out, json.dumps(out, indent=2))
-        md = [f"# linear_theory tradeoff ({type(model).__name__}, tau={a.tau}"
-              + (f", sam-norm={sam_norm})" if sam_norm else ")"), ""]
-        for method, rows in curves.items():
-            md += [f"## {method}", "", "```", _table(rows, "rho" if method.startswith("sam") else "eps"), "```", ""]
-        md += ["## summary", "", "```", json.dumps(out["summary"], indent=2), "```", ""]
-        write_text_atomic(os.path.splitext(a.out)[0] + ".md", "\n".join(md))
+        _write_tradeoff(a.out, out, model, a.tau, sam_norm)
     if a.json:
         print(json.dumps(out, indent=2))
         return
-    for method, rows in curves.items():
-        print(f"== {method}" + (f" (tau {a.tau:g}, {sam_norm} norm)" if method == "sam-fixed-scale" else ""))
-        print(_table(rows, "rho" if method.startswith("sam") else "eps"))
-        print()
-    for method, s in out["summary"].items():
-        print(f"summary {method}: {json.dumps(s)}")
-    print(f"wall time {wall:.2f} s for {a.num} strengths x {len(a.methods)} methods")
+    _print_tradeoff(a, out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,45 +46,49 @@ def _real(ctx, report_path, res: BuildResult, log) -> None:
     for line in res.real.skipped:
         log(line)
     for fr in res.real.figures:
-        log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
+        _log_figure(fr, log)
 
 
-def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=("png", "pdf"),
-          command: str = "python -m paper_figs", log=print) -> BuildResult:
-    """Draw all figures into ``out_dir`` (default ``<results_dir>/figures``) and write the report.
+def _log_figure(fr, log) -> None:
+    log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
 
-    Missing inputs skip what needs them (one line each via ``log``); corrupt inputs are collected
-    in ``BuildResult.errors`` (the CLI then exits with status 2) and the rest is still drawn.
-    """
-    results_dir = Path(results_dir)
-    out_dir = Path(out_dir) if out_dir is not None else results_dir / "figures"
-    pal.apply_paper_style()
-    res = BuildResult()
-    inputs = []
 
-    def load(what, loader, describe):
-        """(data, skip line) of one input; records the input line, skips and errors."""
-        try:
-            data = loader(results_dir)
-        except MissingInput as exc:
-            line = _skip_line(exc)
-            res.skipped.append(line)
-            inputs.append(f"{what}: missing (`{exc.command}`)")
-            return None, line
-        except CorruptInput as exc:
-            line = f"{what} results unreadable: {exc}"
-            res.errors.append(line)
-            inputs.append(f"{what}: unreadable ({exc.problem})")
-            return None, line
-        inputs.append(f"{what}: {describe(data)}")
-        return data, None
+def _load_input(what, loader, describe, results_dir: Path, res: BuildResult, inputs: list):
+    """(data, skip line) of one input, ``loader(results_dir)``. Appends the report's input line
+    (``describe(data, results_dir)``, or missing/unreadable) to ``inputs``; a missing input goes
+    to ``res.skipped``, a corrupt one to ``res.errors``, and both return (None, that line)."""
+    try:
+        data = loader(results_dir)
+    except MissingInput as exc:
+        line = _skip_line(exc)
+        res.skipped.append(line)
+        inputs.append(f"{what}: missing (`{exc.command}`)")
+        return None, line
+    except CorruptInput as exc:
+        line = f"{what} results unreadable: {exc}"
+        res.errors.append(line)
+        inputs.append(f"{what}: unreadable ({exc.problem})")
+        return None, line
+    inputs.append(f"{what}: {describe(data, results_dir)}")
+    return data, None
 
-    sim, sim_skip = load("simulations", load_simulations,
-                         lambda d: f"`{results_dir / 'simulations.json'}` ({len(d['claims'])} "
-                                   f"claim rows, profile {d['meta'].get('profile', '?')})")
-    deep, deep_skip = load("deep", load_deep,
-                           lambda d: ", ".join(f"{ds} ({len(r)} runs)" for ds, r in d.items())
-                           + f" under `{results_dir / 'deep'}`")
+
+def _describe_sim(d, results_dir: Path) -> str:
+    return (f"`{results_dir / 'simulations.json'}` ({len(d['claims'])} "
+            f"claim rows, profile {d['meta'].get('profile', '?')})")
+
+
+def _describe_deep(d, results_dir: Path) -> str:
+    return (", ".join(f"{ds} ({len(r)} runs)" for ds, r in d.items())
+            + f" under `{results_dir / 'deep'}`")
+
+
+def _sim_inputs(sim, sim_skip, results_dir: Path, res: BuildResult):
+    """(sim, settings, sim_points, sim_m, sim_skip) from the loaded simulation results ``sim``
+    (None when absent): the theory settings of their meta and their curve and sam_vs_m points.
+    Results not comparable with the theory, or with an unexpected layout, are recorded in
+    ``res.errors`` and dropped (``sim`` None, ``sim_skip`` that line); the theory then uses the
+    default settings (when not comparable) or the simulations' own (when unreadable)."""
     try:
         settings = th.settings_from_meta(sim["meta"] if sim else None)
     except ValueError as exc:
@@ -100,13 +104,12 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
                         f"unexpected curves/sam_vs_m layout ({type(exc).__name__}: {exc})")
             res.errors.append(sim_skip)
             sim = None
-    ctx = figures.FigureContext(
-        settings=settings, out_dir=out_dir,
-        sim_points=sim_points, sim_m=sim_m, sim_skip=sim_skip,
-        deep=deep, deep_skip=deep_skip, formats=tuple(formats),
-        sim_tol=dict((sim or {}).get("meta", {}).get("opt_tol") or {}), results_dir=results_dir)
-    for line in res.errors + res.skipped:
-        log(line)
+    return sim, settings, sim_points, sim_m, sim_skip
+
+
+def _figures(ctx, res: BuildResult, log) -> None:
+    """Draw :data:`FIGURE_FUNCTIONS` into ``res.figures``; skipped ones into ``res.skipped``;
+    one log line each."""
     for fn in FIGURE_FUNCTIONS:
         try:
             fr = fn(ctx)
@@ -115,14 +118,44 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
             log(str(exc))
             continue
         res.figures.append(fr)
-        log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
-    _real(ctx, report_path, res, log)
+        _log_figure(fr, log)
+
+
+def _beyond(ctx, report_path, res: BuildResult, log) -> None:
+    """The beyond-the-paper section (beyond_figures.beyond_section) into ``res.beyond``; its
+    skips and files logged one line each."""
     res.beyond = beyond_figures.beyond_section(ctx, report_path)
     for line in res.beyond.skipped:
         log(line)
     res.skipped += res.beyond.skipped
     for fr in res.beyond.figures:
-        log(f"{fr.name}: {', '.join(str(p) for p in fr.files)}")
+        _log_figure(fr, log)
+
+
+def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=("png", "pdf"),
+          command: str = "python -m paper_figs", log=print) -> BuildResult:
+    """Draw all figures into ``out_dir`` (default ``<results_dir>/figures``) and write the report.
+
+    Missing inputs skip what needs them (one line each via ``log``); corrupt inputs are collected
+    in ``BuildResult.errors`` (the CLI then exits with status 2) and the rest is still drawn.
+    """
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "figures"
+    pal.apply_paper_style()
+    res, inputs = BuildResult(), []
+    sim, sim_skip = _load_input("simulations", load_simulations, _describe_sim, results_dir, res, inputs)
+    deep, deep_skip = _load_input("deep", load_deep, _describe_deep, results_dir, res, inputs)
+    sim, settings, sim_points, sim_m, sim_skip = _sim_inputs(sim, sim_skip, results_dir, res)
+    ctx = figures.FigureContext(
+        settings=settings, out_dir=out_dir,
+        sim_points=sim_points, sim_m=sim_m, sim_skip=sim_skip,
+        deep=deep, deep_skip=deep_skip, formats=tuple(formats),
+        sim_tol=dict((sim or {}).get("meta", {}).get("opt_tol") or {}), results_dir=results_dir)
+    for line in res.errors + res.skipped:
+        log(line)
+    _figures(ctx, res, log)
+    _real(ctx, report_path, res, log)
+    _beyond(ctx, report_path, res, log)
     render_report(report_path, res.figures, [s for s in res.skipped if "skipped:" in s],
                   res.errors, sim, deep, command, inputs, real=res.real, beyond=res.beyond)
     res.report = Path(report_path)

@@ -9,6 +9,7 @@ of the methods, which the verdicts check configuration by configuration.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -57,6 +58,67 @@ def _pct_pair(a: float, b: float) -> str:
     return f"{100 * a:.1f} vs {100 * b:.1f}"
 
 
+def _detail(what, a, b, ta, tb) -> str:
+    return f"{what} measured {_pct_pair(a, b)}, theory {_pct_pair(ta, tb)}"
+
+
+@dataclass
+class _Orderings:
+    """The deep ordering checks at one attack: measured robust accuracies at ``attack``, theory
+    ones at ``tk``; ``t_st``/``t_at`` are the theory's ST and AT-above-eta points; clean
+    accuracies count as 'not lower' within ``tol`` plus the seeds' sd."""
+
+    attack: str
+    tk: str
+    tol: float
+    t_st: dict
+    t_at: dict
+
+    def rob(self, c) -> float:
+        """Mean measured robust accuracy of configuration ``c`` (nan without runs)."""
+        s = c.robust.get(self.attack)
+        return s.mean if s is not None and s.n else float("nan")
+
+    def cmp_rob(self, a, b):
+        """Whether ``a`` is measured more robust than ``b``; None when either is unknown."""
+        ra, rb = self.rob(a), self.rob(b)
+        return None if math.isnan(ra) or math.isnan(rb) else ra > rb
+
+    def clean_not_lower(self, a, b) -> bool:
+        """Whether ``a``'s mean clean accuracy is not below ``b``'s by more than ``tol`` plus the
+        larger seed sd."""
+        slack = self.tol + max(a.clean.sd if a.clean.n > 1 else 0.0,
+                               b.clean.sd if b.clean.n > 1 else 0.0)
+        return a.clean.mean >= b.clean.mean - slack
+
+    def sam_checks(self, c, tp, st, at) -> list:
+        """SAM configuration ``c`` (theory point ``tp``): more robust than and clean within
+        ``tol`` of each ST configuration; less robust than each AT configuration."""
+        tk, t_st, t_at, checks = self.tk, self.t_st, self.t_at, []
+        for s in st:
+            checks.append((f"{c.text} robust > {s.text}", tp["robust"][tk] > t_st["robust"][tk],
+                           self.cmp_rob(c, s),
+                           _detail("robust", self.rob(c), self.rob(s), tp["robust"][tk],
+                                   t_st["robust"][tk])))
+            checks.append((f"{c.text} clean within 0.5 pt of {s.text} (measured: + seed sd)",
+                           tp["clean"] >= t_st["clean"] - self.tol, self.clean_not_lower(c, s),
+                           _detail("clean", c.clean.mean, s.clean.mean, tp["clean"], t_st["clean"])))
+        for a in at:
+            checks.append((f"{a.text} robust > {c.text}", t_at["robust"][tk] > tp["robust"][tk],
+                           self.cmp_rob(a, c),
+                           _detail("robust", self.rob(a), self.rob(c), t_at["robust"][tk],
+                                   tp["robust"][tk])))
+        return checks
+
+    def at_checks(self, a, st) -> list:
+        """AT configuration ``a``: clean accuracy below each ST configuration's."""
+        t_at, t_st = self.t_at, self.t_st
+        return [(f"{a.text} clean < {s.text}", t_at["clean"] < t_st["clean"],
+                 a.clean.mean < s.clean.mean,
+                 _detail("clean", a.clean.mean, s.clean.mean, t_at["clean"], t_st["clean"]))
+                for s in st]
+
+
 def deep_ordering_checks(configs, attack: str, theory: dict, theory_key: str,
                          tol: float = 0.005):
     """(description, predicted by theory, observed in the deep runs, numbers) per configuration.
@@ -72,45 +134,14 @@ def deep_ordering_checks(configs, attack: str, theory: dict, theory_key: str,
     st = [c for c in configs if c.method == "st"]
     sam = [c for c in configs if c.method == "sam"]
     at = [c for c in configs if c.method.startswith("at")]
-    t_st, t_at = theory["st"], theory["at-large"]
-    tk = theory_key
-
-    def rob(c):
-        s = c.robust.get(attack)
-        return s.mean if s is not None and s.n else float("nan")
-
-    def cmp_rob(a, b):
-        ra, rb = rob(a), rob(b)
-        return None if math.isnan(ra) or math.isnan(rb) else ra > rb
-
-    def clean_not_lower(a, b):
-        slack = tol + max(a.clean.sd if a.clean.n > 1 else 0.0, b.clean.sd if b.clean.n > 1 else 0.0)
-        return a.clean.mean >= b.clean.mean - slack
-
-    def detail(what, a, b, ta, tb):
-        return f"{what} measured {_pct_pair(a, b)}, theory {_pct_pair(ta, tb)}"
-
+    orderings = _Orderings(attack, theory_key, tol, theory["st"], theory["at-large"])
     checks = []
     for c in sam:
         tp = _sam_theory(theory, c)
-        if tp is None:
-            continue
-        for s in st:
-            checks.append((f"{c.text} robust > {s.text}", tp["robust"][tk] > t_st["robust"][tk],
-                           cmp_rob(c, s),
-                           detail("robust", rob(c), rob(s), tp["robust"][tk], t_st["robust"][tk])))
-            checks.append((f"{c.text} clean within 0.5 pt of {s.text} (measured: + seed sd)",
-                           tp["clean"] >= t_st["clean"] - tol, clean_not_lower(c, s),
-                           detail("clean", c.clean.mean, s.clean.mean, tp["clean"], t_st["clean"])))
-        for a in at:
-            checks.append((f"{a.text} robust > {c.text}", t_at["robust"][tk] > tp["robust"][tk],
-                           cmp_rob(a, c),
-                           detail("robust", rob(a), rob(c), t_at["robust"][tk], tp["robust"][tk])))
+        if tp is not None:
+            checks += orderings.sam_checks(c, tp, st, at)
     for a in at:
-        for s in st:
-            checks.append((f"{a.text} clean < {s.text}", t_at["clean"] < t_st["clean"],
-                           a.clean.mean < s.clean.mean,
-                           detail("clean", a.clean.mean, s.clean.mean, t_at["clean"], t_st["clean"])))
+        checks += orderings.at_checks(a, st)
     return checks
 
 
@@ -130,42 +161,34 @@ def _scatter_configs(ax, configs, attack):
                     color=st.color, ha="left" if _LABEL_OFFSET[c.method][0] > 0 else "right")
 
 
-def fig5_deep(ctx: FigureContext) -> FigureResult:
-    """Deep clean vs robust accuracy per method and dataset, with the linear theory's ordering."""
-    if not ctx.deep:
-        raise SkipFigure(f"fig5_deep skipped: {ctx.deep_skip}")
-    datasets = list(ctx.deep)
-    n = len(datasets) + 1
-    ncols = 2
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(pal.COLUMN_WIDTH_IN, 1.75 * nrows + 0.35),
-                             squeeze=False)
-    checks_all, notes = [], []
-    theory = th.representative_points(ctx.settings)
-    tkey = ctx.settings.eval_keys[0]
-    for ax, ds in zip(axes.flat, datasets):
-        configs = summarise_runs(ctx.deep[ds])
-        attack = pick_attack(configs)
-        _scatter_configs(ax, configs, attack)
-        ax.set_title(ds)
-        ax.set_xlabel("clean acc. (%)")
-        ax.set_ylabel(f"robust acc. (%), {_attack_label(attack)}" if attack else "robust acc.")
-        ax.margins(0.25)
-        ax.autoscale_view()
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(lo, -2.0), min(hi, 102.0))
-        lo, hi = ax.get_xlim()
-        ax.set_xlim(max(lo, -2.0), min(hi, 102.0))
-        ax.grid(alpha=0.25, linewidth=0.5)
-        if attack:
-            checks = deep_ordering_checks(configs, attack, theory, tkey)
-            checks_all += [(f"{ds}: {c[0]}", *c[1:]) for c in checks]
-            nseeds = sorted({c.clean.n for c in configs})
-            notes.append(f"{ds}: robust accuracy under PGD {attack}; seeds per configuration "
-                         f"{nseeds}; error bars = sd over seeds."
-                         + (" Smoke runs (deep.run --quick): not evidence about the methods."
-                            if "(quick)" in ds else ""))
-    ax = axes.flat[len(datasets)]
+def _deep_panel(ax, ds, configs, attack):
+    """Panel of deep dataset ``ds``: its configurations in the clean-robust plane at ``attack``,
+    axes limited to [-2, 102] %."""
+    _scatter_configs(ax, configs, attack)
+    ax.set_title(ds)
+    ax.set_xlabel("clean acc. (%)")
+    ax.set_ylabel(f"robust acc. (%), {_attack_label(attack)}" if attack else "robust acc.")
+    ax.margins(0.25)
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, -2.0), min(hi, 102.0))
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(max(lo, -2.0), min(hi, 102.0))
+    ax.grid(alpha=0.25, linewidth=0.5)
+
+
+def _deep_note(ds, attack, configs) -> str:
+    """Figure 5's note on dataset ``ds``: attack, seeds per configuration, smoke-run warning."""
+    nseeds = sorted({c.clean.n for c in configs})
+    return (f"{ds}: robust accuracy under PGD {attack}; seeds per configuration "
+            f"{nseeds}; error bars = sd over seeds."
+            + (" Smoke runs (deep.run --quick): not evidence about the methods."
+               if "(quick)" in ds else ""))
+
+
+def _theory_panel(ax, theory, tkey):
+    """Panel of the linear theory's representative optima (filled markers), clean vs robust
+    accuracy at attack ``tkey``."""
     for key, p in theory.items():
         if p is None:
             continue
@@ -182,12 +205,22 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
     ax.set_ylabel(f"robust acc. (%), {eval_label(tkey)}")
     ax.margins(0.25)
     ax.grid(alpha=0.25, linewidth=0.5)
-    present = {c.method for runs in ctx.deep.values() for c in summarise_runs(runs)}
+
+
+def _deep_legend_handles(deep) -> list:
+    """Legend entries of figure 5: each deep method present (open markers), then the theory."""
+    present = {c.method for runs in deep.values() for c in summarise_runs(runs)}
     hs = [Line2D([], [], color=pal.style(m).color, marker=pal.style(m).marker, mfc="white",
                  linestyle="none", label=pal.style(m).label + " (deep)")
           for m in ("st", "sam", "at-linf", "at-l2") if m in present]
     hs += [Line2D([], [], color="0.3", marker="o", linestyle="none",
                   label="filled: linear theory")]  # noqa: E501
+    return hs
+
+
+def _deep_legend(fig, axes, n, height, hs):
+    """Hide the panels after the first ``n``; put the legend in the first of them, or above the
+    panels when there is none; then lay out the figure (``height`` in inches)."""
     spare = list(axes.flat)[n:]
     for extra in spare:
         extra.axis("off")
@@ -197,7 +230,32 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
     else:
         fig.legend(handles=hs, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.0),
                    fontsize=6)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (1.75 * nrows + 0.35)), h_pad=0.6)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height), h_pad=0.6)
+
+
+def fig5_deep(ctx: FigureContext) -> FigureResult:
+    """Deep clean vs robust accuracy per method and dataset, with the linear theory's ordering."""
+    if not ctx.deep:
+        raise SkipFigure(f"fig5_deep skipped: {ctx.deep_skip}")
+    datasets = list(ctx.deep)
+    n = len(datasets) + 1
+    ncols = 2
+    nrows = math.ceil(n / ncols)
+    height = 1.75 * nrows + 0.35
+    fig, axes = plt.subplots(nrows, ncols, figsize=(pal.COLUMN_WIDTH_IN, height), squeeze=False)
+    checks_all, notes = [], []
+    theory = th.representative_points(ctx.settings)
+    tkey = ctx.settings.eval_keys[0]
+    for ax, ds in zip(axes.flat, datasets):
+        configs = summarise_runs(ctx.deep[ds])
+        attack = pick_attack(configs)
+        _deep_panel(ax, ds, configs, attack)
+        if attack:
+            checks = deep_ordering_checks(configs, attack, theory, tkey)
+            checks_all += [(f"{ds}: {c[0]}", *c[1:]) for c in checks]
+            notes.append(_deep_note(ds, attack, configs))
+    _theory_panel(axes.flat[len(datasets)], theory, tkey)
+    _deep_legend(fig, axes, n, height, _deep_legend_handles(ctx.deep))
     files = save(fig, ctx.out_dir, "fig5_deep", ctx.formats)
     verdict = _smoke_prefix(ordering_verdict(checks_all, _UNIT), datasets)
     return FigureResult(
@@ -275,10 +333,9 @@ def _chance(runs):
     return None
 
 
-def fig6_probes(ctx: FigureContext) -> FigureResult:
-    """Feature-reliance probes on generated data (deep) next to their linear-theory analogue."""
-    if not ctx.deep:
-        raise SkipFigure(f"fig6_probes skipped: {ctx.deep_skip}")
+def _probe_configs(ctx) -> dict:
+    """Deep configurations that store probes, by dataset (datasets without any left out);
+    SkipFigure when there is none."""
     with_probes = {ds: [c for c in summarise_runs(runs) if c.probes]
                    for ds, runs in ctx.deep.items()}
     with_probes = {ds: cs for ds, cs in with_probes.items() if cs}
@@ -286,9 +343,12 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         raise SkipFigure("fig6_probes skipped: no deep run stores probes (generated data only); "
                          "produce them with: python -m deep.run --dataset synthetic --out "
                          f"{ctx.results_dir}/deep")
-    ds, configs = next(iter(with_probes.items()))
-    theory = th.representative_points(ctx.settings)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(pal.COLUMN_WIDTH_IN, 3.6), sharex=True)
+    return with_probes
+
+
+def _deep_probe_bars(ax, ds, configs, chance):
+    """Top panel: probe accuracies of the deep configurations of dataset ``ds`` (mean, sd over
+    seeds; repeated methods fainter), with ``chance`` dotted when known."""
     x = np.arange(len(PROBE_KEYS))
     width = 0.8 / max(len(configs), 1)
     for i, c in enumerate(configs):
@@ -296,32 +356,49 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
         means = [c.probes[k].mean if k in c.probes else np.nan for k in PROBE_KEYS]
         sds = [c.probes[k].sd if k in c.probes else np.nan for k in PROBE_KEYS]
         rank = sum(1 for d in configs[:i] if d.method == c.method)
-        ax1.bar(x - 0.4 + width * (i + 0.5), 100 * np.array(means), width * 0.92,
-                yerr=100 * np.array(sds) if c.clean.n > 1 else None, color=st.color,
-                alpha=1.0 / (1 + 0.8 * rank),
-                edgecolor=st.color, linewidth=0.6, label=c.label, error_kw={"elinewidth": 0.6})
-    ax1.set_ylabel("accuracy (%)")
-    ax1.set_title(f"deep network, generated data: {ds}", pad=2)
-    chance = _chance(ctx.deep[ds])
+        ax.bar(x - 0.4 + width * (i + 0.5), 100 * np.array(means), width * 0.92,
+               yerr=100 * np.array(sds) if c.clean.n > 1 else None, color=st.color,
+               alpha=1.0 / (1 + 0.8 * rank),
+               edgecolor=st.color, linewidth=0.6, label=c.label, error_kw={"elinewidth": 0.6})
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"deep network, generated data: {ds}", pad=2)
     if chance is not None:
-        ax1.axhline(100 * chance, color="0.4", linewidth=0.6, linestyle=":")
-    ax1.legend(ncol=2, fontsize=6, loc="upper center")
+        ax.axhline(100 * chance, color="0.4", linewidth=0.6, linestyle=":")
+    ax.legend(ncol=2, fontsize=6, loc="upper center")
+
+
+def _theory_probe_bars(ax, theory):
+    """Bottom panel: the same probes of the linear theory's representative optima, labelled
+    with their robust reliance; chance (50%) dotted; probe names on the x axis."""
+    x = np.arange(len(PROBE_KEYS))
     tkeys = [k for k in ("st", "sam", "at-small", "at-large") if theory.get(k) is not None]
     width = 0.8 / len(tkeys)
     for i, key in enumerate(tkeys):
         p = theory[key]
         st = pal.style(_theory_method(key))
         acc = th.probe_accuracies_from_point(p)
-        ax2.bar(x - 0.4 + width * (i + 0.5), [100 * acc[k] for k in PROBE_KEYS], width * 0.92,
-                color=st.color, alpha=0.55 if key == "at-small" else 1.0, edgecolor=st.color,
-                linewidth=0.6, label=f"{_theory_label(key, p)}, r={p['reliance']:.2f}")
-    ax2.set_ylabel("accuracy (%)")
-    ax2.set_title("linear theory (r = robust reliance)", pad=2)
-    ax2.legend(ncol=2, fontsize=6, loc="upper center")
-    ax2.axhline(50, color="0.4", linewidth=0.6, linestyle=":")
-    ax2.set_xticks(x)
-    ax2.set_xticklabels(["clean", "non-robust\nremoved", "non-robust\nswapped",
-                         "robust\nremoved"])
+        ax.bar(x - 0.4 + width * (i + 0.5), [100 * acc[k] for k in PROBE_KEYS], width * 0.92,
+               color=st.color, alpha=0.55 if key == "at-small" else 1.0, edgecolor=st.color,
+               linewidth=0.6, label=f"{_theory_label(key, p)}, r={p['reliance']:.2f}")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("linear theory (r = robust reliance)", pad=2)
+    ax.legend(ncol=2, fontsize=6, loc="upper center")
+    ax.axhline(50, color="0.4", linewidth=0.6, linestyle=":")
+    ax.set_xticks(x)
+    ax.set_xticklabels(["clean", "non-robust\nremoved", "non-robust\nswapped",
+                        "robust\nremoved"])
+
+
+def fig6_probes(ctx: FigureContext) -> FigureResult:
+    """Feature-reliance probes on generated data (deep) next to their linear-theory analogue."""
+    if not ctx.deep:
+        raise SkipFigure(f"fig6_probes skipped: {ctx.deep_skip}")
+    with_probes = _probe_configs(ctx)
+    ds, configs = next(iter(with_probes.items()))
+    theory = th.representative_points(ctx.settings)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(pal.COLUMN_WIDTH_IN, 3.6), sharex=True)
+    _deep_probe_bars(ax1, ds, configs, _chance(ctx.deep[ds]))
+    _theory_probe_bars(ax2, theory)
     for ax in (ax1, ax2):
         ax.grid(axis="y", alpha=0.25, linewidth=0.5)
         ax.set_ylim(0, 150)

@@ -280,67 +280,102 @@ def _zoom_box(rows_by_method, sim_points, key, st_pt):
     return x0 - px, x1 + px, y0 - py, y1 + py
 
 
+@dataclass
+class _Plane:
+    """What every panel of figure 1 draws from: the context, the theory methods and their curves,
+    ST's theory point, and the theory-vs-simulation items collected on the left panels."""
+
+    ctx: FigureContext
+    methods: list
+    curves: dict
+    st_pt: dict
+    items: _Items
+
+
+def _plane_theory(ax, plane: _Plane, key):
+    """Theory curves of the plane's methods and the ST star, clean vs robust accuracy at ``key``."""
+    for m in plane.methods:
+        rows = [r for r in plane.curves[m] if math.isfinite(r["clean"])]
+        ax.plot(_pct([r["clean"] for r in rows]), _pct([r["robust"][key] for r in rows]),
+                **pal.style(m).line(), zorder=3 if m == "sam" else 2)
+    ax.plot(*_pct([plane.st_pt["clean"], plane.st_pt["robust"][key]]), marker="*", markersize=8,
+            color="k", linestyle="none", zorder=6)
+
+
+def _plane_ticks(ax, ctx, key, labels):
+    """Strength dots of a whole-plane panel (AT l_inf at eps = eta, SAM at rho 0.2 and 0.4);
+    their labels are queued in ``labels``."""
+    eta = ctx.settings.model().eta
+    _strength_ticks(ax, ctx, "at-linf", [eta], key, r"$\epsilon=\eta=$", (5, -3), "left", labels)
+    ax.margins(y=0.1)
+    _strength_ticks(ax, ctx, "sam", [0.2, 0.4], key, r"$\rho$=", (-4, 3), "right", labels)
+
+
+def _plane_sim(ax, ctx, key, items, with_clean: bool):
+    """Simulation points (mean, 95% CI in both accuracies) at attack ``key``. Unless ``items`` is
+    None, each point's robust accuracy (and, ``with_clean``, its clean accuracy) is added to it."""
+    for p in ctx.sim_points or []:
+        if key not in p["robust"]:
+            continue
+        cm, cerr = _err(p["clean"], 100)
+        rm, rerr = _err(p["robust"][key], 100)
+        _sim_marker(ax, cm, rm, rerr, p["method"], xerr=cerr)
+        if items is None:
+            continue
+        lab = _sim_label(p)
+        if with_clean:
+            items.add(ctx, p, lab + " clean", "clean", lambda t: t["clean"], *p["clean"][1:])
+        items.add(ctx, p, f"{lab} robust {key}", "robust",
+                  lambda t, k=key: t["robust"][k], *p["robust"][key][1:])
+
+
+def _plane_panel(ax, plane: _Plane, key, zoom: bool, first_row: bool, last_row: bool):
+    """One panel of figure 1 at attack ``key``: the whole plane (with strength dots; its
+    simulation points feed the verdict) or, ``zoom``, the region near ST."""
+    ctx = plane.ctx
+    _plane_theory(ax, plane, key)
+    labels = []
+    if not zoom:
+        _plane_ticks(ax, ctx, key, labels)
+    _plane_sim(ax, ctx, key, None if zoom else plane.items, with_clean=first_row)
+    if zoom:
+        x0, x1, y0, y1 = _zoom_box(plane.curves, ctx.sim_points, key, plane.st_pt)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_title("zoom near ST", fontsize=7, pad=2)
+    else:
+        ax.set_ylabel(f"robust acc. (%)\n{eval_label(key)}")
+    if last_row:
+        ax.set_xlabel("clean accuracy (%)")
+    ax.grid(alpha=0.25, linewidth=0.5)
+    ax.tick_params(labelsize=6)
+    if labels:
+        _place_labels(ax, labels)
+
+
 def fig1_tradeoff(ctx: FigureContext) -> FigureResult:
     """Clean vs robust accuracy: theory curves SAM(rho), AT(eps) (T6) + simulation points (S5).
 
     One row per evaluation attack of the simulations; left: the whole plane, right: zoom on the
     region within 1.5 points of ST's clean accuracy, where SAM's points lie."""
     s = ctx.settings
-    eta = s.model().eta
     keys = s.eval_keys
-    fig, axes = plt.subplots(len(keys), 2, figsize=(pal.COLUMN_WIDTH_IN, 1.75 * len(keys) + 0.45),
-                             squeeze=False)
+    height = 1.75 * len(keys) + 0.45
+    fig, axes = plt.subplots(len(keys), 2, figsize=(pal.COLUMN_WIDTH_IN, height), squeeze=False)
     methods = _theory_methods(ctx.sim_points)
-    curves = {m: _curve(ctx, m) for m in methods}
-    st_pt = th.theory_point(s, "st", 0.0)
-    items = _Items()
+    plane = _Plane(ctx, methods, {m: _curve(ctx, m) for m in methods},
+                   th.theory_point(s, "st", 0.0), _Items())
     for row, key in enumerate(keys):
         for col, ax in enumerate(axes[row]):
-            for m in methods:
-                rows = [r for r in curves[m] if math.isfinite(r["clean"])]
-                ax.plot(_pct([r["clean"] for r in rows]), _pct([r["robust"][key] for r in rows]),
-                        **pal.style(m).line(), zorder=3 if m == "sam" else 2)
-            ax.plot(*_pct([st_pt["clean"], st_pt["robust"][key]]), marker="*", markersize=8,
-                    color="k", linestyle="none", zorder=6)
-            labels = []
-            if col == 0:
-                _strength_ticks(ax, ctx, "at-linf", [eta], key, r"$\epsilon=\eta=$", (5, -3),
-                                "left", labels)
-                ax.margins(y=0.1)
-                _strength_ticks(ax, ctx, "sam", [0.2, 0.4], key, r"$\rho$=", (-4, 3), "right",
-                                labels)
-            for p in ctx.sim_points or []:
-                if key not in p["robust"]:
-                    continue
-                cm, cerr = _err(p["clean"], 100)
-                rm, rerr = _err(p["robust"][key], 100)
-                _sim_marker(ax, cm, rm, rerr, p["method"], xerr=cerr)
-                if col == 0:
-                    lab = _sim_label(p)
-                    if row == 0:
-                        items.add(ctx, p, lab + " clean", "clean", lambda t: t["clean"],
-                                  *p["clean"][1:])
-                    items.add(ctx, p, f"{lab} robust {key}", "robust",
-                              lambda t, k=key: t["robust"][k], *p["robust"][key][1:])
-            if col == 1:
-                x0, x1, y0, y1 = _zoom_box(curves, ctx.sim_points, key, st_pt)
-                ax.set_xlim(x0, x1)
-                ax.set_ylim(y0, y1)
-                ax.set_title("zoom near ST", fontsize=7, pad=2)
-            else:
-                ax.set_ylabel(f"robust acc. (%)\n{eval_label(key)}")
-            if row == len(keys) - 1:
-                ax.set_xlabel("clean accuracy (%)")
-            ax.grid(alpha=0.25, linewidth=0.5)
-            ax.tick_params(labelsize=6)
-            if labels:
-                _place_labels(ax, labels)
+            _plane_panel(ax, plane, key, zoom=col == 1, first_row=row == 0,
+                         last_row=row == len(keys) - 1)
     fig.legend(handles=_legend_handles(methods, bool(ctx.sim_points)), loc="upper center",
                ncol=4, bbox_to_anchor=(0.5, 1.0), fontsize=6.5, columnspacing=1.0)
     fig.align_ylabels(axes[:, 0])
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.28 / (1.75 * len(keys) + 0.45)), h_pad=0.6, w_pad=0.4)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.28 / height), h_pad=0.6, w_pad=0.4)
     files = save(fig, ctx.out_dir, "fig1_tradeoff", ctx.formats)
-    verdict = items.verdict("simulated accuracy") if ctx.sim_points else _no_sim(ctx, "curves")
+    verdict = (plane.items.verdict("simulated accuracy") if ctx.sim_points
+               else _no_sim(ctx, "curves"))
     attacks = " and ".join(k.replace("_", " eps=") for k in keys)
     return FigureResult(
         "fig1_tradeoff", "Accuracy-robustness trade-off", files,
@@ -424,29 +459,30 @@ def fig2_strength(ctx: FigureContext) -> FigureResult:
 _RATIO_TOP = 100.0
 
 
-def fig3_weights(ctx: FigureContext) -> FigureResult:
-    """Mean robust weight / mean non-robust weight per method and strength (log scale)."""
-    s = ctx.settings
-    eta = s.model().eta
-    methods, curves = _strength_curves(ctx)
-    fig, ax = plt.subplots(figsize=(pal.COLUMN_WIDTH_IN, 2.5))
-    xmax = 2.2 * eta
+def _ratio_theory(ax, ctx, methods, curves, xmax):
+    """Theory weight-ratio curves up to per-coordinate strength ``xmax`` (infinite ratios drawn
+    off the top), ST's star, and the eps = eta line."""
+    eta = ctx.settings.model().eta
     for m in methods:
         rows = [r for r in curves[m] if math.isfinite(r["clean"]) and r["coord_strength"] <= xmax]
         y = [min(r["ratio"], 1e3 * _RATIO_TOP) for r in rows]   # inf -> off the top
         ax.plot([r["coord_strength"] for r in rows], y, **pal.style(m).line())
-    st_pt = th.theory_point(s, "st", 0.0)
+    st_pt = th.theory_point(ctx.settings, "st", 0.0)
     ax.plot([0], [st_pt["ratio"]], marker="*", markersize=8, color="k", linestyle="none",
             zorder=6, clip_on=False)
     ax.axvline(eta, **pal.ETA_LINE)
     _eta_label(ax, eta)
-    items, notes = _Items(), []
-    model = s.model()
+
+
+def _ratio_sim(ax, ctx, items, notes):
+    """Simulated weight ratios at their per-coordinate strength, each added to ``items``; those
+    off the plotted range (not positive or above _RATIO_TOP) are not drawn but noted in ``notes``."""
+    model = ctx.settings.model()
     for p in ctx.sim_points or []:
         if p.get("ratio") is None:
             continue
         mean, lo, hi = p["ratio"]
-        tp = th.theory_point(s, p["method"], p["strength"])
+        tp = th.theory_point(ctx.settings, p["method"], p["strength"])
         if mean <= 0 or mean > _RATIO_TOP:
             notes.append(f"{_sim_label(p)}: measured ratio {mean:.3g} "
                          f"[{lo:.3g}, {hi:.3g}] is off the plotted range (theory {tp['ratio']:.3g}).")
@@ -455,6 +491,16 @@ def fig3_weights(ctx: FigureContext) -> FigureResult:
             _sim_marker(ax, th.coordinate_strength(model, p["method"], p["strength"]), mean, err,
                         p["method"])
         items.add(ctx, p, _sim_label(p), "ratio", lambda t: t["ratio"], lo, hi)
+
+
+def fig3_weights(ctx: FigureContext) -> FigureResult:
+    """Mean robust weight / mean non-robust weight per method and strength (log scale)."""
+    methods, curves = _strength_curves(ctx)
+    fig, ax = plt.subplots(figsize=(pal.COLUMN_WIDTH_IN, 2.5))
+    xmax = 2.2 * ctx.settings.model().eta
+    _ratio_theory(ax, ctx, methods, curves, xmax)
+    items, notes = _Items(), []
+    _ratio_sim(ax, ctx, items, notes)
     ax.set_yscale("log")
     ax.set_ylim(0.5, _RATIO_TOP)
     ax.set_xlim(0, xmax)
@@ -478,14 +524,10 @@ def fig3_weights(ctx: FigureContext) -> FigureResult:
 
 
 # ----------------------------------------------------------------------------- figure 4
-def fig4_sam_vs_m(ctx: FigureContext) -> FigureResult:
-    """SAM's effective strength against the sharpness group size m (S4)."""
-    pts = [p for p in ctx.sim_m or [] if p["rho_eff"] is not None]
-    if not pts:
-        raise SkipFigure("fig4_sam_vs_m skipped: "
-                         + (ctx.sim_skip or "simulations.json has no sam_vs_m rows with rho_eff"))
+def _sam_vs_m_axes(ax, pts):
+    """Effective rho per group size m (mean, 95% CI, joined by a thin line), the nominal rhos as
+    horizontal T5 lines, log2 m axis."""
     st = pal.style("sam")
-    fig, ax = plt.subplots(figsize=(pal.COLUMN_WIDTH_IN, 2.2))
     for p in pts:
         m, err = _err(p["rho_eff"])
         _sim_marker(ax, p["m"], m, err, "sam")
@@ -503,10 +545,12 @@ def fig4_sam_vs_m(ctx: FigureContext) -> FigureResult:
     ax.set_ylabel(r"effective $\rho$")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.25, linewidth=0.5)
-    files = save(fig, ctx.out_dir, "fig4_sam_vs_m", ctx.formats)
+
+
+def _sam_vs_m_verdict(ctx, pts) -> Verdict:
+    """Figure 4's verdict: the m = 1 point's effective rho matches the nominal rho (T5) within
+    its CI plus the simulations' allowance, and the largest m is weaker than the first (S4)."""
     first = pts[0]
-    listing = ", ".join("m={:g}: {:.3g}".format(p["m"], p["rho_eff"][0]) for p in pts)
-    notes = [f"Effective rho by m ({listing}); nominal rho = {first['rho']:g}."]
     parts, oks = [], []
     if first["m"] == 1 and first["rho"] is not None:
         mean, lo, hi = first["rho_eff"]
@@ -522,13 +566,24 @@ def fig4_sam_vs_m(ctx: FigureContext) -> FigureResult:
         parts.append(f"m={pts[-1]['m']:g} is {'weaker' if weaker else 'not weaker'} than "
                      f"m={first['m']:g}, as S4 {'predicts' if weaker else 'predicts otherwise'}")
     if not parts:
-        verdict = no_data("no m = 1 point and no trend to compare")
-    else:
-        verdict = Verdict(all(oks), ("Agree: " if all(oks) else "Disagree: ")
-                          + "; ".join(parts) + ".")
+        return no_data("no m = 1 point and no trend to compare")
+    return Verdict(all(oks), ("Agree: " if all(oks) else "Disagree: ") + "; ".join(parts) + ".")
+
+
+def fig4_sam_vs_m(ctx: FigureContext) -> FigureResult:
+    """SAM's effective strength against the sharpness group size m (S4)."""
+    pts = [p for p in ctx.sim_m or [] if p["rho_eff"] is not None]
+    if not pts:
+        raise SkipFigure("fig4_sam_vs_m skipped: "
+                         + (ctx.sim_skip or "simulations.json has no sam_vs_m rows with rho_eff"))
+    fig, ax = plt.subplots(figsize=(pal.COLUMN_WIDTH_IN, 2.2))
+    _sam_vs_m_axes(ax, pts)
+    files = save(fig, ctx.out_dir, "fig4_sam_vs_m", ctx.formats)
+    listing = ", ".join("m={:g}: {:.3g}".format(p["m"], p["rho_eff"][0]) for p in pts)
+    notes = [f"Effective rho by m ({listing}); nominal rho = {pts[0]['rho']:g}."]
     return FigureResult(
         "fig4_sam_vs_m", "SAM's effective strength vs m", files,
         "Effective rho of real SAM on the scale-controlled linear model (the rho whose T5 optimum "
         "has the ridge lambda matched to the learned weights; mean, 95% CI over seeds) against the "
         "number m of examples sharing one ascent step (S4); the line is the nominal rho.",
-        verdict, notes)
+        _sam_vs_m_verdict(ctx, pts), notes)

@@ -244,6 +244,33 @@ def _extreme(c, others, key, stat_of, higher: bool):
     return ok, f"{key} {100 * mine.mean:.1f} vs {best_o.text} {100 * best.mean:.1f}"
 
 
+def _robust_extremes(a, others, keys) -> list:
+    """(attack, holds, words) of 'a has the highest robust accuracy at attack' among
+    ``others``, for each of ``keys`` where both sides have runs."""
+    found = [(k, *_extreme(a, others, k, lambda c, k=k: c.robust.get(k), True)) for k in keys]
+    return [t for t in found if t[1] is not None]
+
+
+def _extremes_detail(big, low, clean_ok, clean_txt, failed) -> str:
+    """The words of claim (c) for one AT configuration: counts of the robust comparisons beyond
+    small eps (``big``) and at small eps (``low``, not counted), the clean one, what fails."""
+    return (f"robust highest at {sum(t[1] for t in big)} of {len(big)} attacks beyond small "
+            f"eps; clean lowest: {'yes' if clean_ok else 'no'} ({clean_txt})"
+            + (f"; not holding: {'; '.join(failed)}" if failed else "")
+            + (f"; at small eps (not counted) highest at {sum(t[1] for t in low)} of "
+               f"{len(low)}" if low else ""))
+
+
+def _extremes_claim(a, others, keys, small) -> Claim:
+    """Claim (c) for AT configuration ``a`` against the non-AT configurations ``others``."""
+    big = _robust_extremes(a, others, [k for k in keys if k not in small])
+    low = _robust_extremes(a, others, small)
+    clean_ok, clean_txt = _extreme(a, others, "clean", lambda c: c.clean, False)
+    failed = [t[2] for t in big if not t[1]] + ([clean_txt] if clean_ok is False else [])
+    holds = None if clean_ok is None or not big else (clean_ok and all(t[1] for t in big))
+    return Claim("c", a.text, holds, _extremes_detail(big, low, clean_ok, clean_txt, failed))
+
+
 def claim_at_extremes(configs, small) -> list:
     """Claim (c), one :class:`Claim` per AT configuration: robust accuracy above every other
     configuration at each attack not in ``small``, and clean accuracy below every other; the
@@ -255,20 +282,7 @@ def claim_at_extremes(configs, small) -> list:
         if not others:
             out.append(Claim("c", a.text, None, "no ST or SAM run to compare with"))
             continue
-        big = [(k, *_extreme(a, others, k, lambda c, k=k: c.robust.get(k), True))
-               for k in keys if k not in small]
-        big = [t for t in big if t[1] is not None]
-        low = [t for t in ((k, *_extreme(a, others, k, lambda c, k=k: c.robust.get(k), True))
-                           for k in small) if t[1] is not None]
-        clean_ok, clean_txt = _extreme(a, others, "clean", lambda c: c.clean, False)
-        failed = [t[2] for t in big if not t[1]] + ([clean_txt] if clean_ok is False else [])
-        holds = None if clean_ok is None or not big else (clean_ok and all(t[1] for t in big))
-        detail = (f"robust highest at {sum(t[1] for t in big)} of {len(big)} attacks beyond small "
-                  f"eps; clean lowest: {'yes' if clean_ok else 'no'} ({clean_txt})"
-                  + (f"; not holding: {'; '.join(failed)}" if failed else "")
-                  + (f"; at small eps (not counted) highest at {sum(t[1] for t in low)} of "
-                     f"{len(low)}" if low else ""))
-        out.append(Claim("c", a.text, holds, detail))
+        out.append(_extremes_claim(a, others, keys, small))
     return out
 
 
