@@ -137,16 +137,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         Parameter gradients (``.grad``) of the attacked model are not touched.
     """
     norm_ = normalize_norm(norm)
-    if not (eps >= 0.0):
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if step_size is None:
-        step_size = default_step_size(eps, norm_)
-    if not (step_size >= 0.0):
-        raise ValueError(f"step_size must be >= 0, got {step_size!r}")
-    if clamp is not None and not (clamp[0] < clamp[1]):
-        raise ValueError(f"clamp must be (lo, hi) with lo < hi or None, got {clamp!r}")
+    step_size = _checked_args(eps, norm_, steps, step_size, clamp)
     loss_fn = loss_fn or _ce_sum
     x = x.detach()
     if eps == 0.0 or (steps == 0 and not random_start):
@@ -161,6 +152,22 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     for _ in range(int(steps)):
         delta, _ = step(x, y, delta)
     return (x + delta).detach()
+
+
+def _checked_args(eps, norm: str, steps, step_size, clamp) -> float:
+    """ValueError for a bad eps, steps, step_size or clamp of :func:`pgd`; returns the step size (the
+    default of ``norm`` when None)."""
+    if not (eps >= 0.0):
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if step_size is None:
+        step_size = default_step_size(eps, norm)
+    if not (step_size >= 0.0):
+        raise ValueError(f"step_size must be >= 0, got {step_size!r}")
+    if clamp is not None and not (clamp[0] < clamp[1]):
+        raise ValueError(f"clamp must be (lo, hi) with lo < hi or None, got {clamp!r}")
+    return step_size
 
 
 class _Step:

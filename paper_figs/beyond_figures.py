@@ -135,6 +135,41 @@ def _theory_rho(settings):
     return [r["strength"] for r in rows], [r["clean"] for r in rows], [r["robust"][key] for r in rows], key
 
 
+def _measured_rho_panel(ax, st, sams, zero) -> None:
+    """Clean and PGD accuracy of SAM against rho (log axis), ST as horizontal lines, the rho = 0 control
+    (when run) as a grey dot at the left edge."""
+    rhos = [r for r, _ in sams]
+    for key, style, lab in ((None, "-", "clean"), (bd.SMALL_EPS, "--", "PGD linf 0.02"),
+                            (bd.MID_EPS, ":", "PGD linf 0.05")):
+        m = [bd.acc(g, key) for _, g in sams]
+        ax.errorbar(rhos, [100 * s.mean for s in m], yerr=[100 * s.sd for s in m], color=COLORS["sam"],
+                    linestyle=style, marker="s", markersize=3, capsize=1.5, label=lab)
+        ax.axhline(100 * bd.acc(st, key).mean, color="k", linestyle=style, linewidth=0.7)
+        if zero is not None:
+            z = bd.acc(zero, key)
+            ax.errorbar(rhos[0] / 2, 100 * z.mean, yerr=100 * z.sd, color="grey", marker="o", markersize=3,
+                        capsize=1.5, label="SAM rho=0" if key is None else None)
+    ax.set_xscale("log")
+    ax.set_xlabel(r"$\rho$ (per batch)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("PreActResNet-18 (black: ST)", fontsize=7)
+    ax.legend(fontsize=5.5)
+    ax.grid(alpha=0.25, linewidth=0.5)
+
+
+def _theory_rho_panel(ax, tr, tc, trob, key) -> None:
+    """T6: clean and robust accuracy of SAM at fixed scale against its rho; ST (rho = 0) as lines."""
+    ax.plot(tr[1:], [100 * c for c in tc[1:]], color=COLORS["sam"], label="clean")
+    ax.plot(tr[1:], [100 * c for c in trob[1:]], color=COLORS["sam"], linestyle="--", label=key)
+    ax.axhline(100 * tc[0], color="k", linewidth=0.7)
+    ax.axhline(100 * trob[0], color="k", linestyle="--", linewidth=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel(r"$\rho$ (per example, theory)")
+    ax.set_title("linear theory (T6)", fontsize=7)
+    ax.legend(fontsize=5.5)
+    ax.grid(alpha=0.25, linewidth=0.5)
+
+
 def _below(drop: float) -> str:
     return f"{100 * abs(drop):.2f} pts {'below' if drop > 0 else 'above'}"
 
@@ -145,34 +180,10 @@ def fig_rho(ctx: FigureContext, data: dict) -> FigureResult:
         raise SkipFigure("beyond_rho skipped: fewer than 5 SAM radii; produce them with: "
                          + bd.EXPERIMENTS["rho-sweep"])
     rhos = [r for r, _ in sams]
-    zero = bd.rho_zero(data)
     fig, axes = plt.subplots(1, 2, figsize=(pal.COLUMN_WIDTH_IN * 1.6, 2.3))
-    ax = axes[0]
-    for key, style, lab in ((None, "-", "clean"), (bd.SMALL_EPS, "--", "PGD linf 0.02"), (bd.MID_EPS, ":", "PGD linf 0.05")):
-        m = [bd.acc(g, key) for _, g in sams]
-        ax.errorbar(rhos, [100 * s.mean for s in m], yerr=[100 * s.sd for s in m], color=COLORS["sam"],
-                    linestyle=style, marker="s", markersize=3, capsize=1.5, label=lab)
-        ax.axhline(100 * bd.acc(st, key).mean, color="k", linestyle=style, linewidth=0.7)
-        if zero is not None:        # the rho = 0 control, drawn at the left edge
-            z = bd.acc(zero, key)
-            ax.errorbar(rhos[0] / 2, 100 * z.mean, yerr=100 * z.sd, color="grey", marker="o", markersize=3,
-                        capsize=1.5, label="SAM rho=0" if key is None else None)
-    ax.set_xscale("log")
-    ax.set_xlabel(r"$\rho$ (per batch)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("PreActResNet-18 (black: ST)", fontsize=7)
-    ax.legend(fontsize=5.5)
+    _measured_rho_panel(axes[0], st, sams, bd.rho_zero(data))
     tr, tc, trob, key = _theory_rho(ctx.settings)
-    axes[1].plot(tr[1:], [100 * c for c in tc[1:]], color=COLORS["sam"], label="clean")
-    axes[1].plot(tr[1:], [100 * c for c in trob[1:]], color=COLORS["sam"], linestyle="--", label=key)
-    axes[1].axhline(100 * tc[0], color="k", linewidth=0.7)
-    axes[1].axhline(100 * trob[0], color="k", linestyle="--", linewidth=0.7)
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel(r"$\rho$ (per example, theory)")
-    axes[1].set_title("linear theory (T6)", fontsize=7)
-    axes[1].legend(fontsize=5.5)
-    for a in axes:
-        a.grid(alpha=0.25, linewidth=0.5)
+    _theory_rho_panel(axes[1], tr, tc, trob, key)
     fig.tight_layout()
     files = save(fig, ctx.out_dir, "beyond_rho", ctx.formats)
     meas = bd.shape_summary([0.0] + rhos, [bd.acc(st).mean] + [bd.acc(g).mean for _, g in sams],
