@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -139,10 +138,7 @@ def run_test_data(cfg, data_dir: str, device: torch.device, cache: Dict):
 
     key = json.dumps([cfg.dataset, cfg.n_train, cfg.n_test, cfg.synthetic, data_dir, str(device)], sort_keys=True)
     if key not in cache:
-        r = {"dataset": cfg.dataset, "spec": cfg.synthetic_spec, "n_train": cfg.n_train, "n_test": cfg.n_test,
-             "device": device}
-        args = SimpleNamespace(synthetic_seed=cfg.synthetic["pattern_seed"], data_dir=data_dir, download=False)
-        cache[key] = load_data(r, args)[1]
+        cache[key] = load_data(cfg, device, data_dir)[1]
     return cache[key]
 
 
@@ -275,7 +271,7 @@ def _options(parser, args) -> Dict:
 
 
 def _run_radii(ref: RunRef, dataset: str, opts: Dict, sanity: bool) -> List[Attack]:
-    from .run import PROTOCOLS
+    from .spec import PROTOCOLS
 
     if opts["radii"] is not None:
         radii = list(opts["radii"])
