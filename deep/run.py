@@ -43,12 +43,12 @@ from .data import DataError, ImageData, SyntheticSpec, load_cifar, make_syntheti
 from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .masking import masking_markdown
 from .attacks import check_linf_eps
-from .evaluate import format_eps, parse_attack, parse_eps, evaluate, probes
+from .evaluate import EvalOptions, format_eps, parse_attack, parse_eps, evaluate, probes
 from .archs import ARCHS, DEFAULT_ARCH
 from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
                    TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
-from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitResult, TrainConfig, at_variant,
-                    at_variant_config, config_matches, fit, resolve_device, _flags)
+from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitOptions, FitResult, TrainConfig,
+                    at_variant, at_variant_config, config_matches, fit, resolve_device, _flags)
 
 
 def _csv(text: str) -> List[str]:
@@ -66,15 +66,26 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``python -m deep.run``. Defaults of training options are TrainConfig's (deep/train.py);
-    those left None here come from --profile, then the data set's protocol (deep/spec.py)."""
-    td, fm = TRAIN_DEFAULTS, FASHION_MNIST_PROTOCOL
+    """The options of ``python -m deep.run``. Defaults of training options are TrainConfig's (deep/train.py),
+    of evaluation options EvalOptions' (deep/evaluate.py); those left None here come from --profile, then
+    the data set's protocol (deep/spec.py)."""
     p = argparse.ArgumentParser(
         prog="python -m deep.run",
         description="Train PreActResNet-18 with ST, SAM and PGD adversarial training (AT) and evaluate clean "
                     "and PGD robust accuracy (docs/protocol.md). Defaults are the reference settings.",
         formatter_class=_HelpFormatter)
-    g = p.add_argument_group("grid")
+    _grid_options(p)
+    _training_options(p)
+    _evaluation_options(p)
+    _synthetic_options(p)
+    _file_options(p)
+    return p
+
+
+def _grid_options(parser: argparse.ArgumentParser) -> None:
+    """What runs: data set, methods, radii, seeds."""
+    td, fm = TRAIN_DEFAULTS, FASHION_MNIST_PROTOCOL
+    g = parser.add_argument_group("grid")
     g.add_argument("--quick", action="store_true",
                    help=f"= --profile quick: smoke run on generated data ({QUICK['n_train']} train / "
                         f"{QUICK['n_test']} test images), width {QUICK['width']}, batch {QUICK['batch_size']}, "
@@ -110,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sam-all-reduce-ascent", action="store_true",
                    help="under torchrun: SAM's ascent from the all-reduced (global batch) gradient; default: "
                         "each process's own batch gradient (m-sharpness, m = per-process batch)")
-    t = p.add_argument_group("training")
+
+
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    """Training settings (TrainConfig's defaults unless the preset or protocol set them)."""
+    td = TRAIN_DEFAULTS
+    t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=None,
                    help=f"epochs per run [default: {td.epochs}; {QUICK['epochs']} with --quick]")
     t.add_argument("--batch-size", type=int, default=None, help="mini-batch size; under torchrun the global batch, split over the processes "
@@ -146,17 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"CPU threads for torch (0: torch's default) [default: {RUN_DEFAULTS['threads']}; "
                         f"{QUICK['threads']} with --quick, whose tiny "
                         "model gains nothing from more and slows down badly on a busy machine]")
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--attack-steps", type=int, default=10, help="PGD steps in evaluation")
-    e.add_argument("--restarts", type=int, default=1, help="PGD random restarts in evaluation (worst case)")
+
+
+def _evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Clean, PGD (EvalOptions' defaults) and AutoAttack evaluation."""
+    ed, fm = EvalOptions(), FASHION_MNIST_PROTOCOL
+    e = parser.add_argument_group("evaluation")
+    e.add_argument("--attack-steps", type=int, default=ed.steps, help="PGD steps in evaluation")
+    e.add_argument("--restarts", type=int, default=ed.restarts,
+                   help="PGD random restarts in evaluation (worst case)")
     e.add_argument("--eval-attacks", default=None,
                    help=f"comma list of norm:eps [default: {CIFAR_PROTOCOL['eval_attacks']}; "
                         f"fashion-mnist: {fm['eval_attacks']}]")
-    e.add_argument("--attack-loss", default="ce", choices=["ce", "cw"],
+    e.add_argument("--attack-loss", default=ed.loss, choices=["ce", "cw"],
                    help="loss PGD maximises in evaluation: cross-entropy or the margin (CW) loss")
     e.add_argument("--n-robust", type=int, default=None,
                    help="robust accuracy on the first N test images only (clean accuracy on all) [default: all]")
-    e.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
+    e.add_argument("--eval-batch-size", type=int, default=ed.batch_size, help="evaluation batch size")
     e.add_argument("--autoattack", choices=["off", "cpu", "standard"], default="off",
                    help="also AutoAttack (pyautoattack) at the --eval-attacks radii on the first --aa-n test "
                         "images, stored under \"autoattack\" in each result: standard (APGD-CE, APGD-T, FAB-T, "
@@ -165,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--probe-n", type=int, default=None,
                    help="images per probe variant (synthetic only) "
                         f"[default: {RUN_DEFAULTS['probe_n']}; {QUICK['probe_n']} with --quick]")
-    s = p.add_argument_group("generated dataset (--dataset synthetic)")
+
+
+def _synthetic_options(parser: argparse.ArgumentParser) -> None:
+    """The generated data set (SyntheticSpec's defaults)."""
+    s = parser.add_argument_group("generated dataset (--dataset synthetic)")
     d0 = SyntheticSpec()
     s.add_argument("--robust-amplitude", type=float, default=d0.robust_amplitude,
                    help="RMS per pixel of the robust class patterns")
@@ -178,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-noise", type=float, default=d0.pixel_noise, help="i.i.d. Gaussian pixel noise")
     s.add_argument("--synthetic-seed", type=int, default=d0.pattern_seed,
                    help="seed of the class patterns and of the generated images (train, test, probes)")
-    o = p.add_argument_group("files")
+
+
+def _file_options(parser: argparse.ArgumentParser) -> None:
+    """Data, results, resume."""
+    o = parser.add_argument_group("files")
     o.add_argument("--data-dir", default="data", help="folder with the CIFAR archives or extracted folders")
     o.add_argument("--download", action="store_true", help="download CIFAR (md5-verified) if missing")
     o.add_argument("--out", default="results/deep", help="results root; runs go to <out>/<dataset>/")
@@ -186,7 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue interrupted runs from their last epoch checkpoint")
     o.add_argument("--force", action="store_true", help="rerun and overwrite finished runs")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
 # ------------------------------------------------------------------------- options -> RunSpec
@@ -416,11 +445,13 @@ def _train_run(cfg: TrainConfig, train: ImageData, spec: RunSpec, ckpt: Path, is
     split over them, and afterwards every rank takes rank 0's BatchNorm running statistics (each rank
     then evaluates its shard of the test set with the model rank 0 reports and saves)."""
     world = ctx.world_size if ctx is not None else 1
-    dist_kw = dict(model_wrapper=lambda m: ddist.wrap_model(m, ctx), shard=ddist.shard_indices,
-                   rank=ctx.rank) if world > 1 else {}
+    opts = FitOptions(checkpoint=str(ckpt), resume=spec.resume, progress=spec.progress, desc=run_id(cfg),
+                      compile_model=spec.compile, is_main=is_main)
+    if world > 1:
+        opts = dataclasses.replace(opts, model_wrapper=lambda m: ddist.wrap_model(m, ctx),
+                                   shard=ddist.shard_indices, rank=ctx.rank)
     fit_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // world) if world > 1 else cfg
-    res = fit(fit_cfg, train, checkpoint=str(ckpt), resume=spec.resume, is_main=is_main,
-              progress=spec.progress, desc=run_id(cfg), compile_model=spec.compile, **dist_kw)
+    res = fit(fit_cfg, train, options=opts)
     if world > 1:
         ddist.broadcast_buffers_(res.model)
     return res
