@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from common.cli import DefaultsHelpFormatter
 from common.files import write_json_atomic, write_text_atomic
 from common.threat import attack_label, norm_name, normalize_norm
 
@@ -55,16 +56,6 @@ def _csv(text: str) -> List[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help unless X is None/False or the help states it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``python -m deep.run``. Defaults of training options are TrainConfig's (deep/train.py),
     of evaluation options EvalOptions' (deep/evaluate.py); those left None here come from --profile, then
@@ -73,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m deep.run",
         description="Train PreActResNet-18 with ST, SAM and PGD adversarial training (AT) and evaluate clean "
                     "and PGD robust accuracy (docs/protocol.md). Defaults are the reference settings.",
-        formatter_class=_HelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     _grid_options(p)
     _training_options(p)
     _evaluation_options(p)
