@@ -11,6 +11,8 @@ Modules (each importable on its own):
 * :mod:`deep.autoattack` - AutoAttack (pyautoattack) robust accuracy, standard and a cheaper CPU subset.
 * :mod:`deep.masking` - gradient-masking checks on stored numbers (gap, monotonicity, large-eps sanity).
 * :mod:`deep.run` - ``python -m deep.run`` (``--quick`` for a one-minute CPU smoke run).
+* :mod:`deep.spec` - ``RunSpec``: deep.run's command line resolved (grid, shared TrainConfig, evaluation),
+  its presets and the per-data-set protocols.
 * :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark.
 
 PGD and the SAM step live in ``common/`` (:mod:`common.attacks`, :mod:`common.sam`): simulations/ uses them

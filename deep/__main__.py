@@ -1,4 +1,6 @@
-"""`python -m deep bench ...` = `python -m deep.bench ...`; `python -m deep ...` = `python -m deep.run ...`."""
+"""``python -m deep ...`` = ``python -m deep.run ...``. The other commands are modules of their own
+(``python -m deep.bench``, ``deep.evaluate``, ``deep.cost``, ``deep.saliency``); ``python -m deep bench``
+names the one route of the benchmark instead of running it."""
 import sys
 
 from .distributed import exit_process
@@ -6,8 +8,8 @@ from .distributed import exit_process
 
 def _main(argv):
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
-        return bench_main(argv[1:])
+        print("python -m deep: error: the benchmark is `python -m deep.bench` (see its --help)", file=sys.stderr)
+        return 2
     from .run import main as run_main
     return run_main(argv)
 

@@ -66,6 +66,7 @@ from common.sam import SAM, frozen_bn_stats
 
 from .data import ImageData
 from .datasets import dataset_info
+from common.cli import DefaultsHelpFormatter
 from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .train import (TrainConfig, _flags, build_model, build_optimizer, compile_for, cpu_has_native_bf16, fit,
@@ -890,13 +891,13 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                    help="after the throughput phases, train short fp32 and bf16 runs with the same seeds and "
                         "report clean and PGD accuracy side by side [default: off]")
     g.add_argument("--accuracy-dataset", choices=("digits", "fashion-mnist"), default="digits",
-                   help="data set of the accuracy check [default: %(default)s]")
-    g.add_argument("--accuracy-methods", default="st,sam", help="comma list of st, sam, at [default: %(default)s]")
-    g.add_argument("--accuracy-seeds", default="0,1", help="comma list of seeds [default: %(default)s]")
-    g.add_argument("--accuracy-epochs", type=int, default=5, help="epochs per run [default: %(default)s]")
-    g.add_argument("--accuracy-width", type=int, default=8, help="PreActResNet-18 width [default: %(default)s]")
+                   help="data set of the accuracy check")
+    g.add_argument("--accuracy-methods", default="st,sam", help="comma list of st, sam, at")
+    g.add_argument("--accuracy-seeds", default="0,1", help="comma list of seeds")
+    g.add_argument("--accuracy-epochs", type=int, default=5, help="epochs per run")
+    g.add_argument("--accuracy-width", type=int, default=8, help="PreActResNet-18 width")
     g.add_argument("--accuracy-eps", default="0.05",
-                   help="l_inf radius of the PGD evaluation (and of AT) [default: %(default)s]")
+                   help="l_inf radius of the PGD evaluation (and of AT)")
     g.add_argument("--accuracy-n-train", type=int, default=None,
                    help="first n training images [default: all; digits has 1,297]")
     g.add_argument("--accuracy-n-test", type=int, default=None, help="first n test images [default: all]")
@@ -906,7 +907,7 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m deep.bench",
+        prog="python -m deep.bench", formatter_class=DefaultsHelpFormatter,
         description="Side-by-side throughput of deep/'s training loop and a reference-style loop (per-image "
                     "CPU augmentation in a DataLoader, fp32): ST, SAM and AT (PGD) training steps and PGD "
                     "evaluation; images/s, counted FLOPs, TFLOP/s vs the bf16 peak (GPU), peak memory.")
@@ -922,16 +923,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None,
                    help="PreActResNet-18 first-stage width [default: 64 GPU (the paper's model), 16 CPU]")
     p.add_argument("--workers", type=int, default=2,
-                   help="DataLoader worker processes of the reference loop [default: %(default)s]")
+                   help="DataLoader worker processes of the reference loop")
     p.add_argument("--repeats", type=int, default=1,
-                   help="measure every phase this often, ours and reference interleaved; the median is reported "
-                        "[default: %(default)s]")
-    p.add_argument("--phases", default=",".join(PHASES), help="comma list of st, sam, at, eval [default: %(default)s]")
-    p.add_argument("--loops", default="ours,reference", help="comma list of ours, reference [default: %(default)s]")
-    p.add_argument("--rho", type=float, default=0.1, help="SAM radius [default: %(default)s]")
+                   help="measure every phase this often, ours and reference interleaved; the median is reported")
+    p.add_argument("--phases", default=",".join(PHASES), help="comma list of st, sam, at, eval")
+    p.add_argument("--loops", default="ours,reference", help="comma list of ours, reference")
+    p.add_argument("--rho", type=float, default=0.1, help="SAM radius")
     p.add_argument("--eps", default="8/255",
-                   help="l_inf radius of the PGD attack (AT and eval); fraction ok [default: %(default)s]")
-    p.add_argument("--attack-steps", type=int, default=10, help="PGD steps (AT and eval) [default: %(default)s]")
+                   help="l_inf radius of the PGD attack (AT and eval); fraction ok")
+    p.add_argument("--attack-steps", type=int, default=10, help="PGD steps (AT and eval)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast in our training loop [default: on for CUDA; on CPU where the CPU computes "
                         "bf16 natively (AVX512-BF16/AMX-BF16), else off]")
@@ -951,9 +951,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU clock of the assumed CPU peak [default: /proc/cpuinfo 'cpu MHz']")
     _add_accuracy_options(p)
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the random benchmark images and the models [default: %(default)s]")
+                   help="seed of the random benchmark images and the models")
     p.add_argument("--out", default=DEFAULT_OUT,
-                   help="JSON output; the markdown table goes next to it (.md) [default: %(default)s]")
+                   help="JSON output; the markdown table goes next to it (.md)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 

@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from common.cli import DefaultsHelpFormatter
 from common.files import write_json_atomic
 
 from .train import (AT_VARIANTS, TrainConfig, _flags, at_variant_config, build_model, build_optimizer,
@@ -76,20 +77,19 @@ def measure(base: TrainConfig, methods: Sequence[str], steps: int, rounds: int, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deep.cost",
+    p = argparse.ArgumentParser(prog="python -m deep.cost", formatter_class=DefaultsHelpFormatter,
                                 description="Seconds per training step of each method, measured side by "
                                             "side (interleaved rounds) on the CPU preset's shapes.")
     p.add_argument("--methods", default=",".join(METHOD_CONFIGS),
                    help="comma list among " + ", ".join(METHOD_CONFIGS) + " (default: all)")
-    p.add_argument("--dataset", default="fashion-mnist", help="data set shape (default: fashion-mnist)")
-    p.add_argument("--width", type=int, default=16, help="model width (default: 16)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    p.add_argument("--steps", type=int, default=5, help="steps per method per round (default: 5)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
+    p.add_argument("--dataset", default="fashion-mnist", help="data set shape")
+    p.add_argument("--width", type=int, default=16, help="model width")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size")
+    p.add_argument("--steps", type=int, default=5, help="steps per method per round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as the grids)")
     p.add_argument("--no-bf16", action="store_true", help="fp32 instead of bf16 autocast + channels_last")
-    p.add_argument("--out", default="results/beyond/cost.json", help="JSON written atomically "
-                   "(default: results/beyond/cost.json)")
+    p.add_argument("--out", default="results/beyond/cost.json", help="JSON written atomically")
     return p
 
 

@@ -13,9 +13,11 @@ AutoAttack in deep/autoattack.py, gradient-masking checks in deep/masking.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import sys
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,7 +28,8 @@ from common.threat import attack_label, format_eps, parse_eps
 from . import distributed as ddist
 from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
 
-__all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "unique_attacks", "DEFAULT_GRID", "evaluate", "probes"]
+__all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "unique_attacks", "DEFAULT_GRID", "EvalOptions",
+           "evaluate", "probes"]
 
 
 @dataclass(frozen=True)
@@ -68,91 +71,140 @@ def _batches(data: ImageData, batch_size: int, sharded: bool):
         yield to_float(data.x[s:e]), data.y[s:e]
 
 
-def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] = DEFAULT_GRID,
-             steps: int = 10, restarts: int = 1, batch_size: int = 500, seed: int = 0,
-             bf16: bool = False, channels_last: bool = False, sharded: bool = True,
-             progress: bool = False, loss: str = "ce", n_robust: Optional[int] = None,
-             fixed_work: bool = False) -> Dict:
+@dataclass(frozen=True)
+class EvalOptions:
+    """Settings of :func:`evaluate` (defaults: docs/protocol.md's PGD-10, one restart, cross-entropy)."""
+    steps: int = 10                     # PGD steps
+    restarts: int = 1                   # random restarts; robust = correct under every one of them
+    batch_size: int = 500
+    seed: int = 0                       # seeds each (batch, attack, restart, rank) start (common.seeds)
+    bf16: bool = False                  # bf16 autocast in the forward passes (default fp32)
+    channels_last: bool = False
+    sharded: bool = True                # under torch.distributed: each rank its slice, counts summed
+    progress: bool = False
+    loss: str = "ce"                    # what PGD maximises: "ce" or "cw" (common.attacks.LOSSES)
+    n_robust: Optional[int] = None      # robust accuracy on the first n_robust images only
+    fixed_work: bool = False            # attack every image every step, judge the last iterate (benchmark)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+def evaluate(model: torch.nn.Module, data: ImageData, attacks: Sequence[Attack] = DEFAULT_GRID, *,
+             options: Optional[EvalOptions] = None, **kw) -> Dict:
     """{"clean_acc": float, "robust": {label: float}} on ``data`` (already on the model's device).
 
+    ``options`` (:class:`EvalOptions`) or its fields as keywords (``evaluate(model, data, attacks,
+    steps=10, restarts=5)``; keywords override ``options``).
     Under torch.distributed each rank evaluates its slice and the counts are summed (``sharded``).
     ``n_robust``: robust accuracy on the first ``n_robust`` images only (clean accuracy on all); the
     result then has "n_clean" and "n_robust".
     ``fixed_work``: attack every image for every step and restart and judge the last iterate (PGD as
     before best-iterate evaluation): the same work whatever the model, for the benchmark only.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    opts = dataclasses.replace(options or EvalOptions(), **kw)
     attacks = unique_attacks(attacks)
     model = ddist.unwrap(model)
     was_training = model.training
     model.eval()
-    device = data.x.device
-
-    def ctx():
-        if bf16:
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def fwd(z):
-        with ctx():
-            return model(z).float()
-
-    clean = torch.zeros((), device=device, dtype=torch.long)
-    robust = {a.label: torch.zeros((), device=device, dtype=torch.long) for a in attacks}
-    total = torch.zeros((), device=device, dtype=torch.long)
-    total_robust = torch.zeros((), device=device, dtype=torch.long)
-    n_rob = len(data) if n_robust is None else min(int(n_robust), len(data))
-    batches = list(_batches(data, batch_size, sharded))
-    starts = _batch_starts(data, batch_size, sharded)
-    bar = None
-    if progress and ddist.is_main():
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(batches) * (1 + len(attacks) * restarts), desc="eval", unit="pass",
-                   leave=False, dynamic_ncols=True)
+    fwd = functools.partial(_forward, model, data.x.device if opts.bf16 else None)
+    counts = _Counts.zeros(data.x.device, attacks)
+    n_rob = len(data) if opts.n_robust is None else min(int(opts.n_robust), len(data))
+    batches = list(_batches(data, opts.batch_size, opts.sharded))
+    starts = _batch_starts(data, opts.batch_size, opts.sharded)
+    bar = _progress_bar(opts.progress, len(batches) * (1 + len(attacks) * opts.restarts))
     for bi, (x, y) in enumerate(batches):
-        if channels_last:
+        if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             ok = fwd(x).argmax(1) == y
-        clean += ok.sum()
-        total += y.shape[0]
-        if bar is not None:
-            bar.update(1)
+        counts.clean += ok.sum()
+        counts.total += y.shape[0]
+        _tick(bar)
         keep = max(0, min(y.shape[0], n_rob - starts[bi]))   # images of this batch in the robust set
-        x, y, ok = x[:keep], y[:keep], ok[:keep]
-        total_robust += keep
+        counts.total_robust += keep
         for ai, a in enumerate(attacks):
-            still = ok.clone()
-            for r in range(restarts):
-                idx = torch.arange(y.shape[0], device=device) if fixed_work else still.nonzero().squeeze(1)
-                if idx.numel():
-                    g = torch.Generator(device=device)
-                    g.manual_seed(mix_seed(seed, (bi, BATCH_MULT), (ai, ATTACK_MULT), (r, RESTART_MULT),
-                                           (ddist.get_rank(), EVAL_RANK_MULT)))
-                    x_adv = pgd(fwd, x[idx], y[idx], eps=a.eps, norm=a.norm, steps=steps,
-                                step_size=default_step_size(a.eps, a.norm), random_start=True, generator=g,
-                                loss_fn=LOSSES[loss], best_iterate=not fixed_work)
-                    with torch.no_grad():
-                        still[idx] &= fwd(x_adv).argmax(1) == y[idx]
-                if bar is not None:
-                    bar.update(1)
-            robust[a.label] += still.sum()
+            still = _survivors(fwd, x[:keep], y[:keep], ok[:keep], a, opts, (bi, ai), bar)
+            counts.robust[a.label] += still.sum()
     if bar is not None:
         bar.close()
-    if sharded:
-        for t in [clean, total, total_robust, *robust.values()]:
-            ddist.all_reduce_sum(t)
+    if opts.sharded:
+        counts.all_reduce()
     model.train(was_training)
-    n, nr = max(int(total), 1), max(int(total_robust), 1)
-    out = {"clean_acc": int(clean) / n, "robust": {k: int(v) / nr for k, v in robust.items()}}
-    if n_robust is not None:
-        out.update(n_clean=int(total), n_robust=int(total_robust))
-    return out
+    return counts.result(with_n=opts.n_robust is not None)
+
+
+def _forward(model: torch.nn.Module, autocast_device: Optional[torch.device], z: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of ``model`` on ``z``; under bf16 autocast on ``autocast_device`` unless None."""
+    ctx = contextlib.nullcontext() if autocast_device is None else \
+        torch.autocast(device_type=autocast_device.type, dtype=torch.bfloat16)
+    with ctx:
+        return model(z).float()
+
+
+def _survivors(fwd, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, attack: Attack, opts: EvalOptions,
+               where: Tuple[int, int], bar) -> torch.Tensor:
+    """Mask of the images (correct clean: ``ok``) that every restart of ``attack`` leaves correctly
+    classified; ``where`` = (batch index, attack index) seeds the random starts. Only images not yet
+    broken are attacked again (all of them with opts.fixed_work)."""
+    bi, ai = where
+    still = ok.clone()
+    for r in range(opts.restarts):
+        idx = torch.arange(y.shape[0], device=x.device) if opts.fixed_work else still.nonzero().squeeze(1)
+        if idx.numel():
+            g = torch.Generator(device=x.device)
+            g.manual_seed(mix_seed(opts.seed, (bi, BATCH_MULT), (ai, ATTACK_MULT), (r, RESTART_MULT),
+                                   (ddist.get_rank(), EVAL_RANK_MULT)))
+            x_adv = pgd(fwd, x[idx], y[idx], eps=attack.eps, norm=attack.norm, steps=opts.steps,
+                        step_size=default_step_size(attack.eps, attack.norm), random_start=True, generator=g,
+                        loss_fn=LOSSES[opts.loss], best_iterate=not opts.fixed_work)
+            with torch.no_grad():
+                still[idx] &= fwd(x_adv).argmax(1) == y[idx]
+        _tick(bar)
+    return still
+
+
+@dataclass
+class _Counts:
+    """Device counters of :func:`evaluate` (no host synchronisation until the end)."""
+    clean: torch.Tensor
+    total: torch.Tensor
+    total_robust: torch.Tensor
+    robust: Dict[str, torch.Tensor]
+
+    @classmethod
+    def zeros(cls, device: torch.device, attacks: Sequence[Attack]) -> "_Counts":
+        def zero():
+            return torch.zeros((), device=device, dtype=torch.long)
+        return cls(clean=zero(), robust={a.label: zero() for a in attacks}, total=zero(), total_robust=zero())
+
+    def all_reduce(self) -> None:
+        for t in [self.clean, self.total, self.total_robust, *self.robust.values()]:
+            ddist.all_reduce_sum(t)
+
+    def result(self, with_n: bool) -> Dict:
+        n, nr = max(int(self.total), 1), max(int(self.total_robust), 1)
+        out = {"clean_acc": int(self.clean) / n, "robust": {k: int(v) / nr for k, v in self.robust.items()}}
+        if with_n:
+            out.update(n_clean=int(self.total), n_robust=int(self.total_robust))
+        return out
+
+
+def _progress_bar(progress: bool, total: int):
+    if not (progress and ddist.is_main()):
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="eval", unit="pass", leave=False, dynamic_ncols=True)
+
+
+def _tick(bar) -> None:
+    if bar is not None:
+        bar.update(1)
 
 
 def _batch_starts(data: ImageData, batch_size: int, sharded: bool):

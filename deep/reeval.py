@@ -18,13 +18,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from .data import DataError
 from .evaluate import Attack, evaluate, parse_attack
+from common.cli import DefaultsHelpFormatter
 from common.files import write_json_atomic
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 
@@ -139,10 +139,7 @@ def run_test_data(cfg, data_dir: str, device: torch.device, cache: Dict):
 
     key = json.dumps([cfg.dataset, cfg.n_train, cfg.n_test, cfg.synthetic, data_dir, str(device)], sort_keys=True)
     if key not in cache:
-        r = {"dataset": cfg.dataset, "spec": cfg.synthetic_spec, "n_train": cfg.n_train, "n_test": cfg.n_test,
-             "device": device}
-        args = SimpleNamespace(synthetic_seed=cfg.synthetic["pattern_seed"], data_dir=data_dir, download=False)
-        cache[key] = load_data(r, args)[1]
+        cache[key] = load_data(cfg, device, data_dir)[1]
     return cache[key]
 
 
@@ -207,7 +204,7 @@ def store_entry(json_path: Path, key: str, entry: Dict, replace: bool) -> Dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m deep.evaluate",
+        prog="python -m deep.evaluate", formatter_class=DefaultsHelpFormatter,
         description="Re-evaluate saved deep.run models with stronger attacks (PGD with more steps, restarts or "
                     "the CW loss; AutoAttack) and merge the numbers into each run's JSON under "
                     "extra_evals[<attack set>]; attack sets and radii already stored are skipped. Prints a "
@@ -220,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", default=DEFAULT_ATTACKS,
                    help="comma list of attack sets: pgd:STEPSxRESTARTS (cross-entropy), pgd-cw:STEPSxRESTARTS "
                         "(margin loss), autoattack:cpu (APGD-CE + APGD-T with 3 target classes) or "
-                        "autoattack:standard (APGD-CE, APGD-T, FAB-T, Square) (default: %(default)s)")
+                        "autoattack:standard (APGD-CE, APGD-T, FAB-T, Square)")
     p.add_argument("--radii", default=None,
                    help="comma list of norm:eps to attack (fractions allowed) [default: the radii the run was "
                         "evaluated at]; the data set's large-eps sanity radii are added unless --no-sanity")
@@ -234,12 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of run-id globs, e.g. 'sam_*,st_s0' [default: all runs]")
     p.add_argument("--force", action="store_true", help="recompute attack sets and radii already stored")
     p.add_argument("--batch-size", type=int, default=500,
-                   help="evaluation batch size (AutoAttack: at most 250) (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+                   help="evaluation batch size (AutoAttack: at most 250)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default) (default: %(default)s)")
     p.add_argument("--data-dir", default="data",
-                   help="folder with the data set files, as for deep.run (default: %(default)s)")
+                   help="folder with the data set files, as for deep.run")
     p.add_argument("--no-progress", action="store_true", help="no PGD progress bars")
     return p
 
@@ -275,7 +272,7 @@ def _options(parser, args) -> Dict:
 
 
 def _run_radii(ref: RunRef, dataset: str, opts: Dict, sanity: bool) -> List[Attack]:
-    from .run import PROTOCOLS
+    from .spec import PROTOCOLS
 
     if opts["radii"] is not None:
         radii = list(opts["radii"])

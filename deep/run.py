@@ -17,6 +17,9 @@ global batch, split evenly over the processes; each process takes a strided shar
 permutation; SAM's ascent uses each process's own batch gradient (m-sharpness with m = batch/N) unless
 --sam-all-reduce-ascent; evaluation is sharded and the counts summed; only rank 0 prints and writes results
 and checkpoints, and every rank reads the checkpoint on --resume (same number of processes required).
+
+The command line resolves into one :class:`deep.spec.RunSpec` (:func:`resolve_spec`), which every step
+below takes: :func:`make_configs`, :func:`load_data`, :func:`run_one`.
 """
 from __future__ import annotations
 
@@ -28,73 +31,52 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from common.attacks import check_linf_eps
+from common.cli import DefaultsHelpFormatter
 from common.files import write_json_atomic, write_text_atomic
 from common.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
 
 from . import distributed as ddist
-from .data import DataError, SyntheticSpec, load_cifar, make_synthetic
+from .data import DataError, ImageData, SyntheticSpec, load_cifar, make_synthetic
 from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .masking import masking_markdown
-from .evaluate import DEFAULT_GRID, format_eps, parse_attack, parse_eps, evaluate, probes
+from .evaluate import EvalOptions, format_eps, parse_attack, parse_eps, evaluate, probes
 from .archs import ARCHS, DEFAULT_ARCH
-from .train import (AT_VARIANTS, BN_STATS, METHOD_NAMES, DivergenceError, TrainConfig, at_variant,
-                    at_variant_config, config_matches, fit, resolve_device, _flags)
-
-# Per-data-set protocol (docs/protocol.md): the grid and the evaluation used unless options say otherwise.
-CIFAR_PROTOCOL = dict(methods="st,sam,at", rho="0.1,0.2,0.4", eps="8/255", epochs=100, width=64,
-                      batch_size=128, lr=0.1,
-                      eval_attacks="linf:1/255,linf:2/255,linf:8/255,l2:16/255,l2:32/255,l2:0.5")
-FASHION_MNIST_PROTOCOL = dict(CIFAR_PROTOCOL, rho="0.05,0.1,0.2,0.4", eps="0.1", epochs=30,
-                              eval_attacks="linf:0.01,linf:0.02,linf:0.05,linf:0.1,l2:0.25,l2:0.5,l2:1.0")
-PROTOCOLS = {
-    "cifar10": CIFAR_PROTOCOL, "cifar100": CIFAR_PROTOCOL,
-    "synthetic": dict(CIFAR_PROTOCOL, n_train=10000, n_test=2000),
-    "fashion-mnist": FASHION_MNIST_PROTOCOL,
-    # digits: the small real set of the test suite; 8x8 images with 17 grey levels
-    "digits": dict(FASHION_MNIST_PROTOCOL, epochs=10, width=8, batch_size=64, lr=0.05,
-                   eval_attacks="linf:0.05,linf:0.1,l2:0.5"),
-}
-
-# Presets: replacements of the defaults (explicit options still win). The cpu preset fits the whole
-# Fashion-MNIST grid (ST, SAM at 4 radii, AT; 3 seeds) into about 90 minutes on two CPU cores: width 16,
-# the first 10,000 training images (942-1,027 per class), 6 epochs, bf16 autocast + channels_last for
-# training (2.3x fp32 on AVX512-BF16 CPUs, deep.bench), clean accuracy on all 10,000 test images and
-# robust accuracy on the first 2,000 (188-219 per class).
-PROFILES = {
-    "quick": dict(dataset="synthetic", methods="st,sam,at", rho="0.1", eps="8/255", epochs=1, n_train=1024,
-                  n_test=200, width=8, batch_size=16, lr=0.05, probe_n=500, threads=1),
-    "cpu": dict(dataset="fashion-mnist", seeds="0,1,2", width=16, n_train=10000, epochs=6, batch_size=128,
-                lr=0.1, bf16=True, channels_last=True, n_robust=2000),
-}
-QUICK = PROFILES["quick"]
+from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
+                   TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
+from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitOptions, FitResult, TrainConfig,
+                    at_variant, at_variant_config, config_matches, fit, resolve_device, _flags)
 
 
 def _csv(text: str) -> List[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help unless X is None/False or the help states it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m deep.run``. Defaults of training options are TrainConfig's (deep/train.py),
+    of evaluation options EvalOptions' (deep/evaluate.py); those left None here come from --profile, then
+    the data set's protocol (deep/spec.py)."""
     p = argparse.ArgumentParser(
         prog="python -m deep.run",
         description="Train PreActResNet-18 with ST, SAM and PGD adversarial training (AT) and evaluate clean "
                     "and PGD robust accuracy (docs/protocol.md). Defaults are the reference settings.",
-        formatter_class=_HelpFormatter)
-    g = p.add_argument_group("grid")
+        formatter_class=DefaultsHelpFormatter)
+    _grid_options(p)
+    _training_options(p)
+    _evaluation_options(p)
+    _synthetic_options(p)
+    _file_options(p)
+    return p
+
+
+def _grid_options(parser: argparse.ArgumentParser) -> None:
+    """What runs: data set, methods, radii, seeds."""
+    td, fm = TRAIN_DEFAULTS, FASHION_MNIST_PROTOCOL
+    g = parser.add_argument_group("grid")
     g.add_argument("--quick", action="store_true",
                    help=f"= --profile quick: smoke run on generated data ({QUICK['n_train']} train / "
                         f"{QUICK['n_test']} test images), width {QUICK['width']}, batch {QUICK['batch_size']}, "
@@ -107,76 +89,100 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="cifar10 / cifar100 (python archives in --data-dir), fashion-mnist (idx files in "
                         "--data-dir or from Debian's package dataset-fashion-mnist), digits (scikit-learn) or "
-                        "the generated robust/non-robust images (synthetic) [default: cifar10]")
+                        f"the generated robust/non-robust images (synthetic) [default: {RUN_DEFAULTS['dataset']}]")
     g.add_argument("--methods", default=None,
                    help="comma list of st, sam, at and the cheap AT variants fgsm-rs (FGSM, random start, step "
                         "1.25 eps), pgd1 (one step of eps from the clean point) and pgd2 (two steps of eps/2, "
                         "random start), which train at the --eps radii with a catastrophic-overfitting check "
-                        "[default: st,sam,at]")
-    g.add_argument("--archs", default=DEFAULT_ARCH,
+                        f"[default: {CIFAR_PROTOCOL['methods']}]")
+    g.add_argument("--archs", default=td.arch,
                    help="comma list of architectures: " + ", ".join(ARCHS) + " (deep/archs.py)")
     g.add_argument("--rho", default=None,
-                   help="comma list of SAM radii [default: 0.1,0.2,0.4; fashion-mnist, digits: 0.05,0.1,0.2,0.4]")
+                   help=f"comma list of SAM radii [default: {CIFAR_PROTOCOL['rho']}; fashion-mnist, digits: {fm['rho']}]")
     g.add_argument("--adaptive", action="store_true", help="adaptive SAM (ASAM): e = rho w^2 g / ||w g||")
     g.add_argument("--eps", default=None,
-                   help="comma list of AT radii, fractions allowed [default: 8/255; fashion-mnist, digits: 0.1]")
-    g.add_argument("--norm", default="linf", choices=["linf", "l2"], help="AT threat model")
-    g.add_argument("--at-steps", type=int, default=10, help="PGD steps in AT's inner loop")
+                   help=f"comma list of AT radii, fractions allowed [default: {CIFAR_PROTOCOL['eps']}; "
+                        f"fashion-mnist, digits: {fm['eps']}]")
+    g.add_argument("--norm", default=norm_name(td.norm), choices=["linf", "l2"], help="AT threat model")
+    g.add_argument("--at-steps", type=int, default=td.attack_steps, help="PGD steps in AT's inner loop")
     g.add_argument("--at-step-size", default=None,
                    help="PGD step in AT (fraction allowed) [default: eps/4 for linf, eps/8 for l2]")
-    g.add_argument("--seeds", default=None, help="comma list of seeds (one run per seed) [default: 0]")
+    g.add_argument("--seeds", default=None,
+                   help=f"comma list of seeds (one run per seed) [default: {RUN_DEFAULTS['seeds']}]")
     g.add_argument("--sam-all-reduce-ascent", action="store_true",
                    help="under torchrun: SAM's ascent from the all-reduced (global batch) gradient; default: "
                         "each process's own batch gradient (m-sharpness, m = per-process batch)")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=None, help="epochs per run [default: 100; 1 with --quick]")
+
+
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    """Training settings (TrainConfig's defaults unless the preset or protocol set them)."""
+    td = TRAIN_DEFAULTS
+    t = parser.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs per run [default: {td.epochs}; {QUICK['epochs']} with --quick]")
     t.add_argument("--batch-size", type=int, default=None, help="mini-batch size; under torchrun the global batch, split over the processes "
-                        "[default: 128]")
+                        f"[default: {td.batch_size}]")
     t.add_argument("--lr", type=float, default=None,
                    help="peak learning rate; piecewise x0.1 at 75%% and x0.01 at 90%% of the epochs "
-                        "[default: 0.1; 0.05 with --quick]")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (not in SAM's ascent)")
-    t.add_argument("--width", type=int, default=None, help="first-stage width of PreActResNet-18 [default: 64]")
+                        f"[default: {td.lr}; {QUICK['lr']} with --quick]")
+    t.add_argument("--momentum", type=float, default=td.momentum, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=td.weight_decay,
+                   help="SGD weight decay (not in SAM's ascent)")
+    t.add_argument("--width", type=int, default=None,
+                   help=f"first-stage width of PreActResNet-18 [default: {td.width}]")
     t.add_argument("--n-train", type=int, default=None,
-                   help="training images (first n; generated set: its size) [default: all; synthetic 10000]")
-    t.add_argument("--n-test", type=int, default=None, help="test images [default: all; synthetic 2000]")
+                   help="training images (first n; generated set: its size) "
+                        f"[default: all; synthetic {PROTOCOLS['synthetic']['n_train']}]")
+    t.add_argument("--n-test", type=int, default=None,
+                   help=f"test images [default: all; synthetic {PROTOCOLS['synthetic']['n_test']}]")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (reflect pad 4) + flip [default: on for CIFAR, off for synthetic]")
     t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast in training [default: on for CUDA, off on CPU]")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format [default: on for CUDA, off on CPU]")
-    t.add_argument("--bn-stats", choices=list(BN_STATS), default="first",
+    t.add_argument("--bn-stats", choices=list(BN_STATS), default=td.bn_stats,
                    help="which training forwards update the BatchNorm running statistics: first (ours: only "
                         "the loss forward at w; SAM's second pass and AT's inner PGD leave them alone) or all "
                         "(the paper's code: every forward in train mode); docs/protocol.md, deviation 1")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (speed only; falls back to uncompiled with a one-line warning "
                         "when unavailable or failing) [default: off]")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--device", default=td.device, help="auto, cpu, cuda or cuda:N")
     t.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (0: torch's default) [default: 0; 1 with --quick, whose tiny "
+                   help=f"CPU threads for torch (0: torch's default) [default: {RUN_DEFAULTS['threads']}; "
+                        f"{QUICK['threads']} with --quick, whose tiny "
                         "model gains nothing from more and slows down badly on a busy machine]")
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--attack-steps", type=int, default=10, help="PGD steps in evaluation")
-    e.add_argument("--restarts", type=int, default=1, help="PGD random restarts in evaluation (worst case)")
+
+
+def _evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Clean, PGD (EvalOptions' defaults) and AutoAttack evaluation."""
+    ed, fm = EvalOptions(), FASHION_MNIST_PROTOCOL
+    e = parser.add_argument_group("evaluation")
+    e.add_argument("--attack-steps", type=int, default=ed.steps, help="PGD steps in evaluation")
+    e.add_argument("--restarts", type=int, default=ed.restarts,
+                   help="PGD random restarts in evaluation (worst case)")
     e.add_argument("--eval-attacks", default=None,
-                   help="comma list of norm:eps [default: linf:1/255,linf:2/255,linf:8/255,l2:16/255,"
-                        "l2:32/255,l2:0.5; fashion-mnist: " + FASHION_MNIST_PROTOCOL["eval_attacks"] + "]")
-    e.add_argument("--attack-loss", default="ce", choices=["ce", "cw"],
+                   help=f"comma list of norm:eps [default: {CIFAR_PROTOCOL['eval_attacks']}; "
+                        f"fashion-mnist: {fm['eval_attacks']}]")
+    e.add_argument("--attack-loss", default=ed.loss, choices=["ce", "cw"],
                    help="loss PGD maximises in evaluation: cross-entropy or the margin (CW) loss")
     e.add_argument("--n-robust", type=int, default=None,
                    help="robust accuracy on the first N test images only (clean accuracy on all) [default: all]")
-    e.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
+    e.add_argument("--eval-batch-size", type=int, default=ed.batch_size, help="evaluation batch size")
     e.add_argument("--autoattack", choices=["off", "cpu", "standard"], default="off",
                    help="also AutoAttack (pyautoattack) at the --eval-attacks radii on the first --aa-n test "
                         "images, stored under \"autoattack\" in each result: standard (APGD-CE, APGD-T, FAB-T, "
                         "Square) or cpu (APGD-CE + APGD-T with 3 target classes; deep/autoattack.py) [default: off]")
     e.add_argument("--aa-n", type=int, default=1000, help="test images for --autoattack")
     e.add_argument("--probe-n", type=int, default=None,
-                   help="images per probe variant (synthetic only) [default: 2000; 500 with --quick]")
-    s = p.add_argument_group("generated dataset (--dataset synthetic)")
+                   help="images per probe variant (synthetic only) "
+                        f"[default: {RUN_DEFAULTS['probe_n']}; {QUICK['probe_n']} with --quick]")
+
+
+def _synthetic_options(parser: argparse.ArgumentParser) -> None:
+    """The generated data set (SyntheticSpec's defaults)."""
+    s = parser.add_argument_group("generated dataset (--dataset synthetic)")
     d0 = SyntheticSpec()
     s.add_argument("--robust-amplitude", type=float, default=d0.robust_amplitude,
                    help="RMS per pixel of the robust class patterns")
@@ -187,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nonrobust-spread", type=float, default=d0.nonrobust_spread,
                    help="relative spread of the non-robust amplitude")
     s.add_argument("--pixel-noise", type=float, default=d0.pixel_noise, help="i.i.d. Gaussian pixel noise")
-    s.add_argument("--synthetic-seed", type=int, default=0,
+    s.add_argument("--synthetic-seed", type=int, default=d0.pattern_seed,
                    help="seed of the class patterns and of the generated images (train, test, probes)")
-    o = p.add_argument_group("files")
+
+
+def _file_options(parser: argparse.ArgumentParser) -> None:
+    """Data, results, resume."""
+    o = parser.add_argument_group("files")
     o.add_argument("--data-dir", default="data", help="folder with the CIFAR archives or extracted folders")
     o.add_argument("--download", action="store_true", help="download CIFAR (md5-verified) if missing")
     o.add_argument("--out", default="results/deep", help="results root; runs go to <out>/<dataset>/")
@@ -197,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue interrupted runs from their last epoch checkpoint")
     o.add_argument("--force", action="store_true", help="rerun and overwrite finished runs")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
+
+# ------------------------------------------------------------------------- options -> RunSpec
 
 def _float_list(parser, text, name) -> List[float]:
     try:
@@ -212,7 +223,7 @@ def _float_list(parser, text, name) -> List[float]:
 
 def _apply_profile(parser, args) -> None:
     """Fill options left unset (None) from --profile (--quick = --profile quick), then from the data set's
-    protocol (PROTOCOLS). Explicit options always win."""
+    protocol (PROTOCOLS), then from TrainConfig's defaults. Explicit options always win."""
     if args.quick:
         if args.profile not in (None, "quick"):
             parser.error(f"--quick conflicts with --profile {args.profile}")
@@ -220,8 +231,9 @@ def _apply_profile(parser, args) -> None:
     for key, val in PROFILES.get(args.profile, {}).items():
         if getattr(args, key) is None:
             setattr(args, key, val)
-    args.dataset = args.dataset or "cifar10"
-    defaults = dict(seeds="0", probe_n=2000, threads=0, **PROTOCOLS[args.dataset])
+    args.dataset = args.dataset or RUN_DEFAULTS["dataset"]
+    defaults = {**RUN_DEFAULTS, **{k: getattr(TRAIN_DEFAULTS, k) for k in ("epochs", "width", "batch_size", "lr")},
+                **PROTOCOLS[args.dataset]}
     for key, val in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, val)
@@ -242,34 +254,34 @@ def _check_ranges(parser, args) -> None:
         parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
 
 
-def _resolve(parser, args) -> Dict:
-    """Validate the arguments after filling in the profile / data-set defaults (:func:`_apply_profile`)."""
-    _apply_profile(parser, args)
-    methods = _csv(args.methods)
-    bad = [m for m in methods if m not in METHOD_NAMES]
-    if bad or not methods:
-        parser.error(f"--methods: unknown method(s) {bad}; choose from {', '.join(METHOD_NAMES)}")
-    archs = _csv(args.archs)
-    bad = [a for a in archs if a not in ARCHS]
-    if bad or not archs:
-        parser.error(f"--archs: unknown architecture(s) {bad}; choose from {', '.join(ARCHS)}")
-    rhos = _float_list(parser, args.rho, "rho")
-    epss = _float_list(parser, args.eps, "eps")
+def _names(parser, text: str, option: str, known, what: str) -> List[str]:
+    names = _csv(text)
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        parser.error(f"--{option}: unknown {what}(s) {bad}; choose from {', '.join(known)}")
+    return names
+
+
+def _seeds(parser, text: str) -> List[int]:
     try:
-        seeds = [int(s) for s in _csv(args.seeds)]
+        seeds = [int(s) for s in _csv(text)]
     except ValueError:
-        parser.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+        parser.error(f"--seeds must be a comma list of integers, got {text!r}")
     if not seeds:
         parser.error("--seeds is empty")
-    _check_ranges(parser, args)
+    return seeds
+
+
+def _parse_values(parser, args, epss: List[float]):
+    """(eval attacks, AT step size, generated-data spec, device) from the options; parser.error on a bad
+    one (l_inf radii of 1 or more are refused with a hint: common.attacks.check_linf_eps)."""
     try:
         attacks = tuple(parse_attack(a) for a in _csv(args.eval_attacks))
         at_step = parse_eps(args.at_step_size) if args.at_step_size is not None else None
-        spec = SyntheticSpec(robust_amplitude=args.robust_amplitude, robust_spread=args.robust_spread,
-                             nonrobust_amplitude=parse_eps(args.nonrobust_amplitude),
-                             nonrobust_spread=args.nonrobust_spread, pixel_noise=args.pixel_noise,
-                             pattern_seed=args.synthetic_seed,
-                             num_classes=10)
+        synthetic = SyntheticSpec(robust_amplitude=args.robust_amplitude, robust_spread=args.robust_spread,
+                                  nonrobust_amplitude=parse_eps(args.nonrobust_amplitude),
+                                  nonrobust_spread=args.nonrobust_spread, pixel_noise=args.pixel_noise,
+                                  pattern_seed=args.synthetic_seed, num_classes=10)
         device = resolve_device(args.device)
         if parse_norm(args.norm) is Norm.LINF:
             for text, eps in zip(_csv(args.eps), epss):
@@ -283,12 +295,33 @@ def _resolve(parser, args) -> Dict:
     if dup:
         parser.error(f"--eval-attacks: {', '.join(dict.fromkeys(dup))} given more than once (linf: and inf: "
                      f"are the same norm); each attack once")
-    out_dir = Path(args.out) / ("quick" if args.profile == "quick" else args.dataset)
-    return dict(threads=args.threads, dataset=args.dataset, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds,
-                epochs=args.epochs, width=args.width, batch=args.batch_size, n_train=args.n_train,
-                n_test=args.n_test, probe_n=args.probe_n, attacks=attacks, at_step=at_step, spec=spec,
-                device=device, out_dir=out_dir)
+    return attacks, at_step, synthetic, device
 
+
+def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunSpec:
+    """The :class:`RunSpec` of parsed deep.run options, after filling in the preset / data-set defaults
+    (:func:`_apply_profile`); a bad option exits through ``parser.error`` (status 2)."""
+    _apply_profile(parser, args)
+    methods = _names(parser, args.methods, "methods", METHOD_NAMES, "method")
+    archs = _names(parser, args.archs, "archs", tuple(ARCHS), "architecture")
+    rhos = _float_list(parser, args.rho, "rho")
+    epss = _float_list(parser, args.eps, "eps")
+    seeds = _seeds(parser, args.seeds)
+    _check_ranges(parser, args)
+    attacks, at_step, synthetic, device = _parse_values(parser, args, epss)
+    base = dataclasses.replace(
+        TRAIN_DEFAULTS, dataset=args.dataset, norm=normalize_norm(args.norm), attack_step_size=at_step,
+        synthetic=synthetic.to_dict(), **{field: getattr(args, opt) for field, opt in TRAIN_OPTIONS.items()})
+    ev = EvalSettings(attacks=attacks, steps=args.attack_steps, restarts=args.restarts, loss=args.attack_loss,
+                      n_robust=args.n_robust, batch_size=args.eval_batch_size, probe_n=args.probe_n,
+                      autoattack=args.autoattack, aa_n=args.aa_n)
+    return RunSpec(base=base, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds, eval=ev,
+                   device=device, out_dir=Path(args.out) / ("quick" if args.profile == "quick" else args.dataset),
+                   threads=args.threads, profile=args.profile, data_dir=args.data_dir, download=args.download,
+                   resume=args.resume, force=args.force, progress=not args.no_progress, compile=args.compile)
+
+
+# ------------------------------------------------------------------------------------ the runs
 
 def run_id(cfg: TrainConfig) -> str:
     """e.g. st_s0, sam_rho0.1_s0, at_linf_0.1_s0, fgsm-rs_linf_0.1_s0, vit_sam_rho0.1_s1 (architecture
@@ -304,119 +337,143 @@ def run_id(cfg: TrainConfig) -> str:
     return f"{arch}{base}_s{cfg.seed}"
 
 
-def make_configs(args, r: Dict) -> List[TrainConfig]:
-    common = dict(dataset=r["dataset"], epochs=r["epochs"], batch_size=r["batch"], lr=args.lr,
-                  momentum=args.momentum, weight_decay=args.weight_decay, width=r["width"],
-                  augment=args.augment, bf16=args.bf16, channels_last=args.channels_last, device=args.device,
-                  n_train=r["n_train"], n_test=r["n_test"], synthetic=r["spec"].to_dict(),
-                  attack_steps=args.at_steps, attack_step_size=r["at_step"],
-                  norm=normalize_norm(args.norm), adaptive=args.adaptive,
-                  sam_all_reduce_ascent=args.sam_all_reduce_ascent, bn_stats=args.bn_stats)
+def make_configs(spec: RunSpec) -> List[TrainConfig]:
+    """One TrainConfig per run of the grid (seeds, then architectures, then methods and their radii): the
+    spec's shared settings (spec.base) with the run's method, radius, seed and architecture replaced."""
     cfgs = []
-    for seed in r["seeds"]:
-        for arch in r["archs"]:
-            for m in r["methods"]:
-                kw = dict(common, seed=seed, arch=arch)
+    for seed in spec.seeds:
+        for arch in spec.archs:
+            run = dict(seed=seed, arch=arch)
+            for m in spec.methods:
                 if m == "st":
-                    cfgs.append(TrainConfig(method="st", **kw))
+                    cfgs.append(dataclasses.replace(spec.base, method="st", **run))
                 elif m == "sam":
-                    cfgs.extend(TrainConfig(method="sam", rho=rho, **kw) for rho in r["rhos"])
+                    cfgs.extend(dataclasses.replace(spec.base, method="sam", rho=rho, **run) for rho in spec.rhos)
                 elif m == "at":
-                    cfgs.extend(TrainConfig(method="at", eps=eps, **kw) for eps in r["epss"])
+                    cfgs.extend(dataclasses.replace(spec.base, method="at", eps=eps, **run) for eps in spec.epss)
                 else:
-                    cfgs.extend(TrainConfig(**dict(kw, **at_variant_config(m, eps))) for eps in r["epss"])
+                    cfgs.extend(dataclasses.replace(spec.base, **run, **at_variant_config(m, eps))
+                                for eps in spec.epss)
     return cfgs
 
 
-def load_data(r: Dict, args):
-    """(train, test) on the device."""
-    if r["dataset"] == "synthetic":
-        spec = r["spec"]
-        train = make_synthetic(r["n_train"], 2 * args.synthetic_seed, spec)
-        test = make_synthetic(r["n_test"], 2 * args.synthetic_seed + 1, spec)
+def synthetic_seeds(cfg: TrainConfig) -> Tuple[int, int]:
+    """Seeds of the generated training and test images (the test seed also draws the probe sets):
+    2s and 2s + 1 for the pattern seed s (--synthetic-seed)."""
+    s = cfg.synthetic_spec.pattern_seed
+    return 2 * s, 2 * s + 1
+
+
+def load_data(cfg: TrainConfig, device, data_dir: str = "data", download: bool = False) -> Tuple[ImageData, ImageData]:
+    """(train, test) of cfg's data set on ``device``: the first cfg.n_train / cfg.n_test images (generated
+    data: that many images of cfg.synthetic, seeds of :func:`synthetic_seeds`)."""
+    if cfg.dataset == "synthetic":
+        spec = cfg.synthetic_spec
+        train_seed, test_seed = synthetic_seeds(cfg)
+        train = make_synthetic(cfg.n_train, train_seed, spec)
+        test = make_synthetic(cfg.n_test, test_seed, spec)
     else:
-        if r["dataset"] == "fashion-mnist":
-            train, test = load_fashion_mnist(args.data_dir)
-        elif r["dataset"] == "digits":
+        if cfg.dataset == "fashion-mnist":
+            train, test = load_fashion_mnist(data_dir)
+        elif cfg.dataset == "digits":
             train, test = load_digits_split()
         else:
-            train, test = load_cifar(r["dataset"], args.data_dir, download=args.download)
-        train, test = train.subset(r["n_train"]), test.subset(r["n_test"])
-    return train.to(r["device"]), test.to(r["device"])
+            train, test = load_cifar(cfg.dataset, data_dir, download=download)
+        train, test = train.subset(cfg.n_train), test.subset(cfg.n_test)
+    return train.to(device), test.to(device)
 
 
-def _eval_settings(args, r) -> Dict:
-    return {"attack_steps": args.attack_steps, "restarts": args.restarts,
-            "attacks": [a.label for a in r["attacks"]], "n_test": r["n_test"],
-            "probe_n": r["probe_n"] if r["dataset"] == "synthetic" else None,
-            "loss": args.attack_loss, "n_robust": args.n_robust, "best_iterate": True,
-            **({"autoattack": {"version": args.autoattack, "n": args.aa_n}} if args.autoattack != "off" else {})}
-
-
-def run_one(cfg: TrainConfig, train, test, args, r: Dict, is_main: bool = True,
-            ctx: Optional[ddist.DistContext] = None) -> Optional[Dict]:
-    """Train (or resume) and evaluate one run; returns its result dict (None if it was skipped).
+def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, is_main: bool = True,
+            ctx: Optional[ddist.DistContext] = None) -> Dict:
+    """Train (or resume) and evaluate one run; returns its result dict (a finished run of the same
+    configuration and evaluation is not rerun: its stored result, with "skipped": True).
 
     With a multi-process ``ctx`` (torchrun) the model is trained with DDP, each process with batch
     cfg.batch_size / world_size on its shard of every epoch (cfg.batch_size stays the global batch)."""
     rid = run_id(cfg)
-    out_dir: Path = r["out_dir"]
-    path = out_dir / f"{rid}.json"
-    ckpt = out_dir / "checkpoints" / f"{rid}.pt"
-    if path.exists() and not args.force:
-        old = json.loads(path.read_text())
-        if config_matches(old.get("config"), cfg) and old.get("eval") == _eval_settings(args, r):
-            return old | {"skipped": True}
-        hint = "; to add AutoAttack to finished runs: python -m deep.evaluate " + \
-            f"{out_dir} --attacks autoattack:{args.autoattack}" if args.autoattack != "off" else ""
-        raise ValueError(f"{path} exists with a different configuration; use another --out or --force{hint}")
-    if not args.resume and ckpt.exists() and is_main:
+    path = spec.out_dir / f"{rid}.json"
+    ckpt = spec.out_dir / "checkpoints" / f"{rid}.pt"
+    if path.exists() and not spec.force:
+        return _finished_run(path, cfg, spec)
+    if not spec.resume and ckpt.exists() and is_main:
         print(f"{rid}: found an unfinished checkpoint, starting over (--resume continues it)")
         ckpt.unlink()
     t0 = time.perf_counter()
     world = ctx.world_size if ctx is not None else 1
-    dist_kw = dict(model_wrapper=lambda m: ddist.wrap_model(m, ctx), shard=ddist.shard_indices,
-                   rank=ctx.rank) if world > 1 else {}
+    res = _train_run(cfg, train, spec, ckpt, is_main, ctx)
+    device = train.x.device
+    channels_last = _flags(cfg, device)[1]
+    ev = evaluate(res.model, test, spec.attacks, steps=spec.eval.steps, restarts=spec.eval.restarts,
+                  batch_size=spec.eval.batch_size, seed=cfg.seed, channels_last=channels_last,
+                  progress=spec.progress, loss=spec.eval.loss, n_robust=spec.eval.n_robust)
+    result = _result_record(cfg, spec, res, ev, total_s=time.perf_counter() - t0, test=test, world=world,
+                            is_main=is_main)
+    if spec.eval.autoattack != "off":   # every rank computes it (no collectives), rank 0 stores it
+        from .autoattack import run_autoattack
+        result["autoattack"] = run_autoattack(res.model, test, spec.attacks, spec.eval.autoattack,
+                                              n=spec.eval.aa_n, device=device, seed=cfg.seed,
+                                              batch_size=min(spec.eval.batch_size, 250))
+    if is_main:
+        write_json_atomic(path, result)
+    return result
+
+
+def _finished_run(path: Path, cfg: TrainConfig, spec: RunSpec) -> Dict:
+    """The stored result at ``path`` marked "skipped" when it has cfg's configuration and the spec's
+    evaluation; ValueError otherwise (another --out or --force is needed)."""
+    old = json.loads(path.read_text())
+    if config_matches(old.get("config"), cfg) and old.get("eval") == spec.eval_record():
+        return old | {"skipped": True}
+    hint = "; to add AutoAttack to finished runs: python -m deep.evaluate " + \
+        f"{spec.out_dir} --attacks autoattack:{spec.eval.autoattack}" if spec.eval.autoattack != "off" else ""
+    raise ValueError(f"{path} exists with a different configuration; use another --out or --force{hint}")
+
+
+def _train_run(cfg: TrainConfig, train: ImageData, spec: RunSpec, ckpt: Path, is_main: bool,
+               ctx: Optional[ddist.DistContext]) -> FitResult:
+    """deep.train.fit of one run with its checkpoint. Under several processes: DDP, the global batch
+    split over them, and afterwards every rank takes rank 0's BatchNorm running statistics (each rank
+    then evaluates its shard of the test set with the model rank 0 reports and saves)."""
+    world = ctx.world_size if ctx is not None else 1
+    opts = FitOptions(checkpoint=str(ckpt), resume=spec.resume, progress=spec.progress, desc=run_id(cfg),
+                      compile_model=spec.compile, is_main=is_main)
+    if world > 1:
+        opts = dataclasses.replace(opts, model_wrapper=lambda m: ddist.wrap_model(m, ctx),
+                                   shard=ddist.shard_indices, rank=ctx.rank)
     fit_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // world) if world > 1 else cfg
-    res = fit(fit_cfg, train, checkpoint=str(ckpt), resume=args.resume, is_main=is_main,
-              progress=not args.no_progress, desc=rid, compile_model=args.compile, **dist_kw)
-    if world > 1:       # every rank evaluates its shard with rank 0's BN running statistics
+    res = fit(fit_cfg, train, options=opts)
+    if world > 1:
         ddist.broadcast_buffers_(res.model)
-    bf16, channels_last, _ = _flags(cfg, train.x.device)
-    ev = evaluate(res.model, test, r["attacks"], steps=args.attack_steps, restarts=args.restarts,
-                  batch_size=args.eval_batch_size, seed=cfg.seed, channels_last=channels_last,
-                  progress=not args.no_progress, loss=args.attack_loss, n_robust=args.n_robust)
-    result = {
-        "run_id": rid, "dataset": cfg.dataset, "method": cfg.method,
+    return res
+
+
+def _result_record(cfg: TrainConfig, spec: RunSpec, res: FitResult, ev: Dict, *, total_s: float,
+                   test: ImageData, world: int, is_main: bool) -> Dict:
+    """The result JSON of one run (accuracies, timings, history, configuration, environment)."""
+    device = test.x.device
+    bf16, channels_last, _ = _flags(cfg, device)
+    ips = res.images_per_s
+    return {
+        "run_id": run_id(cfg), "dataset": cfg.dataset, "method": cfg.method,
         "rho": cfg.rho if cfg.method == "sam" else None,
         "eps": cfg.eps if cfg.method == "at" else None,
         "norm": norm_name(cfg.norm) if cfg.method == "at" else None,
         "arch": cfg.arch, "at_variant": at_variant(cfg), "stopped_early": res.stopped_early,
         "seed": cfg.seed, "epochs": cfg.epochs, "clean_acc": ev["clean_acc"], "robust": ev["robust"],
         "wall_time_s": res.train_time_s,
-        "images_per_s": res.images_per_s if res.images_per_s is not None and math.isfinite(res.images_per_s)
-        else None,
-        "total_time_s": time.perf_counter() - t0,
-        "probes": probes(res.model, cfg.synthetic_spec, r["probe_n"], 2 * args.synthetic_seed + 1,
-                         train.x.device, args.eval_batch_size) if cfg.dataset == "synthetic" and is_main
-        else None,
-        "history": res.history, "eval": _eval_settings(args, r), "config": cfg.to_dict(),
-        "device": str(train.x.device) + (f" ({torch.cuda.get_device_name(train.x.device)})"
-                                         if train.x.device.type == "cuda" else ""),
-        "torch": torch.__version__, "world_size": world, "per_process_batch": fit_cfg.batch_size,
-        "compile": bool(args.compile), "train_precision": "bf16 autocast" if bf16 else "fp32",
+        "images_per_s": ips if ips is not None and math.isfinite(ips) else None,
+        "total_time_s": total_s,
+        "probes": probes(res.model, cfg.synthetic_spec, spec.eval.probe_n, synthetic_seeds(cfg)[1], device,
+                         spec.eval.batch_size) if cfg.dataset == "synthetic" and is_main else None,
+        "history": res.history, "eval": spec.eval_record(), "config": cfg.to_dict(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "torch": torch.__version__, "world_size": world, "per_process_batch": cfg.batch_size // world,
+        "compile": bool(spec.compile), "train_precision": "bf16 autocast" if bf16 else "fp32",
         "bn_stats": cfg.bn_stats,
-        "channels_last": channels_last, "threads": torch.get_num_threads(), "profile": args.profile,
+        "channels_last": channels_last, "threads": torch.get_num_threads(), "profile": spec.profile,
         "n_clean": ev.get("n_clean", len(test)), "n_robust": ev.get("n_robust", len(test)),
     }
-    if args.autoattack != "off":        # every rank computes it (no collectives), rank 0 stores it
-        from .autoattack import run_autoattack
-        result["autoattack"] = run_autoattack(res.model, test, r["attacks"], args.autoattack, n=args.aa_n,
-                                              device=train.x.device, seed=cfg.seed,
-                                              batch_size=min(args.eval_batch_size, 250))
-    if is_main:
-        write_json_atomic(path, result)
-    return result
+
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -628,27 +685,28 @@ def write_summary(out_dir: Path) -> Path:
     return write_text_atomic(out_dir / "summary.md", "\n".join(text))
 
 
+# ------------------------------------------------------------------------------------- command
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    r = _resolve(parser, args)
+    spec = resolve_spec(parser, parser.parse_args(argv))
     old_threads = torch.get_num_threads()
-    if r["threads"] > 0:
-        torch.set_num_threads(r["threads"])
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
     try:
-        return _run_all(parser, args, r)
+        return _run_all(parser, spec)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run_all(parser, args, r) -> int:
+def _run_all(parser, spec: RunSpec) -> int:
     try:
-        ctx = ddist.init_distributed(device=args.device)   # torchrun: process group; else single process
+        ctx = ddist.init_distributed(device=spec.base.device)   # torchrun: process group; else single process
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
     rc = None
     try:
-        rc = _run_grid(parser, args, r, ctx)
+        rc = _run_grid(parser, spec, ctx)
         return rc
     finally:
         # every rank waits for the others before the process group goes (gloo teardown race), except
@@ -656,62 +714,85 @@ def _run_all(parser, args, r) -> int:
         ddist.teardown(ctx, sync=rc is not None and rc != 130)
 
 
-def _run_grid(parser, args, r, ctx: ddist.DistContext) -> int:
-    cfgs = make_configs(args, r)
+def _run_grid(parser, spec: RunSpec, ctx: ddist.DistContext) -> int:
+    cfgs = make_configs(spec)
     if ctx.distributed:
-        r["device"] = ctx.device                    # under torchrun on CUDA: cuda:LOCAL_RANK
-    if r["batch"] % ctx.world_size:
-        parser.error(f"--batch-size {r['batch']} must be divisible by the number of processes {ctx.world_size}")
-    err = None
-    if ctx.is_main:                                 # rank 0 first, so that a --download happens once
-        try:
-            train, test = load_data(r, args)
-        except DataError as e:
-            err = str(e)
-    err = ddist.broadcast_object(err)
-    if err is None and not ctx.is_main:
-        try:
-            train, test = load_data(r, args)
-        except DataError as e:
-            err = str(e)
-    if err is not None:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        spec = dataclasses.replace(spec, device=ctx.device)   # under torchrun on CUDA: cuda:LOCAL_RANK
+    if spec.base.batch_size % ctx.world_size:
+        parser.error(f"--batch-size {spec.base.batch_size} must be divisible by the number of processes "
+                     f"{ctx.world_size}")
+    train, test = _load_on_every_rank(parser, spec, ctx)
     say = print if ctx.is_main else (lambda *a, **k: None)
-    say(f"deep.run: {len(cfgs)} run(s) on {r['dataset']} ({len(train)} train / {len(test)} test images), "
-          f"device {r['device']}" + (f" x {ctx.world_size} processes (DDP)" if ctx.distributed else "")
-        + f", results in {r['out_dir']}", flush=True)
-    c0 = cfgs[0]
-    bf16, channels_last, augment = _flags(c0, train.x.device)
-    say(f"settings: profile {args.profile or '-'}, width {c0.width}, epochs {c0.epochs}, batch {c0.batch_size}, "
-        f"lr {c0.lr}, training images {len(train)}, augment {augment}, training in "
-        f"{'bf16 autocast' if bf16 else 'fp32'}{' + channels_last' if channels_last else ''}, "
-        f"{torch.get_num_threads()} thread(s); evaluation fp32 PGD-{args.attack_steps} x {args.restarts} "
-        f"({args.attack_loss}, best iterate), clean on {len(test)} and robust on "
-        f"{min(args.n_robust or len(test), len(test))} test images", flush=True)
-    results = []
+    _announce(say, spec, cfgs, train, test, ctx)
     t0 = time.perf_counter()
-    for cfg in cfgs:
-        try:
-            res = run_one(cfg, train, test, args, r, is_main=ctx.is_main, ctx=ctx)
-        except DivergenceError as err:
-            print(f"{parser.prog}: {run_id(cfg)}: {err}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print(f"\n{parser.prog}: interrupted in {run_id(cfg)}; the last finished epoch is checkpointed, "
-                  f"rerun the same command with --resume to continue", file=sys.stderr)
-            return 130
-        except ValueError as err:
-            parser.exit(2, f"{parser.prog}: error: {err}\n")
-        if res.get("skipped"):
-            say(f"{run_id(cfg)}: finished earlier, skipped ({r['out_dir'] / (run_id(cfg) + '.json')})")
-        results.append(res)
-    if not ctx.is_main:
-        return 0
-    summary = write_summary(r["out_dir"])
+    rc, results = _run_configs(parser, spec, cfgs, train, test, ctx, say)
+    if rc is not None or not ctx.is_main:
+        return rc or 0
+    summary = write_summary(spec.out_dir)
     print()
     print(results_table(results))
     print(f"\n{len(results)} run(s) in {time.perf_counter() - t0:.1f} s; JSON per run and {summary}")
     return 0
+
+
+def _load_on_every_rank(parser, spec: RunSpec, ctx: ddist.DistContext) -> Tuple[ImageData, ImageData]:
+    """(train, test) on every process: rank 0 first, so that a --download happens once; a data error
+    exits with status 2."""
+    data, err = None, None
+    if ctx.is_main:
+        data, err = _try_load(spec)
+    err = ddist.broadcast_object(err)
+    if err is None and not ctx.is_main:
+        data, err = _try_load(spec)
+    if err is not None:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return data
+
+
+def _try_load(spec: RunSpec):
+    try:
+        return load_data(spec.base, spec.device, spec.data_dir, spec.download), None
+    except DataError as e:
+        return None, str(e)
+
+
+def _announce(say, spec: RunSpec, cfgs: List[TrainConfig], train: ImageData, test: ImageData,
+              ctx: ddist.DistContext) -> None:
+    """The two header lines: the grid and where it runs, then the settings runs actually use."""
+    say(f"deep.run: {len(cfgs)} run(s) on {spec.dataset} ({len(train)} train / {len(test)} test images), "
+        f"device {spec.device}" + (f" x {ctx.world_size} processes (DDP)" if ctx.distributed else "")
+        + f", results in {spec.out_dir}", flush=True)
+    c0, ev = cfgs[0], spec.eval
+    bf16, channels_last, augment = _flags(c0, train.x.device)
+    say(f"settings: profile {spec.profile or '-'}, width {c0.width}, epochs {c0.epochs}, batch {c0.batch_size}, "
+        f"lr {c0.lr}, training images {len(train)}, augment {augment}, training in "
+        f"{'bf16 autocast' if bf16 else 'fp32'}{' + channels_last' if channels_last else ''}, "
+        f"{torch.get_num_threads()} thread(s); evaluation fp32 PGD-{ev.steps} x {ev.restarts} "
+        f"({ev.loss}, best iterate), clean on {len(test)} and robust on "
+        f"{min(ev.n_robust or len(test), len(test))} test images", flush=True)
+
+
+def _run_configs(parser, spec: RunSpec, cfgs: List[TrainConfig], train: ImageData, test: ImageData,
+                 ctx: ddist.DistContext, say) -> Tuple[Optional[int], List[Dict]]:
+    """Every run in turn: (None, results), or (exit status, results so far) when a run diverged (1) or
+    was interrupted (130); a run that cannot start (ValueError) exits with status 2."""
+    results = []
+    for cfg in cfgs:
+        try:
+            res = run_one(cfg, train, test, spec, is_main=ctx.is_main, ctx=ctx)
+        except DivergenceError as err:
+            print(f"{parser.prog}: {run_id(cfg)}: {err}", file=sys.stderr)
+            return 1, results
+        except KeyboardInterrupt:
+            print(f"\n{parser.prog}: interrupted in {run_id(cfg)}; the last finished epoch is checkpointed, "
+                  f"rerun the same command with --resume to continue", file=sys.stderr)
+            return 130, results
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        if res.get("skipped"):
+            say(f"{run_id(cfg)}: finished earlier, skipped ({spec.out_dir / (run_id(cfg) + '.json')})")
+        results.append(res)
+    return None, results
 
 
 if __name__ == "__main__":

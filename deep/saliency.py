@@ -28,6 +28,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from common.cli import DefaultsHelpFormatter
 from common.files import write_json_atomic
 
 from .data import DataError, to_float
@@ -89,16 +90,16 @@ def saliency_entry(model: torch.nn.Module, test, n: int, maps: int, batch_size: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m deep.saliency",
+        prog="python -m deep.saliency", formatter_class=DefaultsHelpFormatter,
         description="Input-gradient (saliency) maps of saved deep.run models on the same test images, with "
                     "the fraction of gradient mass on the object and the gradient-image correlation; stored "
                     "under \"saliency\" in each run's JSON (resumable: runs with an entry for the same n are "
                     "skipped unless --force).")
     p.add_argument("paths", nargs="+", help="results folders (<out>/<dataset>) or checkpoint files")
-    p.add_argument("--n", type=int, default=1000, help="test images (the first n) (default: 1000)")
-    p.add_argument("--maps", type=int, default=8, help="maps stored per run for the figure (default: 8)")
+    p.add_argument("--n", type=int, default=1000, help="test images (the first n)")
+    p.add_argument("--maps", type=int, default=8, help="maps stored per run for the figure")
     p.add_argument("--runs", default="", help="comma list of run-id glob patterns (default: all)")
-    p.add_argument("--data-dir", default="data", help="folder with the data set files (default: data)")
+    p.add_argument("--data-dir", default="data", help="folder with the data set files")
     p.add_argument("--force", action="store_true", help="recompute runs that have an entry")
     return p
 

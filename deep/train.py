@@ -46,7 +46,7 @@ from .archs import ARCHS, DEFAULT_ARCH, build_arch
 from .model import normalization_for
 
 __all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
-           "train_step", "train_epoch", "fit", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
+           "train_step", "train_epoch", "fit", "FitOptions", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
            "config_matches", "BN_STATS", "batch_bounds", "AT_VARIANTS", "METHOD_NAMES", "at_variant",
            "at_variant_config", "pgd_check_acc"]
 
@@ -557,87 +557,148 @@ def _co_guard(model, train, cfg, rec: dict, best: dict) -> bool:
     return False
 
 
-def fit(cfg: TrainConfig, train: ImageData, checkpoint: Optional[str] = None, resume: bool = False,
-        is_main: bool = True, progress: bool = True, stop_after_epoch: Optional[int] = None,
-        model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None,
-        shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, rank: int = 0,
-        desc: str = "", compile_model: bool = False) -> FitResult:
+@dataclass
+class FitOptions:
+    """How :func:`fit` runs, apart from what it trains (none of this is part of the TrainConfig)."""
+    checkpoint: Optional[str] = None    # file written atomically after every epoch (only when is_main)
+    resume: bool = False                # continue an existing checkpoint of the same configuration
+    stop_after_epoch: Optional[int] = None  # return after that many epochs in total (simulates an interruption)
+    progress: bool = True               # a tqdm bar over the steps (only when is_main)
+    desc: str = ""                      # the bar's label (default: the method)
+    compile_model: bool = False         # torch.compile the model (:func:`maybe_compile`; speed only)
+    # under torch.distributed (deep/distributed.py):
+    is_main: bool = True                # this process writes the checkpoint and shows progress
+    model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None  # e.g. DDP
+    shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # epoch permutation -> this process's indices
+    rank: int = 0                       # seeds this process's augmentation and PGD starts
+
+
+@dataclass
+class _FitState:
+    """What :func:`fit` carries from epoch to epoch; a checkpoint holds it besides model and optimizer."""
+    epoch: int = 0                      # epochs done
+    history: List[dict] = field(default_factory=list)
+    train_time: float = 0.0
+    best: dict = field(default_factory=dict)   # best PGD-check weights (AT with cfg.pgd_check)
+    stopped: Optional[int] = None       # epoch kept after a catastrophic-overfitting stop
+
+
+@dataclass
+class _FitLoop:
+    """What every epoch of one :func:`fit` call uses."""
+    cfg: TrainConfig
+    train: ImageData
+    model: torch.nn.Module              # the plain model (checkpoints, PGD check)
+    net: torch.nn.Module                # what trains: the model, compiled and/or wrapped
+    opt: torch.optim.Optimizer
+    opts: FitOptions
+    flags: Tuple[bool, bool, bool]      # (bf16, channels_last, augment) of :func:`_flags`
+
+
+def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = None, **kw) -> FitResult:
     """Train cfg.method for cfg.epochs on ``train`` (an ImageData already on the target device).
 
-    checkpoint: file written atomically after every epoch (only when ``is_main``); with ``resume`` an
-    existing checkpoint of the same config is continued (a checkpoint of a different config raises
-    ValueError). stop_after_epoch: return after that many epochs in total (simulates an interruption).
-    model_wrapper: e.g. DistributedDataParallel; shard: maps the epoch's global permutation to this
-    process's indices. compile_model: torch.compile the model (:func:`maybe_compile`; a speed option,
-    not part of the configuration). Returns the trained (unwrapped) model and per-epoch history.
+    ``options`` (:class:`FitOptions`) or its fields as keywords (``fit(cfg, data, checkpoint=path,
+    resume=True)``; keywords override ``options``). With ``checkpoint`` the state is written atomically
+    after every epoch; with ``resume`` an existing checkpoint of the same config is continued (a checkpoint
+    of a different config raises ValueError). Returns the trained (unwrapped) model and per-epoch history.
     """
+    opts = dataclasses.replace(options or FitOptions(), **kw)
     device = train.x.device
     setup_device(device)
-    bf16, channels_last, augment = _flags(cfg, device)
+    flags = _flags(cfg, device)
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
-    history: List[dict] = []
-    start_epoch, train_time = 0, 0.0
-    best: dict = {}                       # best PGD-check weights (AT with cfg.pgd_check)
-    stopped: Optional[int] = None         # epoch kept after a catastrophic-overfitting stop
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        ck = load_checkpoint(checkpoint, device)
-        if not config_matches(ck.get("config"), cfg):
-            raise ValueError(f"checkpoint {checkpoint} was written for a different configuration; "
-                             f"delete it or choose another --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start_epoch, history, train_time = ck["epoch"], ck["history"], ck["train_time_s"]
-        best, stopped = ck.get("pgd_check_best") or {}, ck.get("stopped_early")
-        _set_rng_state(ck["rng"])
-    net = compile_for(model, train, bf16, channels_last) if compile_model else model
-    net = model_wrapper(net) if model_wrapper is not None else net
-    end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
-    if stopped is not None:
-        end_epoch = start_epoch           # stopped early before the interruption: nothing left to train
-    steps_per_epoch = len(batch_bounds(
-        len(train) if shard is None else shard(torch.arange(len(train))).shape[0], cfg.batch_size))
-    bar = None
-    if progress and is_main:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                   desc=desc or f"{cfg.method}", unit="step", dynamic_ncols=True, leave=True)
+    state = _resume(cfg, model, opt, opts, device)
+    net = compile_for(model, train, flags[0], flags[1]) if opts.compile_model else model
+    net = opts.model_wrapper(net) if opts.model_wrapper is not None else net
+    loop = _FitLoop(cfg, train, model, net, opt, opts, flags)
+    end_epoch = cfg.epochs if opts.stop_after_epoch is None else min(cfg.epochs, opts.stop_after_epoch)
+    if state.stopped is not None:
+        end_epoch = state.epoch           # stopped early before the interruption: nothing left to train
+    bar = _progress_bar(loop, state.epoch)
     try:
-        for epoch in range(start_epoch, end_epoch):
-            order = ddist.epoch_permutation(len(train), cfg.seed, epoch)
-            idx = shard(order) if shard is not None else order
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            m = train_epoch(net, opt, train, cfg, epoch, indices=idx, rank=rank, bf16=bf16,
-                            channels_last=channels_last, augment=augment,
-                            on_step=(lambda i: bar.update(1)) if bar is not None else None)
-            loss_sum, correct = ddist.all_reduce_sum(m["loss_sum"].clone()), \
-                ddist.all_reduce_sum(m["correct"].clone().float())
-            count = ddist.all_reduce_sum(m["count"].to(device).float())
-            rec = {"epoch": epoch + 1, "train_loss": float(loss_sum / count),
-                   "train_acc": float(correct / count), "lr_end": lr_at(cfg, epoch + 1)}
-            halt = _co_guard(model, train, cfg, rec, best)     # its cost counts as training time
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time += time.perf_counter() - t0
-            rec["images"] = int(count)
-            history.append(rec)
-            stopped = best["epoch"] if halt else None
+        for epoch in range(state.epoch, end_epoch):
+            rec = _fit_epoch(loop, epoch, state, on_step=(lambda i: bar.update(1)) if bar is not None else None)
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
-            if checkpoint is not None and is_main:
-                save_checkpoint(checkpoint, {
-                    "config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "history": history, "train_time_s": train_time,
-                    "rng": _rng_state(), "pgd_check_best": best, "stopped_early": stopped})
-            if stopped is not None:
+            if opts.checkpoint is not None and opts.is_main:
+                _save_fit_checkpoint(loop, state)
+            if state.stopped is not None:
                 break
     finally:
         if bar is not None:
             bar.close()
-    images = sum(h["images"] for h in history)
-    return FitResult(model=model, history=history, train_time_s=train_time,
-                     images_per_s=images / train_time if train_time > 0 else None,
-                     epochs_done=len(history), finished=len(history) >= cfg.epochs or stopped is not None,
-                     stopped_early=stopped)
+    images = sum(h["images"] for h in state.history)
+    return FitResult(model=model, history=state.history, train_time_s=state.train_time,
+                     images_per_s=images / state.train_time if state.train_time > 0 else None,
+                     epochs_done=len(state.history),
+                     finished=len(state.history) >= cfg.epochs or state.stopped is not None,
+                     stopped_early=state.stopped)
+
+
+def _resume(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, opts: FitOptions,
+            device: torch.device) -> _FitState:
+    """With ``opts.resume`` and an existing checkpoint: its weights, optimizer and RNG states loaded and
+    its bookkeeping returned (ValueError for a checkpoint of another configuration); else a fresh state."""
+    if opts.checkpoint is None or not opts.resume or not os.path.exists(opts.checkpoint):
+        return _FitState()
+    ck = load_checkpoint(opts.checkpoint, device)
+    if not config_matches(ck.get("config"), cfg):
+        raise ValueError(f"checkpoint {opts.checkpoint} was written for a different configuration; "
+                         f"delete it or choose another --out")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    _set_rng_state(ck["rng"])
+    return _FitState(epoch=ck["epoch"], history=ck["history"], train_time=ck["train_time_s"],
+                     best=ck.get("pgd_check_best") or {}, stopped=ck.get("stopped_early"))
+
+
+def _progress_bar(loop: _FitLoop, start_epoch: int):
+    """A tqdm bar over all steps of the run (None without progress or off the main process)."""
+    if not (loop.opts.progress and loop.opts.is_main):
+        return None
+    from tqdm.auto import tqdm
+    n = len(loop.train) if loop.opts.shard is None else loop.opts.shard(torch.arange(len(loop.train))).shape[0]
+    steps_per_epoch = len(batch_bounds(n, loop.cfg.batch_size))
+    return tqdm(total=loop.cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                desc=loop.opts.desc or f"{loop.cfg.method}", unit="step", dynamic_ncols=True, leave=True)
+
+
+def _cuda_sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fit_epoch(loop: _FitLoop, epoch: int, state: _FitState, on_step: Optional[Callable[[int], None]]) -> dict:
+    """Train epoch ``epoch`` (this process's shard of its permutation), then the PGD check; appends the
+    epoch's record (loss and accuracy summed over all processes) to ``state`` and returns it. The timed
+    span (training time) covers both."""
+    cfg, device = loop.cfg, loop.train.x.device
+    order = ddist.epoch_permutation(len(loop.train), cfg.seed, epoch)
+    idx = loop.opts.shard(order) if loop.opts.shard is not None else order
+    bf16, channels_last, augment = loop.flags
+    _cuda_sync(device)
+    t0 = time.perf_counter()
+    m = train_epoch(loop.net, loop.opt, loop.train, cfg, epoch, indices=idx, rank=loop.opts.rank, bf16=bf16,
+                    channels_last=channels_last, augment=augment, on_step=on_step)
+    loss_sum, correct = ddist.all_reduce_sum(m["loss_sum"].clone()), \
+        ddist.all_reduce_sum(m["correct"].clone().float())
+    count = ddist.all_reduce_sum(m["count"].to(device).float())
+    rec = {"epoch": epoch + 1, "train_loss": float(loss_sum / count),
+           "train_acc": float(correct / count), "lr_end": lr_at(cfg, epoch + 1)}
+    halt = _co_guard(loop.model, loop.train, cfg, rec, state.best)     # its cost counts as training time
+    _cuda_sync(device)
+    state.train_time += time.perf_counter() - t0
+    rec["images"] = int(count)
+    state.history.append(rec)
+    state.epoch = epoch + 1
+    state.stopped = state.best["epoch"] if halt else None
+    return rec
+
+
+def _save_fit_checkpoint(loop: _FitLoop, state: _FitState) -> None:
+    save_checkpoint(loop.opts.checkpoint, {
+        "config": loop.cfg.to_dict(), "epoch": state.epoch, "model": loop.model.state_dict(),
+        "optimizer": loop.opt.state_dict(), "history": state.history, "train_time_s": state.train_time,
+        "rng": _rng_state(), "pgd_check_best": state.best, "stopped_early": state.stopped})

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from common import threat
+from common.cli import DefaultsHelpFormatter
 from common.files import write_text_atomic
 
 from . import metrics
@@ -25,7 +26,12 @@ from .solve import METHODS, attack_label, solve, tradeoff
 
 
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr and exit status 2."""
+    """ArgumentParser whose errors are one line on stderr and exit status 2; defaults shown in --help
+    (common.cli.DefaultsHelpFormatter), for the subcommands too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # noqa: D401
         sys.stderr.write(f"{self.prog}: error: {message}\n")

@@ -5,12 +5,14 @@ import argparse
 import shlex
 import sys
 
+from common.cli import DefaultsHelpFormatter
+
 from .build import build
 
 
-def make_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m paper_figs",
+        prog="python -m paper_figs", formatter_class=DefaultsHelpFormatter,
         description="Regenerate every figure (PNG and PDF, paper column width) and the results "
                     "report from saved results. Never trains: theory curves are closed forms from "
                     "linear_theory; simulation points come from <results>/simulations.json "
@@ -20,22 +22,21 @@ def make_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 when every available input was drawn (missing inputs included), "
                "2 for bad options or an unreadable (corrupt) input file.")
     p.add_argument("--results", default="results",
-                   help="folder holding simulations.json and deep/ (default: results)")
+                   help="folder holding simulations.json and deep/")
     p.add_argument("--out", default=None,
                    help="folder for the figures (default: <results>/figures); files are "
                         "fig1_tradeoff, fig2_strength, fig3_weights, fig4_sam_vs_m, fig5_deep, "
                         "fig6_probes and, per real data set, real_<dataset>_accuracy and "
                         "real_<dataset>_tradeoff, with extensions .png and .pdf")
     p.add_argument("--report", default="REPORT.md",
-                   help="path of the markdown report, which embeds the PNGs by relative path "
-                        "(default: REPORT.md)")
+                   help="path of the markdown report, which embeds the PNGs by relative path")
     p.add_argument("--formats", default="png,pdf",
-                   help="comma-separated figure formats among png, pdf, svg (default: png,pdf)")
+                   help="comma-separated figure formats among png, pdf, svg")
     return p
 
 
 def main(argv=None) -> int:
-    parser = make_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]

@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 import linear_theory as lt
+from common.cli import DefaultsHelpFormatter
 
 from .batched_ops import sam_gradient_batched
 from .experiments import ENGINES, PROFILES
@@ -139,18 +140,24 @@ def _print_runs(runs: Dict[str, dict], profile: str, threads: int) -> None:
               f"differs: {', '.join(c['verdict_changes']) or 'none'}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m simulations bench", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m simulations bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--skip-run", action="store_true", help="only the SAM comparison, not the main job")
     p.add_argument("--skip-sam", action="store_true", help="only the main job, not the SAM comparison")
     p.add_argument("--engines", default="batched,loop", metavar="E1,E2",
                    help="engines to time (default: batched,loop; the loop engine takes about 70 s in the "
                         "default profile on two quiet cores)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="default", help="run profile to time")
-    p.add_argument("--min-time", type=float, default=2.0, help="seconds per SAM timing (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--min-time", type=float, default=2.0, help="seconds per SAM timing")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=None,
                    help="--workers of the batched run (default: the run's default)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if not engines or any(e not in ENGINES for e in engines):

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 import linear_theory as lt
+from common.cli import DefaultsHelpFormatter
 
 from . import experiments
 from .claims import CLAIM_FUNCS, OPT_TOL, precompute, prime_solutions
@@ -170,7 +171,7 @@ def _run(settings, claims, out, force, figures, model, progress, engine, dtype, 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m simulations.run",
+        prog="python -m simulations.run", formatter_class=DefaultsHelpFormatter,
         description="Check the claims S1-S5 of docs/theory.md by training linear models with the real algorithms "
                     "(SGD+momentum, SAM with m-sharpness, PGD adversarial training) on samples of the "
                     "feature model. Exit 0 if every check holds, 1 if one fails, 2 on bad arguments.")
@@ -185,8 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, metavar="S2,S4",
                    help="comma-separated subset of claims S1..S5 (default: all)")
     p.add_argument("--out", default="results", metavar="DIR",
-                   help="output folder for simulations.json, simulations.md, figures/ and cache/ "
-                        "(default: results)")
+                   help="output folder for simulations.json, simulations.md, figures/ and cache/")
     p.add_argument("--force", action="store_true",
                    help="retrain every job instead of reusing finished jobs from DIR/cache")
     p.add_argument("--threads", type=int, default=1, metavar="T",

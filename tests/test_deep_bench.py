@@ -132,16 +132,20 @@ def test_cli_rejects_bad_options_with_exit_2(argv, word, capsys):
     assert word in err and "Traceback" not in err
 
 
-def test_python_m_deep_bench_dispatches_to_the_benchmark():
-    """``python -m deep bench`` is ``python -m deep.bench`` (its --help), everything else is deep.run."""
+def test_python_m_deep_bench_is_the_one_route_to_the_benchmark():
+    """The benchmark is ``python -m deep.bench`` (its --help); ``python -m deep`` is deep.run, and
+    ``python -m deep bench`` only points to deep.bench (exit 2) instead of being a second route."""
     import subprocess
     import sys
-    p = subprocess.run([sys.executable, "-m", "deep", "bench", "--help"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "deep.bench", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.startswith("usage: python -m deep.bench") and "--attack-steps" in p.stdout
     q = subprocess.run([sys.executable, "-m", "deep", "--help"], capture_output=True, text=True, timeout=120)
     assert q.returncode == 0 and q.stdout.startswith("usage: python -m deep.run")
+    r = subprocess.run([sys.executable, "-m", "deep", "bench", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "python -m deep.bench" in r.stderr and not r.stdout
 
 
 # ------------------------------------------------------------------------------- the CPU fast path

@@ -48,8 +48,8 @@ def test_linf_eps_of_one_or_more_is_refused_with_a_hint(tmp_path, capsys, argv, 
 
 def test_linf_eps_check_spares_l2_and_train_config_refuses_too():
     parser = R.build_parser()
-    r = R._resolve(parser, parser.parse_args(TINY + ["--norm", "l2", "--eps", "8", "--eval-attacks", "l2:2"]))
-    assert r["epss"] == [8.0]
+    spec = R.resolve_spec(parser, parser.parse_args(TINY + ["--norm", "l2", "--eps", "8", "--eval-attacks", "l2:2"]))
+    assert spec.epss == [8.0]
     with pytest.raises(ValueError, match=r"did you mean 8/255\?"):
         TrainConfig(method="at", eps=8)
     assert TrainConfig(method="at", norm="l2", eps=8).eps == 8
@@ -156,15 +156,14 @@ def test_old_results_and_checkpoints_without_new_field_are_reused(tmp_path, caps
     ck = torch.load(ck_path, weights_only=False)
     del ck["config"]["bn_stats"]
     torch.save(ck, ck_path)
-    cfg = R.make_configs(*_args_r(TINY))[0]
+    cfg = R.make_configs(_spec(TINY))[0]
     again = fit(cfg, make_synthetic(32, 0), checkpoint=str(ck_path), resume=True, progress=False)
     assert again.epochs_done == 1 and again.history == ck["history"]
 
 
-def _args_r(argv):
+def _spec(argv):
     parser = R.build_parser()
-    args = parser.parse_args(argv)
-    return args, R._resolve(parser, args)
+    return R.resolve_spec(parser, parser.parse_args(argv))
 
 
 def test_unmeasured_speed_is_written_as_null_not_nan(tmp_path, monkeypatch):
@@ -210,8 +209,8 @@ def test_bn_stats_option_chooses_which_forwards_update_running_statistics(method
 
 
 def test_bn_stats_option_reaches_the_config_and_the_result(tmp_path):
-    args, r = _args_r(TINY + ["--bn-stats", "all"])
-    assert {c.bn_stats for c in R.make_configs(args, r)} == {"all"}
+    spec = _spec(TINY + ["--bn-stats", "all"])
+    assert {c.bn_stats for c in R.make_configs(spec)} == {"all"}
 
 
 def test_last_batch_of_one_image_is_folded_into_the_previous_one():

@@ -1,0 +1,28 @@
+"""What every command line of the package shares: one way of showing defaults in ``--help``.
+
+Each entry point has a ``build_parser()`` returning its ``argparse.ArgumentParser`` built with
+``formatter_class=DefaultsHelpFormatter``: an option's help ends in "(default: X)" for its actual default
+X, added by the formatter; a help text that already speaks of its default (a computed or conditional
+one, written "[default: ...]") is left alone.
+"""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["DefaultsHelpFormatter"]
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends " (default: X)" to an option's help unless X is None, False or empty (nothing to show),
+    or the help already states its default (the word "default" appears in it). Unlike a membership test
+    on (None, False), a default of 0 is shown."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default is argparse.SUPPRESS \
+                or default == "":
+            return text
+        if isinstance(default, (list, tuple)):     # nargs options: as they are typed, space-separated
+            return text + " (default: " + " ".join(map(str, default)).replace("%", "%%") + ")"
+        return text + " (default: %(default)s)"
