@@ -154,7 +154,14 @@ def equal_cost_rows(data: dict, cost: dict | None = None) -> tuple:
     return header, rows
 
 
-def equal_cost_verdict(data: dict) -> tuple:
+def _cost_text(a: Group, b: Group, cost: dict | None) -> str:
+    rel = (cost or {}).get("relative", {})
+    if a.label in rel and b.label in rel:
+        return f"measured step cost x{rel[a.label]:.2f} vs x{rel[b.label]:.2f} ST (python -m deep.cost)"
+    return f"train time {_time(a).mean:.0f} s vs {_time(b).mean:.0f} s (runs under different machine load)"
+
+
+def equal_cost_verdict(data: dict, cost: dict | None = None) -> tuple:
     """(holds, text) for "SAM can stand in for AT at equal cost": True when the best SAM configuration
     matches or beats every cheap AT variant at the mid eps (PGD) while costing no more; computed."""
     gs = equal_cost_groups(data)
@@ -170,8 +177,7 @@ def equal_cost_verdict(data: dict) -> tuple:
     small_sam = max(sams, key=lambda g: acc(g, SMALL_EPS).mean)
     small_cheap = max(cheap, key=lambda g: acc(g, SMALL_EPS).mean)
     text = (f"best SAM ({best_sam.name}) PGD {MID_EPS} {s.fmt()} vs best cheap AT ({best_cheap.name}) "
-            f"{c.fmt()}; clean {sc.fmt()} vs {cc.fmt()}; train time {_time(best_sam).mean:.0f} s vs "
-            f"{_time(best_cheap).mean:.0f} s; at {SMALL_EPS}: best SAM ({small_sam.name}) "
+            f"{c.fmt()}; clean {sc.fmt()} vs {cc.fmt()}; {_cost_text(best_sam, best_cheap, cost)}; at {SMALL_EPS}: best SAM ({small_sam.name}) "
             f"{acc(small_sam, SMALL_EPS).fmt()} vs {small_cheap.name} {acc(small_cheap, SMALL_EPS).fmt()}; "
             f"highest clean: SAM {max(acc(g).mean for g in sams) * 100:.1f} vs cheap AT "
             f"{max(acc(g).mean for g in cheap) * 100:.1f}")

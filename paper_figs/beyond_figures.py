@@ -69,7 +69,7 @@ def fig_equal_cost(ctx: FigureContext, data: dict, cost) -> FigureResult:
                          + bd.EXPERIMENTS["equal-cost"])
     st = next((g for g in gs if g.label == "st"), None)
     st_time = bd._time(st).mean if st is not None else None
-    holds, text = bd.equal_cost_verdict(data)
+    holds, text = bd.equal_cost_verdict(data, cost)
     fig, axes = plt.subplots(1, 2, figsize=(pal.COLUMN_WIDTH_IN * 1.6, 2.3), sharey=True)
     for ax, key in zip(axes, (bd.SMALL_EPS, bd.MID_EPS)):
         for g in gs:
