@@ -116,7 +116,7 @@ def fig_arch(ctx: FigureContext, data: dict) -> FigureResult:
         ax.set_title(title, fontsize=7)
         ax.grid(axis="y", alpha=0.25, linewidth=0.5)
     axes[0].set_ylabel("accuracy (%)")
-    axes[0].legend(fontsize=5.5)
+    axes[2].legend(fontsize=5.5, loc="upper right")
     fig.tight_layout()
     files = save(fig, ctx.out_dir, "beyond_arch", ctx.formats)
     holds, text = bd.arch_verdict(gains)
