@@ -28,7 +28,7 @@ from common.cli import DefaultsHelpFormatter
 from common.files import write_json_atomic
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 
-__all__ = ["AttackSet", "parse_attack_set", "RunRef", "find_runs", "build_parser", "main"]
+__all__ = ["AttackSet", "parse_attack_set", "RunRef", "read_run_json", "find_runs", "build_parser", "main"]
 
 DEFAULT_ATTACKS = "pgd:50x5,autoattack:cpu"
 
@@ -75,7 +75,8 @@ class RunRef:
     result: Optional[Dict]
 
 
-def _read_json(p: Path) -> Optional[Dict]:
+def read_run_json(p: Path) -> Optional[Dict]:
+    """A deep.run result (a dict with clean_acc and config) read from ``p``, or None (unreadable or not a result)."""
     try:
         res = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
@@ -90,12 +91,12 @@ def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Seque
     path = Path(path)
     if path.is_file():
         js = path.parent.parent / f"{path.stem}.json"
-        refs = [RunRef(path.stem, path, js if js.exists() else None, _read_json(js) if js.exists() else None)]
+        refs = [RunRef(path.stem, path, js if js.exists() else None, read_run_json(js) if js.exists() else None)]
     elif path.is_dir():
         files = sorted(path.glob("*.json")) or sorted(path.glob("*/*.json"))
         refs = []
         for js in files:
-            res = _read_json(js)
+            res = read_run_json(js)
             ck = js.parent / "checkpoints" / f"{js.stem}.pt"
             if res is not None and ck.is_file():
                 refs.append(RunRef(js.stem, ck, js, res))

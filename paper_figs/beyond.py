@@ -11,12 +11,12 @@ Runs come from ``<results>/deep/<dataset>/`` (the main grid: ST, SAM, AT of PreA
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from deep.archs import DEFAULT_ARCH
+from deep.reeval import read_run_json
 from deep.run import method_label
 
 from .aggregate import Stat
@@ -24,7 +24,7 @@ from .report import markdown_table
 
 __all__ = ["EXPERIMENTS", "BEYOND_DATASET", "Group", "load_beyond", "groups", "acc", "equal_cost_rows",
            "equal_cost_verdict", "arch_gains", "arch_verdict", "rho_points", "rho_zero", "saliency_rows",
-           "saliency_verdict", "SMALL_EPS", "MID_EPS"]
+           "saliency_verdict", "train_time", "SMALL_EPS", "MID_EPS"]
 
 BEYOND_DATASET = "fashion-mnist"
 # The command that produces each experiment's runs (docs/protocol.md lists the settings).
@@ -61,15 +61,8 @@ class Group:
 
 
 def _read(folder: Path) -> list:
-    out = []
-    for p in sorted(folder.glob("*.json")):
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(rec, dict) and "clean_acc" in rec and "config" in rec:
-            out.append(rec)
-    return out
+    """Every deep.run result in ``folder`` (unreadable files and non-results skipped), in file-name order."""
+    return [r for r in map(read_run_json, sorted(folder.glob("*.json"))) if r is not None]
 
 
 def load_beyond(results_dir, dataset: str = BEYOND_DATASET) -> dict:
@@ -109,7 +102,8 @@ def acc(g: Group, key: str | None = None, extra: str | None = None) -> Stat:
     return Stat.of([v for v in vals if v is not None])
 
 
-def _time(g: Group) -> Stat:
+def train_time(g: Group) -> Stat:
+    """Training wall time of the group's runs (seconds; mean and sd over seeds)."""
     return Stat.of([r.get("wall_time_s") for r in g.runs if r.get("wall_time_s") is not None])
 
 
@@ -144,8 +138,8 @@ def equal_cost_rows(data: dict, cost: dict | None = None) -> tuple:
               "step cost / ST"]
     rows = []
     for g in gs:
-        t = _time(g)
-        ratio = t.mean / _time(st).mean if st is not None and _time(st).n else float("nan")
+        t = train_time(g)
+        ratio = t.mean / train_time(st).mean if st is not None and train_time(st).n else float("nan")
         step = (cost or {}).get("relative", {}).get(g.label)
         rows.append([g.name, str(len(g.runs)), acc(g).fmt(), acc(g, SMALL_EPS).fmt(), acc(g, MID_EPS).fmt(),
                      acc(g, "linf_0.1").fmt(), acc(g, SMALL_EPS, AA_KEY).fmt(), acc(g, MID_EPS, AA_KEY).fmt(),
@@ -158,7 +152,7 @@ def _cost_text(a: Group, b: Group, cost: dict | None) -> str:
     rel = (cost or {}).get("relative", {})
     if a.label in rel and b.label in rel:
         return f"measured step cost x{rel[a.label]:.2f} vs x{rel[b.label]:.2f} ST (python -m deep.cost)"
-    return f"train time {_time(a).mean:.0f} s vs {_time(b).mean:.0f} s (runs under different machine load)"
+    return f"train time {train_time(a).mean:.0f} s vs {train_time(b).mean:.0f} s (runs under different machine load)"
 
 
 def equal_cost_verdict(data: dict, cost: dict | None = None) -> tuple:

@@ -58,7 +58,7 @@ def _cost_x(g, cost, st_time) -> float:
     rel = (cost or {}).get("relative", {}).get(g.label)
     if rel:
         return rel
-    t = bd._time(g)
+    t = bd.train_time(g)
     return t.mean / st_time if t.n and st_time else float("nan")
 
 
@@ -68,7 +68,7 @@ def fig_equal_cost(ctx: FigureContext, data: dict, cost) -> FigureResult:
         raise SkipFigure("beyond_equal_cost skipped: no cheap-AT runs; produce them with: "
                          + bd.EXPERIMENTS["equal-cost"])
     st = next((g for g in gs if g.label == "st"), None)
-    st_time = bd._time(st).mean if st is not None else None
+    st_time = bd.train_time(st).mean if st is not None else None
     holds, text = bd.equal_cost_verdict(data, cost)
     fig, axes = plt.subplots(1, 2, figsize=(pal.COLUMN_WIDTH_IN * 1.6, 2.3), sharey=True)
     for ax, key in zip(axes, (bd.SMALL_EPS, bd.MID_EPS)):
@@ -313,13 +313,13 @@ def _rho_table(data) -> list:
         return []
     head = ["rho", "seeds", "clean", f"PGD {bd.SMALL_EPS}", f"PGD {bd.MID_EPS}", "train time (s)"]
     rows = [["0 (ST)", str(len(st.runs)), bd.acc(st).fmt(), bd.acc(st, bd.SMALL_EPS).fmt(),
-             bd.acc(st, bd.MID_EPS).fmt(), f"{bd._time(st).mean:.0f}"]] if st else []
+             bd.acc(st, bd.MID_EPS).fmt(), f"{bd.train_time(st).mean:.0f}"]] if st else []
     zero = bd.rho_zero(data)
     if zero is not None:
         rows.append(["0 (SAM, control)", str(len(zero.runs)), bd.acc(zero).fmt(), bd.acc(zero, bd.SMALL_EPS).fmt(),
-                     bd.acc(zero, bd.MID_EPS).fmt(), f"{bd._time(zero).mean:.0f}"])
+                     bd.acc(zero, bd.MID_EPS).fmt(), f"{bd.train_time(zero).mean:.0f}"])
     rows += [[f"{r:g}", str(len(g.runs)), bd.acc(g).fmt(), bd.acc(g, bd.SMALL_EPS).fmt(), bd.acc(g, bd.MID_EPS).fmt(),
-              f"{bd._time(g).mean:.0f}"] for r, g in sams]
+              f"{bd.train_time(g).mean:.0f}"] for r, g in sams]
     return ["### rho sweep", "", bd.table(head, rows), ""]
 
 
