@@ -117,7 +117,9 @@ class FeatureModel(_ModelBase):
         _check_n(n)
         rng = as_rng(rng_or_seed)
         y = rng.choice(np.array([-1.0, 1.0]), size=n)
-        X = y[:, None] * self.mu[None, :] + rng.standard_normal((n, self.D)) * np.sqrt(self.sigma2)[None, :]
+        X = rng.standard_normal((n, self.D))
+        X *= np.sqrt(self.sigma2)  # in place: the same numbers as y mu + g sigma, without two temporaries
+        X += y[:, None] * self.mu
         return X, y
 
     def margin_components(self, v):

@@ -10,7 +10,7 @@ Shapes: P (R, D) weights of R linear models, X (R, B, D) inputs, y (R, B) labels
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -18,8 +18,8 @@ from common.threat import normalize_norm
 
 from .training import logistic_loss, margins
 
-__all__ = ["sam_ascent_batched", "sam_gradient_batched", "pgd_random_start", "pgd_linear_batched",
-           "plain_gradient", "row_margins"]
+__all__ = ["sam_ascent_batched", "sam_gradient_batched", "sam_groups", "sam_ascent_loss", "sam_descent_loss",
+           "pgd_random_start", "pgd_linear_batched", "pgd_rows", "plain_loss", "plain_gradient", "row_margins"]
 
 
 def _rows(t, like: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -49,13 +49,11 @@ def row_margins(P: torch.Tensor, X: torch.Tensor, form: str = "free", tau: float
     return z
 
 
-def _input_margins(P: torch.Tensor, X: torch.Tensor, form: str, tau: float) -> torch.Tensor:
-    """:func:`row_margins` for P (R, D) and X (R, B, D) as R matrix-vector products (the fastest form
-    when the gradient is taken with respect to the inputs, as in PGD)."""
-    z = torch.bmm(X, P.unsqueeze(-1)).squeeze(-1)
-    if form == "fixed-scale":
-        z = tau * z / torch.linalg.vector_norm(P, dim=-1, keepdim=True)
-    return z
+def plain_loss(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, form: str = "free",
+               tau: float = 1.0) -> torch.Tensor:
+    """sum_r L_r(P_r), L_r the mean logistic loss of row r on its batch: its gradient with respect to
+    P has row r equal to grad L_r(P_r) (rows do not interact)."""
+    return logistic_loss(row_margins(P, X, form, tau), y).mean(dim=1).sum()
 
 
 def plain_gradient(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, form: str = "free",
@@ -63,9 +61,32 @@ def plain_gradient(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, form: str 
     """Gradient (autograd) of each row's mean logistic batch loss: row r gets grad L_r(P_r), (R, D)."""
     Pl = P.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = logistic_loss(row_margins(Pl, X, form, tau), y).mean(dim=1).sum()
-        (g,) = torch.autograd.grad(loss, Pl)
+        (g,) = torch.autograd.grad(plain_loss(Pl, X, y, form, tau), Pl)
     return g
+
+
+def sam_groups(X: torch.Tensor, y: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The batch (R, B, D), (R, B) as G = B/m groups of m consecutive examples: (R, G, m, D), (R, G, m)."""
+    R, B, D = X.shape
+    if B % m:
+        raise ValueError(f"batch size {B} must be a multiple of m={m}")
+    return X.reshape(R, B // m, m, D), y.reshape(R, B // m, m)
+
+
+def sam_ascent_loss(P: torch.Tensor, Xg: torch.Tensor, yg: torch.Tensor, form: str = "free",
+                    tau: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """First SAM pass: W = P broadcast to (R, G, D), a leaf, and sum_{r,g} L_g(W_rg); the gradient of the
+    sum with respect to W is the per-group gradient grad L_g(P_r) (the groups do not interact)."""
+    R, G = Xg.shape[:2]
+    W = P.detach().unsqueeze(1).expand(R, G, P.shape[-1]).requires_grad_(True)
+    return W, logistic_loss(row_margins(W, Xg, form, tau), yg).mean(-1).sum()
+
+
+def sam_descent_loss(P: torch.Tensor, e: torch.Tensor, Xg: torch.Tensor, yg: torch.Tensor,
+                     form: str = "free", tau: float = 1.0) -> torch.Tensor:
+    """Second SAM pass: sum_r mean_g L_g(P_r + e_rg) with e held fixed; its gradient with respect to P has
+    row r equal to the SAM descent gradient mean_g grad L_g(P_r + e_rg)."""
+    return logistic_loss(row_margins(P.unsqueeze(1) + e, Xg, form, tau), yg).mean(-1).mean(-1).sum()
 
 
 def sam_gradient_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, rho, m: int,
@@ -75,22 +96,17 @@ def sam_gradient_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, rho,
     e_g = rho_r grad L_g(P_r) / ||grad L_g(P_r)|| and the returned row is mean_g grad L_g(P_r + e_g).
 
     Two autograd passes on stacked tensors: the per-group gradients are the gradient of
-    sum_{r,g} L_g with respect to P broadcast to (R, G, D); the descent gradient is the gradient of
-    sum_r mean_g L_g(P_r + e_g) with respect to P (e held fixed, as in SAM).
+    sum_{r,g} L_g with respect to P broadcast to (R, G, D) (:func:`sam_ascent_loss`); the descent
+    gradient is the gradient of sum_r mean_g L_g(P_r + e_g) with respect to P, e held fixed
+    (:func:`sam_descent_loss`).
     """
-    R, B, D = X.shape
-    if B % m:
-        raise ValueError(f"batch size {B} must be a multiple of m={m}")
-    G = B // m
-    Xg, yg = X.reshape(R, G, m, D), y.reshape(R, G, m)
+    Xg, yg = sam_groups(X, y, m)
     with torch.enable_grad():
-        Pl = P.detach().requires_grad_(True)
-        W = Pl.unsqueeze(1).expand(R, G, D)
-        (g,) = torch.autograd.grad(logistic_loss(row_margins(W, Xg, form, tau), yg).mean(-1).sum(), W)
+        W, loss = sam_ascent_loss(P, Xg, yg, form, tau)
+        (g,) = torch.autograd.grad(loss, W)
         e = sam_ascent_batched(g, _rows(rho, P, 3))
-        Pl2 = P.detach().requires_grad_(True)
-        loss2 = logistic_loss(row_margins(Pl2.unsqueeze(1) + e, Xg, form, tau), yg).mean(-1).mean(-1).sum()
-        (g2,) = torch.autograd.grad(loss2, Pl2)
+        Pl = P.detach().requires_grad_(True)
+        (g2,) = torch.autograd.grad(sam_descent_loss(Pl, e, Xg, yg, form, tau), Pl)
     return g2
 
 
@@ -108,11 +124,18 @@ def pgd_random_start(shape: Sequence[int], eps: float, norm: str,
     return g * eps * u.pow(1.0 / shape[1])
 
 
-def _input_grad(P: torch.Tensor, x: torch.Tensor, y: torch.Tensor, form: str, tau: float) -> torch.Tensor:
-    """Autograd gradient of the summed logistic loss with respect to the inputs ``x``."""
+def _delta_grad(Pu: torch.Tensor, z0: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
+                scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """Autograd gradient of the summed logistic loss at x + delta with respect to ``delta`` (= the input
+    gradient at x + delta). The margin is written z0 + delta.P with z0 = x.P computed once per attack
+    (the same linear forward pass; it saves one pass over the (R, B, D) inputs per PGD step), times
+    ``scale`` = tau/||P|| for the fixed-scale form."""
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(logistic_loss(_input_margins(P, x, form, tau), y).sum(), x)
+        d = delta.detach().requires_grad_(True)
+        z = z0 + torch.bmm(d, Pu).squeeze(-1)
+        if scale is not None:
+            z = z * scale
+        (grad,) = torch.autograd.grad(logistic_loss(z, y).sum(), d)
     return grad
 
 
@@ -131,6 +154,26 @@ def _pgd_update_(delta: torch.Tensor, grad: torch.Tensor, eps, step, norm: str) 
     return delta.mul_(torch.clamp(eps / (delta.norm(p=2, dim=-1, keepdim=True) + 1e-12), max=1.0))
 
 
+def pgd_rows(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, step: torch.Tensor,
+             segments: Sequence[Tuple[str, int, int]], steps: int, delta: torch.Tensor,
+             form: str = "free", tau: float = 1.0) -> torch.Tensor:
+    """PGD for rows with different threat models in one batch: ``segments`` are (norm, start, stop) row
+    ranges ("inf" or "l2"), ``eps`` and ``step`` (R,) radii and step sizes, ``delta`` (R, B, D) the start
+    (zeros or a random start; updated in place). Each of the ``steps`` steps takes *one* autograd input
+    gradient for all rows, then each segment's sign or l2 step and projection (:func:`_pgd_update_`).
+    Returns x_adv = X + delta. Row r gets exactly what :func:`pgd_linear_batched` gives it alone."""
+    eps_t, step_t = _rows(eps, X, 3), _rows(step, X, 3)
+    Pd, x = P.detach(), X.detach()
+    Pu = Pd.unsqueeze(-1)
+    z0 = torch.bmm(x, Pu).squeeze(-1)
+    scale = tau / torch.linalg.vector_norm(Pd, dim=-1, keepdim=True) if form == "fixed-scale" else None
+    for _ in range(int(steps)):
+        grad = _delta_grad(Pu, z0, delta, y, scale)
+        for norm, s, e in segments:
+            _pgd_update_(delta[s:e], grad[s:e], eps_t[s:e], step_t[s:e], norm)
+    return x + delta
+
+
 def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, norm: str = "inf",
                        steps: int = 10, step_size=None, delta0: Optional[torch.Tensor] = None,
                        form: str = "free", tau: float = 1.0) -> torch.Tensor:
@@ -139,12 +182,9 @@ def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, n
     default step 2.5 eps / steps). ``delta0`` (R, B, D) is the random start (e.g. from
     :func:`pgd_random_start`), None for none. Each step is an autograd gradient of the summed loss at
     x + delta (with respect to the input, i.e. to delta), a sign (l_inf) or l2-normalised step, and the
-    projection. Returns x_adv."""
+    projection (:func:`pgd_rows` with one segment). Returns x_adv."""
     norm = normalize_norm(norm)   # "inf" | "l2"; ValueError otherwise
     eps_t = _rows(eps, X, 3)
     step_t = 2.5 * eps_t / max(int(steps), 1) if step_size is None else _rows(step_size, X, 3)
-    Pd, x = P.detach(), X.detach()
-    delta = torch.zeros_like(x) if delta0 is None else delta0.to(x.dtype, copy=True)
-    for _ in range(int(steps)):
-        delta = _pgd_update_(delta, _input_grad(Pd, x + delta, y, form, tau), eps_t, step_t, norm)
-    return x + delta
+    delta = torch.zeros_like(X) if delta0 is None else delta0.to(X.dtype, copy=True)
+    return pgd_rows(P, X, y, eps_t, step_t, [(norm, 0, X.shape[0])], steps, delta, form, tau)

@@ -22,8 +22,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .batched_ops import pgd_linear_batched, pgd_random_start, plain_gradient, sam_gradient_batched
-from .parallel import Forked, can_fork
+from common.threat import normalize_norm
+
+from .batched_ops import (pgd_random_start, pgd_rows, plain_loss, sam_ascent_batched, sam_ascent_loss,
+                          sam_descent_loss, sam_groups)
+from .parallel import EpochFeed, Forked, can_fork
 from .training import TrainConfig, _init_weights, make_scheduler
 
 __all__ = ["JobSpec", "kernel_key", "batch_key", "train_batched", "train_sharded", "shard_jobs"]
@@ -45,12 +48,13 @@ class JobSpec:
 
 
 def kernel_key(cfg: TrainConfig) -> tuple:
-    """Rows whose gradients one batched call computes: same method, form, tau and m (SAM) or PGD
-    norm / steps / random start (AT). rho, eps, the step size and the optimiser may differ per row."""
+    """Rows computed together: SAM rows of the same form, tau and m (one group shape), AT rows of the
+    same form, tau and PGD step count (norm, radius, step size and random start may differ per row),
+    plain rows of the same form and tau. rho, eps and the optimiser may differ per row."""
     if cfg.method == "sam":
         return ("sam", cfg.form, cfg.tau, cfg.m)
     if cfg.method == "at":
-        return ("at", cfg.form, cfg.tau, cfg.norm, cfg.pgd_steps, cfg.pgd_random_start)
+        return ("at", cfg.form, cfg.tau, cfg.pgd_steps)
     return ("st", cfg.form, cfg.tau)
 
 
@@ -62,13 +66,15 @@ def batch_key(cfg: TrainConfig) -> tuple:
 
 @dataclass
 class _Block:
-    """Consecutive rows [start, stop) sharing one kernel; ``jobs`` are (job index, start, stop)."""
+    """Consecutive rows [start, stop) sharing one kernel; ``jobs`` are (job index, start, stop);
+    ``segments`` (AT) are (norm, start, stop) row ranges relative to ``start``, one per threat model."""
 
     key: tuple
     cfg: TrainConfig
     start: int
     stop: int
     jobs: List[Tuple[int, int, int]] = field(default_factory=list)
+    segments: List[Tuple[str, int, int]] = field(default_factory=list)
     rho: Optional[torch.Tensor] = None
     eps: Optional[torch.Tensor] = None
     step: Optional[torch.Tensor] = None
@@ -81,11 +87,28 @@ def _pgd_step_size(cfg: TrainConfig) -> float:
     return 2.5 * float(cfg.eps) / max(int(cfg.pgd_steps), 1)
 
 
+def _norm(cfg: TrainConfig) -> str:
+    """The AT threat model as "inf" / "l2" ("" for other methods)."""
+    return normalize_norm(cfg.norm) if cfg.method == "at" else ""
+
+
 def _row_order(spec: JobSpec) -> tuple:
-    """Jobs are laid out by form (so the fixed-scale rows are contiguous), then kernel, then optimiser
-    settings (so rows sharing an SGD param group are adjacent)."""
+    """Jobs are laid out by form (so the fixed-scale rows are contiguous), then kernel, then threat model
+    (so each AT norm is one segment), then optimiser settings (rows sharing an SGD param group adjacent)."""
     c = spec.cfg
-    return (c.form, repr(kernel_key(c)), c.lr, c.momentum, c.weight_decay)
+    return (c.form, repr(kernel_key(c)), _norm(c), c.lr, c.momentum, c.weight_decay)
+
+
+def _segments(b: _Block, specs: Sequence[JobSpec]) -> List[Tuple[str, int, int]]:
+    """Maximal row ranges of one AT norm inside block ``b``, relative to its first row."""
+    segs: List[Tuple[str, int, int]] = []
+    for j, s, e in b.jobs:
+        norm = _norm(specs[j].cfg)
+        if segs and segs[-1][0] == norm and segs[-1][2] == s - b.start:
+            segs[-1] = (norm, segs[-1][1], e - b.start)
+        else:
+            segs.append((norm, s - b.start, e - b.start))
+    return segs
 
 
 def _layout(specs: Sequence[JobSpec], dtype) -> Tuple[List[Tuple[int, int]], List[_Block]]:
@@ -108,33 +131,76 @@ def _layout(specs: Sequence[JobSpec], dtype) -> Tuple[List[Tuple[int, int]], Lis
         b.rho = torch.tensor([r for r, _ in per_row], dtype=dtype)
         b.eps = torch.tensor([float(c.eps) for _, c in per_row], dtype=dtype)
         b.step = torch.tensor([_pgd_step_size(c) for _, c in per_row], dtype=dtype)
+        b.segments = _segments(b, specs) if b.cfg.method == "at" else []
     return spans, blocks
 
 
-def _random_starts(b: _Block, specs, gens, batch: int, D: int, dtype) -> Optional[torch.Tensor]:
-    """Each AT job's PGD random start, drawn from its own generator in float64 exactly as
-    ``common.attacks.pgd`` draws it for that job's (R_j * B, D) inputs (none when eps = 0, as there)."""
-    if not b.cfg.pgd_random_start:
-        return None
-    out = torch.zeros(b.stop - b.start, batch, D, dtype=dtype)
+def _pgd_start(b: _Block, specs, gens, batch: int, D: int, dtype) -> torch.Tensor:
+    """PGD's starting perturbation for the rows of AT block ``b``: zeros, and for each job with a random
+    start the one ``common.attacks.pgd`` draws for that job's (R_j * B, D) inputs, from its own generator
+    in float64 (none when eps = 0, as there)."""
+    delta = torch.zeros(b.stop - b.start, batch, D, dtype=dtype)
     for j, s, e in b.jobs:
         cfg = specs[j].cfg
-        if cfg.eps != 0:
+        if cfg.pgd_random_start and cfg.eps != 0:
             start = pgd_random_start(((e - s) * batch, D), float(cfg.eps), cfg.norm, gens[j])
-            out[s - b.start:e - b.start].view(-1, D).copy_(start)
+            delta[s - b.start:e - b.start].view(-1, D).copy_(start)
+    return delta
+
+
+def _rows_of(b: _Block, *tensors):
+    """Block ``b``'s rows of each tensor."""
+    return [t[b.start:b.stop] for t in tensors]
+
+
+def _sam_ascents(blocks: Sequence[_Block], P, xb, yb) -> Dict[int, torch.Tensor]:
+    """First SAM pass for every SAM block with *one* autograd call: block index -> ascent e (R_b, G, D),
+    e_rg = rho_r grad L_g(P_r) / ||grad L_g(P_r)|| (``common.sam.sam_perturbation`` per group)."""
+    sam = [i for i, b in enumerate(blocks) if b.cfg.method == "sam"]
+    if not sam:
+        return {}
+    leaves, total = [], 0.0
+    with torch.enable_grad():
+        for i in sam:
+            b = blocks[i]
+            Pb, Xb, Yb = _rows_of(b, P, xb, yb)
+            W, loss = sam_ascent_loss(Pb, *sam_groups(Xb, Yb, b.cfg.m), b.cfg.form, b.cfg.tau)
+            leaves.append(W)
+            total = total + loss
+        grads = torch.autograd.grad(total, leaves)
+    return {i: sam_ascent_batched(g, blocks[i].rho.view(-1, 1, 1)) for i, g in zip(sam, grads)}
+
+
+def _adversarial_inputs(blocks: Sequence[_Block], P, xb, yb, specs, gens) -> Dict[int, torch.Tensor]:
+    """PGD for every AT block (block index -> x_adv), all its norms in one batch (:func:`pgd_rows`)."""
+    out = {}
+    for i, b in enumerate(blocks):
+        if b.cfg.method == "at":
+            Pb, Xb, Yb = _rows_of(b, P, xb, yb)
+            delta = _pgd_start(b, specs, gens, Xb.shape[1], Xb.shape[2], Xb.dtype)
+            out[i] = pgd_rows(Pb, Xb, Yb, b.eps, b.step, b.segments, b.cfg.pgd_steps, delta, b.cfg.form,
+                              b.cfg.tau)
     return out
 
 
-def _block_gradient(b: _Block, P, xb, yb, specs, gens) -> torch.Tensor:
-    """Gradient of every row of block ``b`` on its mini-batch, with the block's real algorithm."""
-    P, xb, yb = P[b.start:b.stop], xb[b.start:b.stop], yb[b.start:b.stop]
-    c = b.cfg
-    if c.method == "sam":
-        return sam_gradient_batched(P, xb, yb, b.rho, c.m, c.form, c.tau)
-    if c.method == "at":
-        d0 = _random_starts(b, specs, gens, xb.shape[1], xb.shape[2], xb.dtype)
-        xb = pgd_linear_batched(P, xb, yb, b.eps, c.norm, c.pgd_steps, b.step, d0, c.form, c.tau)
-    return plain_gradient(P, xb, yb, c.form, c.tau)
+def _step_gradient(blocks: Sequence[_Block], P, xb, yb, specs, gens) -> torch.Tensor:
+    """Gradient of every row on its mini-batch with its block's real algorithm: the SAM ascents
+    (:func:`_sam_ascents`), the PGD attacks (:func:`_adversarial_inputs`), then *one* autograd call for
+    the descent gradient of all rows: the sum over blocks of sum_r L_r (SAM at P_r + e_r, AT at x_adv,
+    ST at the batch). Rows do not interact, so row r of the result is its own algorithm's gradient."""
+    asc = _sam_ascents(blocks, P, xb, yb)
+    adv = _adversarial_inputs(blocks, P, xb, yb, specs, gens)
+    Pl = P.detach().requires_grad_(True)
+    total = 0.0
+    with torch.enable_grad():
+        for i, b in enumerate(blocks):
+            Pb, Xb, Yb = _rows_of(b, Pl, xb, yb)
+            if i in asc:
+                total = total + sam_descent_loss(Pb, asc[i], *sam_groups(Xb, Yb, b.cfg.m), b.cfg.form, b.cfg.tau)
+            else:
+                total = total + plain_loss(Pb, adv.get(i, Xb), Yb, b.cfg.form, b.cfg.tau)
+        (g,) = torch.autograd.grad(total, Pl)
+    return g
 
 
 def _param_runs(specs, spans) -> List[Tuple[tuple, int, int]]:
@@ -225,8 +291,7 @@ def train_batched(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
         for k in range(steps):
             idx = flat[:, k * B:(k + 1) * B].reshape(-1)
             xb, yb = Xf.index_select(0, idx).view(-1, B, D), yf.index_select(0, idx).view(-1, B)
-            for b in blocks:
-                G[b.start:b.stop] = _block_gradient(b, P, xb, yb, specs, gens)
+            G.copy_(_step_gradient(blocks, P, xb, yb, specs, gens))
             opt.step()
             sched.step()
             if f1 > f0:
@@ -236,30 +301,40 @@ def train_batched(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
     return [P[s:e].double().numpy().copy() for s, e in spans]
 
 
-# Rough cost per row and step in microseconds (float32, one core) and per kernel call, for balancing
-# shards only: PGD-AT ~70 per PGD step, SAM ~120 fixed scale / 80 free, plain gradient 35.
-_ROW_COST = {"st": 35.0, "sam": 100.0}
-_KERNEL_COST = 300.0
+# Cost per step in microseconds (float32, one core), measured with the default run's jobs, for balancing
+# shards only: PGD-AT 60 per row and PGD step (+ 80 per PGD step for the block), SAM 100 per row
+# (+ 300 for the block), plain gradient 20 per row (+ 100).
+_ROW_COST = {"st": 20.0, "sam": 100.0}
+_BLOCK_COST = {"st": 100.0, "sam": 300.0}
 
 
-def _unit_cost(specs: Sequence[JobSpec]) -> float:
-    """Estimated time per step of one kernel's jobs (rows x cost per row + the call's overhead)."""
-    c = specs[0].cfg
-    per_row = 70.0 * c.pgd_steps if c.method == "at" else _ROW_COST[c.method]
-    return _KERNEL_COST + per_row * sum(len(s.source) for s in specs)
+def _job_cost(spec: JobSpec) -> float:
+    """Estimated time per step of one job's rows, its kernel's fixed cost not included."""
+    c = spec.cfg
+    per_row = 60.0 * c.pgd_steps if c.method == "at" else _ROW_COST[c.method]
+    return per_row * len(spec.source)
+
+
+def _block_cost(cfg: TrainConfig) -> float:
+    """Estimated fixed time per step of one kernel block (paid once per shard that holds its jobs)."""
+    return 80.0 * cfg.pgd_steps if cfg.method == "at" else _BLOCK_COST[cfg.method]
 
 
 def shard_jobs(specs: Sequence[JobSpec], k: int) -> List[List[int]]:
-    """Split the jobs (by index) into at most ``k`` shards of similar estimated cost, keeping the jobs of
-    one kernel together (largest kernel first to the cheapest shard). Empty shards are dropped."""
-    units: Dict[tuple, List[int]] = {}
-    for i, s in enumerate(specs):
-        units.setdefault(kernel_key(s.cfg), []).append(i)
-    shards: List[Tuple[float, List[int]]] = [(0.0, []) for _ in range(max(1, int(k)))]
-    for unit in sorted(units.values(), key=lambda u: -_unit_cost([specs[i] for i in u])):
-        j = min(range(len(shards)), key=lambda t: shards[t][0])
-        shards[j] = (shards[j][0] + _unit_cost([specs[i] for i in unit]), shards[j][1] + unit)
-    return [sorted(idx) for _, idx in shards if idx]
+    """Split the jobs (by index) into at most ``k`` shards of similar estimated cost: largest job first,
+    each to the shard where the total (its jobs, plus each kernel's fixed cost once) grows least. A
+    job's rows stay together (one generator per job). Empty shards are dropped."""
+    shards: List[Tuple[float, List[int], set]] = [(0.0, [], set()) for _ in range(max(1, int(k)))]
+    for i in sorted(range(len(specs)), key=lambda i: -_job_cost(specs[i])):
+        key = kernel_key(specs[i].cfg)
+
+        def grown(t: int) -> float:
+            load, _, keys = shards[t]
+            return load + _job_cost(specs[i]) + (0.0 if key in keys else _block_cost(specs[i].cfg))
+
+        j = min(range(len(shards)), key=grown)
+        shards[j] = (grown(j), shards[j][1] + [i], shards[j][2] | {key})
+    return [sorted(idx) for _, idx, _ in shards if idx]
 
 
 def train_sharded(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
@@ -271,9 +346,13 @@ def train_sharded(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
     shards = shard_jobs(specs, workers if can_fork() else 1)
     if len(shards) == 1:
         return train_batched(specs, data, dtype, progress)
-    children = [Forked(train_batched, [specs[i] for i in idx], data, dtype) for idx in shards[1:]]
+    # the parent samples each epoch once and shares it (sampling is ~2 s of a default run per process)
+    feed = EpochFeed(data, data(0), len(shards) - 1, dtype)
+    children = [Forked(train_batched, [specs[i] for i in idx], feed.reader(r), dtype)
+                for r, idx in enumerate(shards[1:])]
+    feed.watch(children)
     try:
-        first = train_batched([specs[i] for i in shards[0]], data, dtype, progress)
+        first = train_batched([specs[i] for i in shards[0]], feed.producer(), dtype, progress)
         results = [first] + [c.result() for c in children]
     finally:
         for c in children:

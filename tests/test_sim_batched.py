@@ -24,7 +24,7 @@ from simulations import run as sim_run
 from simulations.batched_ops import (pgd_linear_batched, pgd_random_start, plain_gradient, row_margins,
                                      sam_ascent_batched, sam_gradient_batched)
 from simulations.engine import JobSpec, kernel_key, shard_jobs, train_batched, train_sharded
-from simulations.parallel import Forked, can_fork
+from simulations.parallel import EpochFeed, Forked, can_fork
 from simulations.experiments import Settings, engine_tag
 from simulations.run import torch_threads
 from simulations.training import (TrainConfig, fresh_data, logistic_loss, margins, pgd_linear,
@@ -195,18 +195,19 @@ def test_train_batched_rejects_mixed_step_counts():
         JobSpec(CFGS[0], 0, (0.0, 0.1), (0,))
 
 
-def test_shards_partition_the_jobs_and_keep_kernels_together():
+def test_shards_partition_the_jobs_and_balance_rows():
     specs = _specs()
     for k in (1, 2, 3, 20):
         shards = shard_jobs(specs, k)
         assert 1 <= len(shards) <= k
         assert sorted(i for s in shards for i in s) == list(range(len(specs)))
-        where = {i: n for n, s in enumerate(shards) for i in s}
-        for i, a in enumerate(specs):
-            for j, b in enumerate(specs):
-                if kernel_key(a.cfg) == kernel_key(b.cfg):
-                    assert where[i] == where[j]
     assert len(shard_jobs(specs, 2)) == 2
+    # ten equal SAM jobs: five per shard (one kernel split between the shards)
+    same = [JobSpec(CFGS[5], i, (0.1,), (0,)) for i in range(10)]
+    assert sorted(len(s) for s in shard_jobs(same, 2)) == [5, 5]
+    # one AT job with 5 PGD steps on 4 rows costs about as much as many SAM rows: it gets a shard alone
+    at = JobSpec(CFGS[1], 99, (0.0,) * 4, (0,) * 4)
+    assert [len(s) for s in shard_jobs([at] + same[:4], 2)] in ([1, 4], [4, 1])
 
 
 @pytest.mark.skipif(not can_fork(), reason="needs the fork start method")
@@ -229,6 +230,37 @@ def test_forked_returns_values_and_reports_failures():
     assert Forked(sum, [1, 2, 3]).result() == 6
     with pytest.raises(RuntimeError, match="ValueError: bad 7"):
         Forked(_fail, 7).result()
+
+
+def _read_epochs(read, epochs):
+    return [tuple(t.numpy().copy() for t in read(e)) for e in range(epochs)]  # numpy: pickled by value
+
+
+@pytest.mark.skipif(not can_fork(), reason="needs the fork start method")
+def test_epoch_feed_children_read_the_parents_epochs_in_order():
+    data = fresh_data(MODEL, 64, [0, 1, 2])
+    feed = EpochFeed(data, data(0), readers=2, dtype=torch.float32, slots=2)
+    kids = [Forked(_read_epochs, feed.reader(r), 7) for r in range(2)]
+    feed.watch(kids)
+    produced = [feed.producer()(e) for e in range(7)]  # 7 epochs through 2 slots: waits for the readers
+    for kid in kids:
+        for (X, y), (Xr, yr) in zip(produced, kid.result()):
+            assert Xr.dtype == np.float32 and np.array_equal(Xr, X.float().numpy())
+            assert np.array_equal(yr, y.float().numpy())
+    assert not torch.equal(produced[0][0], produced[1][0])  # fresh data each epoch
+
+
+@pytest.mark.skipif(not can_fork(), reason="needs the fork start method")
+def test_epoch_feed_parent_raises_when_a_reader_died():
+    data = fresh_data(MODEL, 16, [0])
+    feed = EpochFeed(data, data(0), readers=1, dtype=torch.float64, slots=1)
+    kid = Forked(_fail, 1)  # never reads
+    feed.watch([kid])
+    put = feed.producer()
+    put(0)
+    with pytest.raises(RuntimeError, match="stopped before reading"):
+        put(1)
+    kid.cancel()
 
 
 # ----------------------------------------------------------------------------- run level
