@@ -105,6 +105,34 @@ def _inv_norm_sq(v) -> float:
     return 1.0 / nsq if nsq > 0 else 0.0
 
 
+_BLOCK = 16_384  # grid nodes per row block of _grid_loss: its temporaries stay in cache
+# logaddexp(0, s) = s + log1p(exp(-s)) rounds to s itself once exp(-s) < ulp(s)/2: for s >= 34,
+# exp(-s) <= 1.8e-15 < 2^-48 = ulp(32)/2. There _grid_loss keeps s (bit for bit the same value).
+_LINEAR_FROM = 34.0
+
+
+def _grid_loss(zR, qR, zN, qN, c: float, inv: float, proj: bool) -> np.ndarray:
+    """l(z - c*sqrt(q)) on the outer grid z = zR + zN, q = qR + qN (q - inv*z^2, floored at 0, if ``proj``),
+    shape (zR.size, zN.size); l = logistic_loss, evaluated as logaddexp(0, c*sqrt(q) - z), the same
+    floating-point operations as logistic_loss(z - c*np.sqrt(q)) (negation is exact), bit for bit.
+    Computed a block of rows at a time, in place."""
+    out = np.empty((zR.size, zN.size))
+    rows = max(1, _BLOCK // max(zN.size, 1))
+    z = np.empty((min(rows, zR.size), zN.size))
+    for i in range(0, zR.size, rows):
+        arg, zb = out[i:i + rows], z[: min(rows, zR.size - i)]
+        np.add(zR[i:i + rows, None], zN[None, :], out=zb)
+        np.add(qR[i:i + rows, None], qN[None, :], out=arg)
+        if proj:  # q - (inv*z)*z, as the expression q - inv * z * z
+            arg -= np.multiply(zb, inv) * zb
+            np.maximum(arg, 0.0, out=arg)
+        np.sqrt(arg, out=arg)
+        arg *= c
+        arg -= zb
+        np.logaddexp(0.0, arg, out=arg, where=arg < _LINEAR_FROM)
+    return out
+
+
 def sam_loss(model, v, c, fine: float = 1.2, laguerre: int = 24, sam_norm: str = "full") -> float:
     """E l(y v.x - c*||x||_2) for block-structured v (L2 with c = rho; T5 with c = rho*tau); with
     ``sam_norm="projected"`` E l(y v.x - c*||P_w x||_2), w = v/||v|| (fixed-scale SAM's exact ascent, T5).
@@ -118,11 +146,7 @@ def sam_loss(model, v, c, fine: float = 1.2, laguerre: int = 24, sam_norm: str =
     robust, (zN, qN, wN) = _grids(model, a, b, c, fine, laguerre)
     total = 0.0
     for prob, zR, qR, wR in robust:
-        z = zR[:, None] + zN[None, :]
-        sq = qR[:, None] + qN[None, :]
-        if proj:
-            sq = np.maximum(sq - inv * z * z, 0.0)
-        total += prob * float(wR @ logistic_loss(z - c * np.sqrt(sq)) @ wN)
+        total += prob * float(wR @ _grid_loss(zR, qR, zN, qN, c, inv, proj) @ wN)
     return total
 
 

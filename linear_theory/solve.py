@@ -18,6 +18,7 @@ convexity and permutation symmetry for st/at/sam; one angle on the sphere for sa
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -175,7 +176,12 @@ def _unit_ridge(model, lam: float) -> np.ndarray:
 
 
 def _ridge_objective(model, rho, tau, sam_norm="full"):
-    return lambda lam: sam_loss(model, tau * _unit_ridge(model, lam), rho * tau, sam_norm=sam_norm)
+    """G(lam) = E l(y v.x - rho*tau*||x||) (T5; ||P_w x|| for sam_norm="projected") at v = tau*(Sigma + lam I)^{-1}
+    mu/||.||, remembering its values: the solver asks again for G at the lam it returns."""
+    @functools.lru_cache(maxsize=None)
+    def G(lam: float) -> float:
+        return sam_loss(model, tau * _unit_ridge(model, lam), rho * tau, sam_norm=sam_norm)
+    return G
 
 
 def _argmin_on_ridge(G, scale: float, lam_min: float):

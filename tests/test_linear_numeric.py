@@ -163,6 +163,28 @@ def test_sam_loss_quadrature_converged():
     assert coarse == pytest.approx(fine, rel=1e-6)
 
 
+def test_logaddexp_is_its_argument_from_34():
+    """sam_objective._grid_loss skips logaddexp(0, s) for s >= 34, where it equals s bit for bit."""
+    from linear_theory.sam_objective import _LINEAR_FROM
+    s = np.concatenate([np.linspace(_LINEAR_FROM, 200.0, 200_001), np.geomspace(200.0, 1e300, 10_001)])
+    assert np.array_equal(np.logaddexp(0.0, s), s)
+
+
+@pytest.mark.parametrize("proj", [False, True])
+def test_grid_loss_bitwise_equals_logistic_loss_expression(proj):
+    """The blocked in-place evaluation is the same floating-point computation as the plain expression."""
+    from linear_theory.sam_objective import _grid_loss
+    rng = np.random.default_rng(3)
+    zR, zN = rng.normal(0, 30, 77), rng.normal(0, 30, 1801)  # margins across both tails (|s| > 34)
+    qR, qN = zR**2 + rng.uniform(0, 50, 77), zN**2 + rng.uniform(0, 50, 1801)
+    for c, inv in [(0.0, 0.0), (0.8, 1 / 16), (3.0, 1 / 900)]:
+        z, sq = zR[:, None] + zN[None, :], qR[:, None] + qN[None, :]
+        if proj:
+            sq = np.maximum(sq - inv * z * z, 0.0)
+        ref = lt.logistic_loss(z - c * np.sqrt(sq))
+        assert np.array_equal(_grid_loss(zR, qR, zN, qN, c, inv, proj), ref)
+
+
 def test_norm_moments_match_samples():
     X, _ = REF.sample(200_000, 9)
     n = np.linalg.norm(X, axis=1)
