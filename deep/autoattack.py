@@ -28,7 +28,7 @@ import torch
 from common.threat import Norm, parse_norm
 
 from .data import ImageData, to_float
-from .evaluate import Attack
+from .evaluate import Attack, no_cudnn_autotune
 
 __all__ = ["VERSIONS", "CPU_TARGET_CLASSES", "make_autoattack", "robust_flags", "run_autoattack"]
 
@@ -73,7 +73,9 @@ def robust_flags(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attac
     point leaves the eps ball or the [0, 1] box (tolerance 1e-5)."""
     aa = make_autoattack(model, attack, version, device, seed)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    # fork_rng: AutoAttack's own draws leave the caller's RNG alone; no autotuning: it attacks only the
+    # points still robust, so its batch sizes change at every step (see deep.evaluate.no_cudnn_autotune)
+    with torch.random.fork_rng(devices=devices), no_cudnn_autotune():
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     d = (x_adv - x).flatten(1)
     size = d.abs().amax(1) if parse_norm(attack.norm) is Norm.LINF else d.norm(dim=1)

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-run", action="store_true", help="only the SAM comparison, not the main job")
     p.add_argument("--skip-sam", action="store_true", help="only the main job, not the SAM comparison")
     p.add_argument("--engines", default="batched,loop", metavar="E1,E2",
-                   help="engines to time (default: batched,loop; the loop engine takes about 70 s in the "
+                   help="engines to time (default: batched,loop; the loop engine takes about 100 s in the "
                         "default profile on two quiet cores)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="default", help="run profile to time")
     p.add_argument("--min-time", type=float, default=2.0, help="seconds per SAM timing")

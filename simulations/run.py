@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true",
                       help="small sizes (3 seeds, 12 epochs, fewer strengths): well under a minute")
     size.add_argument("--full", action="store_true",
-                      help="8 seeds, 60 epochs of 10^4 fresh samples, finer sweeps (about 15 minutes)")
+                      help="8 seeds, 60 epochs of 10^4 fresh samples, finer sweeps (about 2 minutes on two cores)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="number of seeds (independent data streams and SGD runs), >= 2; default: "
                         "3 quick / 5 default / 8 full")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "overhead)")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help="batched (default): all jobs in one batched training loop; loop: the original "
-                        "route, one job at a time (float64, about 4x slower)")
+                        "route, one job at a time (float64, about 4.6x slower)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                    help="batched engine's float type (default float32; float64 reproduces the loop "
                         "engine to rounding); the loop engine is float64 only")

@@ -91,3 +91,24 @@ def test_repeated_attacks_are_counted_once():
         res = evaluate(model, data, [parse_attack(a) for a in grid], steps=3)
         assert res["robust"] == one["robust"] and list(res["robust"]) == ["linf_1/255"]
         assert res["robust"]["linf_1/255"] <= res["clean_acc"]
+
+
+def test_evaluation_turns_cudnn_autotuning_off_and_restores_it(monkeypatch):
+    """Survivor batches change size on every attack; with cudnn.benchmark each new size is autotuned
+    (seconds per PGD call on a GPU), so evaluate switches it off while it runs and restores it."""
+    import deep.evaluate as ev
+
+    model, data = _linear_case(3, n=32)
+    seen = []
+    real = ev.pgd
+
+    def spy(*a, **k):
+        seen.append(torch.backends.cudnn.benchmark)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "pgd", spy)
+    for before in (True, False):
+        torch.backends.cudnn.benchmark = before
+        evaluate(model, data, [parse_attack("linf:1/255")], steps=2)
+        assert torch.backends.cudnn.benchmark is before
+    assert seen and not any(seen)
