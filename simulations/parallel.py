@@ -104,7 +104,9 @@ class EpochFeed:
     def _wait_free(self, k: int) -> None:
         for _ in range(self._readers):
             while not self._free[k].acquire(timeout=1.0):
-                if not all(c.alive() for c in self._children):
+                dead = [c for c in self._children if not c.alive()]
+                if dead:
+                    dead[0].result()  # raises with the worker's traceback if it failed
                     raise RuntimeError("a worker process stopped before reading its training data")
 
     def producer(self) -> Callable:

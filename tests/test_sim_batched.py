@@ -258,9 +258,16 @@ def test_epoch_feed_parent_raises_when_a_reader_died():
     feed.watch([kid])
     put = feed.producer()
     put(0)
-    with pytest.raises(RuntimeError, match="stopped before reading"):
+    with pytest.raises(RuntimeError, match="ValueError: bad 1"):  # the worker's own error
         put(1)
     kid.cancel()
+    quiet = Forked(sum, [1])  # a worker that ends without reading
+    feed = EpochFeed(data, data(0), readers=1, dtype=torch.float64, slots=1)
+    feed.watch([quiet])
+    put = feed.producer()
+    put(0)
+    with pytest.raises(RuntimeError, match="stopped before reading"):
+        put(1)
 
 
 # ----------------------------------------------------------------------------- run level
