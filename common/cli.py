@@ -1,4 +1,4 @@
-"""What every command line of the package shares: one way of showing defaults in ``--help``.
+"""What every command line of the package shares: one way of showing defaults in ``--help``, and a fast exit.
 
 Each entry point has a ``build_parser()`` returning its ``argparse.ArgumentParser`` built with
 ``formatter_class=DefaultsHelpFormatter``: an option's help ends in "(default: X)" for its actual default
@@ -8,8 +8,27 @@ one, written "[default: ...]") is left alone.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+from typing import NoReturn
 
-__all__ = ["DefaultsHelpFormatter"]
+__all__ = ["DefaultsHelpFormatter", "exit_fast"]
+
+
+def exit_fast(code: int) -> NoReturn:
+    """End the process with status ``code`` once its output is flushed, skipping the interpreter's
+    teardown: freeing the module trees of torch, scipy and matplotlib takes about 0.4 s here, a tenth of a
+    second per one-second command and 2% of the main job. For ``if __name__ == "__main__"`` of commands
+    whose files are all written and closed when ``main`` returns (and whose worker processes are done);
+    never inside a library call or a test."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):   # closed or broken pipe: nothing more can be written anyway
+            pass
+    os._exit(int(code))
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

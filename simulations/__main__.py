@@ -1,6 +1,8 @@
 """``python -m simulations {run,bench} [options]``; ``python -m simulations`` alone is ``run``."""
 import sys
 
+from common.cli import exit_fast
+
 from . import bench, run
 
 USAGE = "usage: python -m simulations {run,bench} [options]   (see --help of each)"
@@ -22,4 +24,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_fast(main())  # skips ~0.4 s of interpreter teardown (common/cli.py)

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy.stats import norm as normal
+from scipy.special import ndtr, ndtri  # the normal cdf and ppf (scipy.stats.norm's, without importing scipy.stats)
 
 import linear_theory as lt
 from common.seeds import S1_PGD_STEPS_SEED_OFFSET, S1_TEST_SEED_OFFSET, S1_WEIGHTS_MULT
@@ -143,7 +143,7 @@ def claim_S1(model, st: Settings, results=None) -> Tuple[List[dict], dict]:
     }
     attacks = [(None, 0.0), ("inf", st.eval_linf), ("inf", 0.2), ("l2", st.eval_l2)]
     K = len(weights) * len(attacks)
-    z = float(normal.ppf(1 - 0.05 / (2 * K)))  # Bonferroni: family-wise 95% over the K comparisons
+    z = float(ndtri(1 - 0.05 / (2 * K)))  # Bonferroni: family-wise 95% over the K comparisons
     rows = []
     for i, (name, v) in enumerate(weights.items()):
         for j, (norm, eps) in enumerate(attacks):
@@ -492,7 +492,7 @@ def _s5_at_collapse(model, st: Settings, at: dict) -> List[dict]:
     if not above:
         return []
     i = above[0]
-    base = float(normal.cdf(model.mu_r / model.sigma_r * math.sqrt(model.k)))
+    base = float(ndtr(model.mu_r / model.sigma_r * math.sqrt(model.k)))
     return [compare("S5-at-collapse", "S5",
                     f"T6: AT eps={at['strength'][i]:g} > eta drops to robust-feature-only clean "
                     f"accuracy Phi(sqrt(k) mu_r/sigma_r)", base, at["sim"]["clean"]["per_seed"][i],

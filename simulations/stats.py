@@ -16,7 +16,7 @@ import math
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-from scipy import stats as sps
+from scipy.special import stdtrit  # = scipy.stats.t.ppf, without importing scipy.stats (~0.3 s)
 
 __all__ = ["mean_ci", "weight_ratio", "compare", "measure", "binomial_ci"]
 
@@ -30,7 +30,7 @@ def mean_ci(values: Iterable[float], level: float = 0.95):
         mean = float(x.mean())
         if x.size < 2:
             return mean, (mean, mean), 0.0
-        half = float(sps.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+        half = float(stdtrit(x.size - 1, 0.5 + level / 2) * x.std(ddof=1) / math.sqrt(x.size))
     return mean, (mean - half, mean + half), half
 
 

@@ -86,3 +86,14 @@ def test_simulation_seed_offsets_keep_their_values():
     from common import seeds
     assert (seeds.SIM_TRAIN_SEED_OFFSET, seeds.S1_TEST_SEED_OFFSET, seeds.S1_WEIGHTS_MULT,
             seeds.S1_PGD_STEPS_SEED_OFFSET) == (1000, 10_000, 100, 20_000)
+
+
+def test_exit_fast_flushes_output_and_keeps_the_status():
+    """common.cli.exit_fast skips the interpreter's teardown but not buffered output or the exit status."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from common.cli import exit_fast; print('out', end=''); "
+            "print('err', end='', file=sys.stderr); exit_fast(3)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out", "err")
