@@ -162,7 +162,7 @@ def _run(settings, claims, out, force, figures, model, progress, engine, dtype, 
             "extra": extras}
     os.makedirs(out, exist_ok=True)
     if figures:
-        meta["figures"] = write_figures(data, os.path.join(out, "figures"))
+        meta["figures"] = write_figures(data, os.path.join(out, "figures"), workers)
     meta["wall_time_s"] = time.perf_counter() - t0
     atomic_write_json(os.path.join(out, "simulations.json"), data)
     atomic_write_text(os.path.join(out, "simulations.md"), markdown_report(rows, meta))

@@ -153,3 +153,19 @@ def test_exit_status_1_when_a_check_fails(tmp_path, monkeypatch):
     assert rc == 1
     with open(os.path.join(str(tmp_path), "simulations.json")) as f:
         assert json.load(f)["meta"]["n_failed"] == 1
+
+
+def test_figures_drawn_in_two_processes_equal_one(tmp_path):
+    """write_figures with workers=2 (figures drawn by forked processes) writes the same PNG bytes."""
+    from simulations.figures import write_figures
+    from simulations.parallel import can_fork
+
+    data = sim_run.run_simulations(TINY, ["S5"], out=str(tmp_path / "run"), figures=False, progress=False)
+    one = write_figures(data, str(tmp_path / "one"), workers=1)
+    two = write_figures(data, str(tmp_path / "two"), workers=2)
+    assert [os.path.basename(p) for p in one] == [os.path.basename(p) for p in two] == \
+        ["sim_tradeoff.png", "sim_weight_ratio.png"]   # S5's curves (sim_sam_vs_m.png needs S4)
+    for a, b in zip(one, two):
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            assert fa.read() == fb.read()
+    assert can_fork() or two == [str(tmp_path / "two" / os.path.basename(p)) for p in one]
