@@ -66,7 +66,8 @@ def batch_key(cfg: TrainConfig) -> tuple:
 
 @dataclass
 class _Block:
-    """Consecutive rows [start, stop) sharing one kernel; ``jobs`` are (job index, start, stop);
+    """Consecutive rows [start, stop) sharing one kernel (``key``, :func:`_row_key`; ``cfg`` is the first
+    job's); ``jobs`` are (job index, start, stop) of the rows of each job in the block;
     ``segments`` (AT) are (norm, start, stop) row ranges relative to ``start``, one per threat model."""
 
     key: tuple
@@ -111,27 +112,43 @@ def _segments(b: _Block, specs: Sequence[JobSpec]) -> List[Tuple[str, int, int]]
     return segs
 
 
+def _row_key(cfg: TrainConfig, rho: float) -> tuple:
+    """:func:`kernel_key` of one row. A SAM row with rho = 0 is plain gradient descent (its ascent is
+    e = 0 * g/||g|| = 0, and the mean over groups of the group losses at P is the batch loss), so it is
+    computed with the plain rows of its form: the same gradient up to the order of the sums, at a fifth
+    of the cost of a fixed-scale SAM row with m = 1 (S5's rho = 0 point)."""
+    if cfg.method == "sam" and rho == 0:
+        return ("st", cfg.form, cfg.tau)
+    return kernel_key(cfg)
+
+
 def _layout(specs: Sequence[JobSpec], dtype) -> Tuple[List[Tuple[int, int]], List[_Block]]:
-    """Row layout (:func:`_row_order`): each job's rows [start, stop) and the kernel blocks with their
-    per-row rho, eps and PGD step tensors."""
+    """Row layout (:func:`_row_order`): each job's rows [start, stop) and the kernel blocks (runs of rows
+    with one :func:`_row_key`) with their per-row rho, eps and PGD step tensors."""
     order = sorted(range(len(specs)), key=lambda j: _row_order(specs[j]))
     spans: List[Tuple[int, int]] = [(0, 0)] * len(specs)
     blocks: List[_Block] = []
     row = 0
     for j in order:
-        cfg, R = specs[j].cfg, len(specs[j].source)
-        spans[j] = (row, row + R)
-        if not blocks or blocks[-1].key != kernel_key(cfg):
-            blocks.append(_Block(kernel_key(cfg), cfg, row, row))
-        blocks[-1].stop = row + R
-        blocks[-1].jobs.append((j, row, row + R))
-        row += R
+        spec = specs[j]
+        spans[j] = (row, row + len(spec.source))
+        for r in range(row, spans[j][1]):
+            key = _row_key(spec.cfg, spec.rho[r - row])
+            if not blocks or blocks[-1].key != key:
+                blocks.append(_Block(key, spec.cfg, r, r))
+            b = blocks[-1]
+            b.stop = r + 1
+            if b.jobs and b.jobs[-1][0] == j:
+                b.jobs[-1] = (j, b.jobs[-1][1], r + 1)
+            else:
+                b.jobs.append((j, r, r + 1))
+        row = spans[j][1]
     for b in blocks:
-        per_row = [(specs[j].rho[i], specs[j].cfg) for j, s, e in b.jobs for i in range(e - s)]
+        per_row = [(specs[j].rho[r - spans[j][0]], specs[j].cfg) for j, s, e in b.jobs for r in range(s, e)]
         b.rho = torch.tensor([r for r, _ in per_row], dtype=dtype)
         b.eps = torch.tensor([float(c.eps) for _, c in per_row], dtype=dtype)
         b.step = torch.tensor([_pgd_step_size(c) for _, c in per_row], dtype=dtype)
-        b.segments = _segments(b, specs) if b.cfg.method == "at" else []
+        b.segments = _segments(b, specs) if b.key[0] == "at" else []
     return spans, blocks
 
 
@@ -156,7 +173,7 @@ def _rows_of(b: _Block, *tensors):
 def _sam_ascents(blocks: Sequence[_Block], P, xb, yb) -> Dict[int, torch.Tensor]:
     """First SAM pass for every SAM block with *one* autograd call: block index -> ascent e (R_b, G, D),
     e_rg = rho_r grad L_g(P_r) / ||grad L_g(P_r)|| (``common.sam.sam_perturbation`` per group)."""
-    sam = [i for i, b in enumerate(blocks) if b.cfg.method == "sam"]
+    sam = [i for i, b in enumerate(blocks) if b.key[0] == "sam"]
     if not sam:
         return {}
     leaves, total = [], 0.0
@@ -175,7 +192,7 @@ def _adversarial_inputs(blocks: Sequence[_Block], P, xb, yb, specs, gens) -> Dic
     """PGD for every AT block (block index -> x_adv), all its norms in one batch (:func:`pgd_rows`)."""
     out = {}
     for i, b in enumerate(blocks):
-        if b.cfg.method == "at":
+        if b.key[0] == "at":
             Pb, Xb, Yb = _rows_of(b, P, xb, yb)
             delta = _pgd_start(b, specs, gens, Xb.shape[1], Xb.shape[2], Xb.dtype)
             out[i] = pgd_rows(Pb, Xb, Yb, b.eps, b.step, b.segments, b.cfg.pgd_steps, delta, b.cfg.form,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import platform
 import sys
@@ -169,6 +171,22 @@ def _run(settings, claims, out, force, figures, model, progress, engine, dtype, 
     return data
 
 
+def reuse_freed_memory() -> bool:
+    """Speed (glibc only; a no-op elsewhere): keep freed blocks of up to 32 MiB in the process's heap.
+
+    The batched engine allocates and frees (rows, 128, 101) float32 temporaries of about 1 MB thousands
+    of times per second; by default glibc returns each to the system (munmap) and the next one comes back
+    as fresh pages, zero-filled on first touch (about 800 page faults per SAM step here). With the mmap
+    threshold raised and trimming off they are reused: about 1% of the default run's CPU time (measured
+    with GLIBC_TUNABLES, the same two settings). Forked workers inherit it. Returns whether it applied."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3   # glibc's mallopt parameter numbers
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m simulations.run", formatter_class=DefaultsHelpFormatter,
@@ -225,6 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.seeds < 2:
             parser.error(f"--seeds must be >= 2 (an interval needs two seeds), got {args.seeds}")
         settings = settings.with_seeds(args.seeds)
+    reuse_freed_memory()
     try:
         data = run_simulations(settings, claims, out=args.out, force=args.force,
                                figures=not args.no_figures, progress=not args.no_progress,

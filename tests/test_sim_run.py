@@ -169,3 +169,14 @@ def test_figures_drawn_in_two_processes_equal_one(tmp_path):
         with open(a, "rb") as fa, open(b, "rb") as fb:
             assert fa.read() == fb.read()
     assert can_fork() or two == [str(tmp_path / "two" / os.path.basename(p)) for p in one]
+
+
+def test_reuse_freed_memory_applies_on_glibc():
+    """The main job's allocator setting (simulations.run.reuse_freed_memory) takes effect where glibc is
+    the C library, and is a harmless no-op (False) elsewhere."""
+    import platform
+
+    applied = sim_run.reuse_freed_memory()
+    assert isinstance(applied, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied
