@@ -2,10 +2,11 @@
 
 :func:`simulations.training.train_replicas` trains one job (one recipe, all its seeds and rho values)
 at a time, one Python step per mini-batch per job. :func:`train_batched` runs the same algorithms for
-many jobs at once: all their replicas are rows of one (R, D) weight tensor, and each step computes the
-gradient of every row with one call per *kernel* (rows of the same method, form and m, e.g. every
-PGD-AT l_inf job together, each row with its own eps), then takes one torch SGD step (one param group per
-learning rate / momentum / weight decay) and one scheduler step for all rows.
+many jobs at once: all their replicas are rows of one (R, D) weight tensor, grouped in *kernel* blocks
+(:func:`kernel_key`: e.g. every PGD-AT row with 5 steps, each with its own norm and eps). Each step takes
+one autograd call per phase for all blocks (SAM ascents, each PGD step, the descent gradient;
+:func:`_step_gradient`), then one torch SGD step (one param group per learning rate / momentum / weight
+decay) and one scheduler step for all rows.
 
 Per job it keeps everything :func:`~simulations.training.train_replicas` does: its own
 ``torch.Generator`` seeded the same way (initial weights, then per epoch the shuffling, then the PGD
@@ -320,37 +321,46 @@ def train_batched(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
 
 # Cost per step in microseconds (float32, one core), measured with the default run's jobs, for balancing
 # shards only: PGD-AT 60 per row and PGD step (+ 80 per PGD step for the block), SAM 100 per row
-# (+ 300 for the block), plain gradient 20 per row (+ 100).
+# (+ 300 for the block), plain gradient (ST, and SAM rows with rho = 0) 20 per row (+ 100).
 _ROW_COST = {"st": 20.0, "sam": 100.0}
 _BLOCK_COST = {"st": 100.0, "sam": 300.0}
 
 
-def _job_cost(spec: JobSpec) -> float:
-    """Estimated time per step of one job's rows, its kernel's fixed cost not included."""
-    c = spec.cfg
-    per_row = 60.0 * c.pgd_steps if c.method == "at" else _ROW_COST[c.method]
-    return per_row * len(spec.source)
+def _row_cost(cfg: TrainConfig, key: tuple) -> float:
+    """Estimated time per step of one row computed with kernel ``key`` (:func:`_row_key`)."""
+    return 60.0 * cfg.pgd_steps if key[0] == "at" else _ROW_COST[key[0]]
 
 
-def _block_cost(cfg: TrainConfig) -> float:
-    """Estimated fixed time per step of one kernel block (paid once per shard that holds its jobs)."""
-    return 80.0 * cfg.pgd_steps if cfg.method == "at" else _BLOCK_COST[cfg.method]
+def _block_cost(cfg: TrainConfig, key: tuple) -> float:
+    """Estimated fixed time per step of one kernel block (paid once per shard that holds its rows)."""
+    return 80.0 * cfg.pgd_steps if key[0] == "at" else _BLOCK_COST[key[0]]
+
+
+def _job_costs(spec: JobSpec) -> Dict[tuple, float]:
+    """Estimated time per step of one job's rows, by the kernel each row is computed with (a SAM job's
+    rho = 0 rows are plain rows, :func:`_row_key`); the kernels' fixed costs not included."""
+    out: Dict[tuple, float] = {}
+    for rho in spec.rho:
+        key = _row_key(spec.cfg, rho)
+        out[key] = out.get(key, 0.0) + _row_cost(spec.cfg, key)
+    return out
 
 
 def shard_jobs(specs: Sequence[JobSpec], k: int) -> List[List[int]]:
     """Split the jobs (by index) into at most ``k`` shards of similar estimated cost: largest job first,
-    each to the shard where the total (its jobs, plus each kernel's fixed cost once) grows least. A
+    each to the shard where the total (its rows, plus each kernel's fixed cost once) grows least. A
     job's rows stay together (one generator per job). Empty shards are dropped."""
+    costs = [_job_costs(s) for s in specs]
     shards: List[Tuple[float, List[int], set]] = [(0.0, [], set()) for _ in range(max(1, int(k)))]
-    for i in sorted(range(len(specs)), key=lambda i: -_job_cost(specs[i])):
-        key = kernel_key(specs[i].cfg)
+    for i in sorted(range(len(specs)), key=lambda i: -sum(costs[i].values())):
 
         def grown(t: int) -> float:
             load, _, keys = shards[t]
-            return load + _job_cost(specs[i]) + (0.0 if key in keys else _block_cost(specs[i].cfg))
+            return load + sum(c + (0.0 if key in keys else _block_cost(specs[i].cfg, key))
+                              for key, c in costs[i].items())
 
         j = min(range(len(shards)), key=grown)
-        shards[j] = (grown(j), shards[j][1] + [i], shards[j][2] | {key})
+        shards[j] = (grown(j), shards[j][1] + [i], shards[j][2] | set(costs[i]))
     return [sorted(idx) for _, idx, _ in shards if idx]
 
 

@@ -112,7 +112,10 @@ class EpochFeed:
     def producer(self) -> Callable:
         """The parent's ``data(epoch)``: computes the epoch, publishes it to the readers, returns it."""
         def data(epoch: int):
-            X, y = self._first if epoch == 0 else self._data(epoch)
+            if epoch == 0:   # computed before forking; not kept once published
+                (X, y), self._first = self._first, None
+            else:
+                X, y = self._data(epoch)
             k = epoch % self._slots
             self._wait_free(k)
             self._X[k].copy_(X)
