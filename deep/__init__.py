@@ -15,6 +15,6 @@ Modules (each importable on its own):
   its presets and the per-data-set protocols.
 * :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark.
 
-PGD and the SAM step live in ``common/`` (:mod:`common.attacks`, :mod:`common.sam`): simulations/ uses them
+PGD and the SAM step live in ``samrobust/`` (:mod:`samrobust.attacks`, :mod:`samrobust.sam`): simulations/ uses them
 too, and simulations/ may not import deep/.
 """

@@ -25,7 +25,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from common.threat import Norm, parse_norm
+from samrobust.threat import Norm, parse_norm
 
 from .data import ImageData, to_float
 from .evaluate import Attack, no_cudnn_autotune

@@ -4,8 +4,8 @@ Measured side by side in one process on one device (PreActResNet-18, same width,
 
 * **ours**: :func:`deep.train.train_epoch` exactly as ``deep.run`` trains - data resident on the device
   as uint8, batched tensor augmentation (reflect-pad-4 random crop + flip), channels_last and bf16
-  autocast on CUDA, metrics accumulated on the device (no ``.item()`` per step), SAM from common/sam.py,
-  PGD from common/attacks.py.  PGD-10 evaluation is :func:`deep.evaluate.evaluate` with the flags
+  autocast on CUDA, metrics accumulated on the device (no ``.item()`` per step), SAM from samrobust/sam.py,
+  PGD from samrobust/attacks.py.  PGD-10 evaluation is :func:`deep.evaluate.evaluate` with the flags
   ``deep.run`` uses (fp32 attack, channels_last on CUDA).
 * **reference**: the structure of common public CIFAR training code - a ``torch.utils.data.Dataset`` that
   augments one image at a time on the CPU (numpy reflect pad, random crop, random flip), a ``DataLoader``
@@ -61,12 +61,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.files import write_json_atomic, write_text_atomic
-from common.sam import SAM, frozen_bn_stats
+from samrobust.files import write_json_atomic, write_text_atomic
+from samrobust.sam import SAM, frozen_bn_stats
 
 from .data import ImageData
 from .datasets import dataset_info
-from common.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter
 from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .train import (TrainConfig, _flags, build_model, build_optimizer, compile_for, cpu_has_native_bf16, fit,
@@ -277,7 +277,7 @@ def reference_pgd_linf(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """l_inf PGD as commonly written in public adversarial-training code: a perturbation tensor with
     ``requires_grad``, ``loss.backward()`` (so parameter gradients are computed too and discarded),
     sign step, clip to the eps-box and to [0, 1].  Kept here only as the benchmark's baseline; the
-    package's attack is common.attacks.pgd."""
+    package's attack is samrobust.attacks.pgd."""
     delta = torch.empty_like(x).uniform_(-eps, eps)
     delta = (x + delta).clamp(0, 1) - x
     delta.requires_grad_(True)

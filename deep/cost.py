@@ -16,8 +16,8 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from common.cli import DefaultsHelpFormatter
-from common.files import write_json_atomic
+from samrobust.cli import DefaultsHelpFormatter
+from samrobust.files import write_json_atomic
 
 from .train import (AT_VARIANTS, TrainConfig, _flags, at_variant_config, build_model, build_optimizer,
                     train_step)

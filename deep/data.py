@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.seeds import DATA_SEED_MULT, DATA_SEED_OFFSET
+from samrobust.seeds import DATA_SEED_MULT, DATA_SEED_OFFSET
 
 __all__ = ["DataError", "CIFAR_SPECS", "CIFAR_SIZES", "ImageData", "load_cifar", "download_cifar", "md5_of",
            "verify_md5", "SyntheticSpec", "make_synthetic", "synthetic_patterns", "PROBE_VARIANTS",

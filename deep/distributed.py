@@ -17,7 +17,7 @@ How the pieces fit (docs/protocol.md, "Deviations from the paper's public code",
   the same permutation, so the averaged gradient is the global-batch gradient.
 * gradients: the model is wrapped in DistributedDataParallel (:func:`wrap_model`), which averages the
   gradients of the backward pass over ranks.
-* SAM (common/sam.py): the ascent e = rho * g / ||g||_2 uses by default each rank's *local* batch gradient
+* SAM (samrobust/sam.py): the ascent e = rho * g / ||g||_2 uses by default each rank's *local* batch gradient
   (m-sharpness with m = per-rank batch, as the reference SAM implementations do): run the first
   backward inside :func:`ascent_sync`, which is ``model.no_sync()`` for a DDP model.  With
   ``all_reduce_ascent=True`` the first backward is synchronised as well, so e comes from the global
@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from common.seeds import mix_seed
+from samrobust.seeds import mix_seed
 
 __all__ = [
     "DistContext", "torchrun_env", "init_distributed", "teardown", "distributed_session", "exit_process",

@@ -3,7 +3,7 @@
 Robust accuracy at (norm, eps) is the share of test images classified correctly both clean and under
 every one of ``restarts`` PGD attacks (``steps`` steps, random start, step eps/4 for l_inf and eps/8 for
 l2 as in docs/protocol.md), i.e. the per-example worst case over restarts. A point counts as broken when any
-iterate of any restart fools the model (best iterate, common.attacks.pgd); only points not yet broken are
+iterate of any restart fools the model (best iterate, samrobust.attacks.pgd); only points not yet broken are
 attacked again. The PGD loss is cross-entropy ("ce") or the margin loss ("cw"). The model is in eval mode (BN running
 statistics) and the attack runs in fp32 unless ``bf16`` is asked for.
 
@@ -21,9 +21,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from common.attacks import LOSSES, default_step_size, normalize_norm, pgd
-from common.seeds import ATTACK_MULT, BATCH_MULT, EVAL_RANK_MULT, RESTART_MULT, mix_seed
-from common.threat import attack_label, format_eps, parse_eps
+from samrobust.attacks import LOSSES, default_step_size, normalize_norm, pgd
+from samrobust.seeds import ATTACK_MULT, BATCH_MULT, EVAL_RANK_MULT, RESTART_MULT, mix_seed
+from samrobust.threat import attack_label, format_eps, parse_eps
 
 from . import distributed as ddist
 from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
@@ -77,12 +77,12 @@ class EvalOptions:
     steps: int = 10                     # PGD steps
     restarts: int = 1                   # random restarts; robust = correct under every one of them
     batch_size: int = 500
-    seed: int = 0                       # seeds each (batch, attack, restart, rank) start (common.seeds)
+    seed: int = 0                       # seeds each (batch, attack, restart, rank) start (samrobust.seeds)
     bf16: bool = False                  # bf16 autocast in the forward passes (default fp32)
     channels_last: bool = False
     sharded: bool = True                # under torch.distributed: each rank its slice, counts summed
     progress: bool = False
-    loss: str = "ce"                    # what PGD maximises: "ce" or "cw" (common.attacks.LOSSES)
+    loss: str = "ce"                    # what PGD maximises: "ce" or "cw" (samrobust.attacks.LOSSES)
     n_robust: Optional[int] = None      # robust accuracy on the first n_robust images only
     fixed_work: bool = False            # attack every image every step, judge the last iterate (benchmark)
 

@@ -8,7 +8,7 @@ shortcuts are 1x1 convolutions where the shape changes. With w = 64 and 10 class
 output goes straight to ReLU and pooling): 11,171,146 parameters, 2 x 512 fewer.
 
 Inputs are images in [0, 1]; the per-channel mean/std normalisation is the first operation of ``forward``
-so that attacks (common/attacks.py) operate in pixel space.
+so that attacks (samrobust/attacks.py) operate in pixel space.
 """
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ import torch
 
 from .data import DataError
 from .evaluate import Attack, evaluate, parse_attack
-from common.cli import DefaultsHelpFormatter
-from common.files import write_json_atomic
+from samrobust.cli import DefaultsHelpFormatter
+from samrobust.files import write_json_atomic
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 
 __all__ = ["AttackSet", "parse_attack_set", "RunRef", "read_run_json", "find_runs", "build_parser", "main"]

@@ -35,10 +35,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from common.attacks import check_linf_eps
-from common.cli import DefaultsHelpFormatter
-from common.files import write_json_atomic, write_text_atomic
-from common.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
+from samrobust.attacks import check_linf_eps
+from samrobust.cli import DefaultsHelpFormatter
+from samrobust.files import write_json_atomic, write_text_atomic
+from samrobust.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
 
 from . import distributed as ddist
 from .data import DataError, ImageData, SyntheticSpec, load_cifar, make_synthetic
@@ -274,7 +274,7 @@ def _seeds(parser, text: str) -> List[int]:
 
 def _parse_values(parser, args, epss: List[float]):
     """(eval attacks, AT step size, generated-data spec, device) from the options; parser.error on a bad
-    one (l_inf radii of 1 or more are refused with a hint: common.attacks.check_linf_eps)."""
+    one (l_inf radii of 1 or more are refused with a hint: samrobust.attacks.check_linf_eps)."""
     try:
         attacks = tuple(parse_attack(a) for a in _csv(args.eval_attacks))
         at_step = parse_eps(args.at_step_size) if args.at_step_size is not None else None

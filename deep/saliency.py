@@ -28,8 +28,8 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from common.cli import DefaultsHelpFormatter
-from common.files import write_json_atomic
+from samrobust.cli import DefaultsHelpFormatter
+from samrobust.files import write_json_atomic
 
 from .data import DataError, to_float
 

@@ -9,8 +9,8 @@ Structure (kept small so that data parallelism is a local change, see deep/distr
 
 Methods (docs/theory.md: ST = T1, SAM = L2-L4, AT = L1):
     st:  w <- SGD(w, grad L(w))
-    sam: e = rho g/||g|| (common/sam.py), w <- SGD(w, grad L(w + e)); BN running stats from the first pass
-    at:  x_adv = PGD_eps(x) (common/attacks.py, model in train mode with BN running stats frozen),
+    sam: e = rho g/||g|| (samrobust/sam.py), w <- SGD(w, grad L(w + e)); BN running stats from the first pass
+    at:  x_adv = PGD_eps(x) (samrobust/attacks.py, model in train mode with BN running stats frozen),
          w <- SGD(w, grad L(w; x_adv))
     (cfg.bn_stats = "all": every forward updates the BN running stats, as in the paper's code.)
 Learning rate (reference piecewise schedule): lr(t) = lr * (1, 0.1, 0.01) for t/epochs in
@@ -34,10 +34,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from common.attacks import check_linf_eps, normalize_norm, pgd
-from common.files import write_atomic
-from common.sam import SAM, frozen_bn_stats
-from common.seeds import EPOCH_MULT, RANK_MULT, mix_seed
+from samrobust.attacks import check_linf_eps, normalize_norm, pgd
+from samrobust.files import write_atomic
+from samrobust.sam import SAM, frozen_bn_stats
+from samrobust.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 
 from . import distributed as ddist
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
@@ -479,7 +479,7 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int):
 # ---------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (atomic; common.files.write_atomic)."""
+    """torch.save to a temporary file in the same folder, then os.replace (atomic; samrobust.files.write_atomic)."""
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from common import threat
-from common.cli import DefaultsHelpFormatter
-from common.files import write_text_atomic
+from samrobust import threat
+from samrobust.cli import DefaultsHelpFormatter
+from samrobust.files import write_text_atomic
 
 from . import metrics
 from .derive import derive_all, render_markdown, write_docs
@@ -27,7 +27,7 @@ from .solve import METHODS, attack_label, solve, tradeoff
 
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line on stderr and exit status 2; defaults shown in --help
-    (common.cli.DefaultsHelpFormatter), for the subcommands too."""
+    (samrobust.cli.DefaultsHelpFormatter), for the subcommands too."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
@@ -77,7 +77,7 @@ def _parse_eps_grid(text: str):
             eps = float(eps)
         except ValueError:
             raise ValueError(f"eps-grid entry {item!r} is not NORM:EPS") from None
-        try:   # l_inf keeps its spelling, l2 becomes 2.0 (common.threat's spellings of both)
+        try:   # l_inf keeps its spelling, l2 becomes 2.0 (samrobust.threat's spellings of both)
             norm = norm if threat.parse_norm(norm) is threat.Norm.LINF else 2.0
         except ValueError:
             norm = float(norm.lstrip("lL"))     # any other l_p norm, p >= 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from common import threat
+from samrobust import threat
 
 from .model import check_weights
 
@@ -48,7 +48,7 @@ def check_nonnegative(name: str, value) -> float:
 
 
 def _parse_norm(norm) -> float:
-    """Attack norm p in [1, inf]: the spellings of common.threat.parse_norm ("inf"/"linf" -> inf,
+    """Attack norm p in [1, inf]: the spellings of samrobust.threat.parse_norm ("inf"/"linf" -> inf,
     "2"/"l2" -> 2), or any other p >= 1 ("1", "l3", 1.5; linear_theory allows every l_p norm)."""
     if isinstance(norm, str):
         try:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from common import threat
-from common.files import jsonable
+from samrobust import threat
+from samrobust.files import jsonable
 
 from . import closed_forms as cf
 from . import metrics
@@ -41,7 +41,7 @@ DEFAULT_EPS_GRID = (("inf", 0.1), ("inf", 0.2), ("inf", 0.3), (2, 0.5), (2, 1.0)
 
 
 def attack_label(norm, eps) -> str:
-    """common.threat.attack_label with the radius as ``f"{eps:g}"`` ("linf_0.1", "l2_0.5"); any other
+    """samrobust.threat.attack_label with the radius as ``f"{eps:g}"`` ("linf_0.1", "l2_0.5"); any other
     l_p norm (linear_theory allows p >= 1) is named "l{norm}"."""
     q = metrics.dual_exponent(norm)
     if q in (1.0, 2.0):

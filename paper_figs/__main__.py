@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from common.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter
 
 from .build import build
 

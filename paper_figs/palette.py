@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import matplotlib as mpl
 
-from common.threat import Norm, parse_norm
+from samrobust.threat import Norm, parse_norm
 
 __all__ = [
     "MethodStyle", "style", "canonical_method", "FEATURE_COLORS", "COLUMN_WIDTH_IN",
@@ -64,7 +64,7 @@ def canonical_method(method: str, norm: str | None = None) -> str:
     """Map a method name from any results file to one of "st", "sam", "at-linf", "at-l2".
 
     Deep runs store ``method="at"`` plus a ``norm``; an l2 ``norm`` ("l2", "2", any spelling of
-    common.threat.parse_norm) selects "at-l2".
+    samrobust.threat.parse_norm) selects "at-l2".
     ValueError for an unknown method.
     """
     key = str(method).strip().lower()
@@ -77,7 +77,7 @@ def canonical_method(method: str, norm: str | None = None) -> str:
 
 
 def _is_l2(norm) -> bool:
-    """True for any spelling of l2 (common.threat.parse_norm); any other value counts as l_inf."""
+    """True for any spelling of l2 (samrobust.threat.parse_norm); any other value counts as l_inf."""
     try:
         return parse_norm(norm) is Norm.L2
     except ValueError:

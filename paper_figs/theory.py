@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import linear_theory as lt
-from common.threat import attack_label
+from samrobust.threat import attack_label
 
 __all__ = ["TheorySettings", "settings_from_meta", "theory_point", "method_curve", "rho_grid",
            "coordinate_strength", "weight_summary", "eval_key",

@@ -1,7 +1,7 @@
 """``python -m simulations {run,bench} [options]``; ``python -m simulations`` alone is ``run``."""
 import sys
 
-from common.cli import exit_fast
+from samrobust.cli import exit_fast
 
 from . import bench, run
 
@@ -24,4 +24,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_fast(main())  # skips ~0.4 s of interpreter teardown (common/cli.py)
+    exit_fast(main())  # skips ~0.4 s of interpreter teardown (samrobust/cli.py)

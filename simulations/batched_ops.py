@@ -1,7 +1,7 @@
 """Batched forms of the SAM ascent, the m-sharpness SAM gradient and PGD for many linear models at once.
 
-These are the same algorithms as ``common.sam.sam_perturbation``, :func:`simulations.training.
-sam_gradient_vectorized` and ``common.attacks.pgd`` (via :func:`simulations.training.pgd_linear`), written
+These are the same algorithms as ``samrobust.sam.sam_perturbation``, :func:`simulations.training.
+sam_gradient_vectorized` and ``samrobust.attacks.pgd`` (via :func:`simulations.training.pgd_linear`), written
 on stacked tensors so that rows with *different* strengths (rho or eps per row) run in one call, with
 plain autograd instead of nested ``vmap``. ``tests/test_sim_batched.py`` checks each one against the
 original on the same inputs (same numbers up to float rounding; the random starts are identical).
@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from common.threat import normalize_norm
+from samrobust.threat import normalize_norm
 
 from .training import logistic_loss, margins
 
@@ -31,7 +31,7 @@ def _rows(t, like: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def sam_ascent_batched(g: torch.Tensor, rho, eps: float = 1e-12) -> torch.Tensor:
-    """Batched form of ``common.sam.sam_perturbation`` (non-adaptive, one tensor): for every row of ``g``
+    """Batched form of ``samrobust.sam.sam_perturbation`` (non-adaptive, one tensor): for every row of ``g``
     (shape (..., D)), e = rho * g / (||g||_2 + eps), the norm over the last dim accumulated in float64
     for float64 inputs (as deep's). ``rho`` broadcasts against g[..., :1] (e.g. (R, 1, 1) for (R, G, D))."""
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
@@ -112,7 +112,7 @@ def sam_gradient_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, rho,
 
 def pgd_random_start(shape: Sequence[int], eps: float, norm: str,
                      generator: Optional[torch.Generator], dtype=torch.float64) -> torch.Tensor:
-    """The random start of ``common.attacks.pgd`` for unbounded inputs of ``shape`` (N, D), drawn from
+    """The random start of ``samrobust.attacks.pgd`` for unbounded inputs of ``shape`` (N, D), drawn from
     ``generator`` in the same order, so the same generator state gives the same start: l_inf uniform
     in the cube; l2 uniform in the ball (Gaussian direction, radius eps U^(1/D))."""
     if normalize_norm(norm) == "inf":
@@ -143,7 +143,7 @@ def _pgd_update_(delta: torch.Tensor, grad: torch.Tensor, eps, step, norm: str) 
     """One PGD step with projection on the eps ball, in place on ``delta`` (``grad`` is overwritten);
     eps and step are (R, 1, 1) tensors. l_inf: delta + step sign(grad), clipped to [-eps, eps]; l2:
     delta + step grad/||grad|| (scale-invariant: grad first divided by its max |entry|, as
-    common.attacks'), scaled back into the ball."""
+    samrobust.attacks'), scaled back into the ball."""
     if norm == "inf":
         delta.addcmul_(grad.sign_(), step)
         torch.maximum(delta, -eps, out=delta)
@@ -177,7 +177,7 @@ def pgd_rows(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps: torch.Tenso
 def pgd_linear_batched(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps, norm: str = "inf",
                        steps: int = 10, step_size=None, delta0: Optional[torch.Tensor] = None,
                        form: str = "free", tau: float = 1.0) -> torch.Tensor:
-    """Batched form of :func:`simulations.training.pgd_linear` (``common.attacks.pgd`` with clamp=None and
+    """Batched form of :func:`simulations.training.pgd_linear` (``samrobust.attacks.pgd`` with clamp=None and
     the logistic loss) with a radius ``eps`` and a ``step_size`` per row (floats or (R,) tensors;
     default step 2.5 eps / steps). ``delta0`` (R, B, D) is the random start (e.g. from
     :func:`pgd_random_start`), None for none. Each step is an autograd gradient of the summed loss at

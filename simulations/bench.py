@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 import linear_theory as lt
-from common.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter
 
 from .batched_ops import sam_gradient_batched
 from .experiments import ENGINES, PROFILES

@@ -18,8 +18,8 @@ import torch
 from scipy.special import ndtr, ndtri  # the normal cdf and ppf (scipy.stats.norm's, without importing scipy.stats)
 
 import linear_theory as lt
-from common.seeds import S1_PGD_STEPS_SEED_OFFSET, S1_TEST_SEED_OFFSET, S1_WEIGHTS_MULT
-from common.threat import attack_label, normalize_norm
+from samrobust.seeds import S1_PGD_STEPS_SEED_OFFSET, S1_TEST_SEED_OFFSET, S1_WEIGHTS_MULT
+from samrobust.threat import attack_label, normalize_norm
 
 from .experiments import (Settings, at_job, sam_fixed_job, sam_free_job, sam_wd_job, st_job,
                           weights_by_rho)
@@ -80,7 +80,7 @@ PROJ = "T5 with ||P_w x|| (linear_theory sam_norm='projected')"
 
 
 def _robust_key(norm, eps: float) -> str:
-    """Name of a robust-accuracy statistic: ("inf", 0.1) -> "robust_linf_0.1" (common.threat.attack_label)."""
+    """Name of a robust-accuracy statistic: ("inf", 0.1) -> "robust_linf_0.1" (samrobust.threat.attack_label)."""
     return f"robust_{attack_label(norm, eps, fmt='g')}"
 
 
@@ -109,7 +109,7 @@ def pgd_in_chunks(P, X, y, eps: float, norm: str, steps: int, random_start: bool
 
 def mc_accuracy(model, v, n: int, seed: int, norm=None, eps: float = 0.0, steps: int = 20,
                 random_start: bool = True):
-    """Monte-Carlo accuracy of f = v.x on n fresh samples under a real PGD attack (``common.attacks.pgd``
+    """Monte-Carlo accuracy of f = v.x on n fresh samples under a real PGD attack (``samrobust.attacks.pgd``
     via :func:`simulations.training.pgd_linear`). Returns (accuracy, max ||delta||, mean fraction of the
     L1 worst-case margin shift eps*||v||_q that the attack achieved, accuracy under the exact L1 worst
     case y v.x - eps*||v||_q > 0 on the same points)."""

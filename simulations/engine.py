@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from common.threat import normalize_norm
+from samrobust.threat import normalize_norm
 
 from .batched_ops import (pgd_random_start, pgd_rows, plain_loss, sam_ascent_batched, sam_ascent_loss,
                           sam_descent_loss, sam_groups)
@@ -155,7 +155,7 @@ def _layout(specs: Sequence[JobSpec], dtype) -> Tuple[List[Tuple[int, int]], Lis
 
 def _pgd_start(b: _Block, specs, gens, batch: int, D: int, dtype) -> torch.Tensor:
     """PGD's starting perturbation for the rows of AT block ``b``: zeros, and for each job with a random
-    start the one ``common.attacks.pgd`` draws for that job's (R_j * B, D) inputs, from its own generator
+    start the one ``samrobust.attacks.pgd`` draws for that job's (R_j * B, D) inputs, from its own generator
     in float64 (none when eps = 0, as there)."""
     delta = torch.zeros(b.stop - b.start, batch, D, dtype=dtype)
     for j, s, e in b.jobs:
@@ -173,7 +173,7 @@ def _rows_of(b: _Block, *tensors):
 
 def _sam_ascents(blocks: Sequence[_Block], P, xb, yb) -> Dict[int, torch.Tensor]:
     """First SAM pass for every SAM block with *one* autograd call: block index -> ascent e (R_b, G, D),
-    e_rg = rho_r grad L_g(P_r) / ||grad L_g(P_r)|| (``common.sam.sam_perturbation`` per group)."""
+    e_rg = rho_r grad L_g(P_r) / ||grad L_g(P_r)|| (``samrobust.sam.sam_perturbation`` per group)."""
     sam = [i for i, b in enumerate(blocks) if b.key[0] == "sam"]
     if not sam:
         return {}

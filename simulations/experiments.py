@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import linear_theory as lt
-from common.files import jsonable, write_text_atomic
-from common.seeds import SIM_TRAIN_SEED_OFFSET
+from samrobust.files import jsonable, write_text_atomic
+from samrobust.seeds import SIM_TRAIN_SEED_OFFSET
 
 from .engine import JobSpec, batch_key, train_sharded
 from .training import TrainConfig, fresh_data, train_replicas
@@ -219,7 +219,7 @@ def jobs_for(claims: Sequence[str], st: Settings) -> List[Job]:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (``common.files.write_text_atomic``: tmp file, then os.replace)."""
+    """Write ``text`` to ``path`` atomically (``samrobust.files.write_text_atomic``: tmp file, then os.replace)."""
     write_text_atomic(path, text)
 
 

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.files import write_atomic  # noqa: E402
+from samrobust.files import write_atomic  # noqa: E402
 
 from .parallel import Forked, can_fork  # noqa: E402
 
@@ -25,7 +25,7 @@ def _err(sim: dict):
 
 
 def _save(fig, path: str) -> str:
-    """PNG written atomically (``common.files.write_atomic``); the figure is closed."""
+    """PNG written atomically (``samrobust.files.write_atomic``); the figure is closed."""
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import linear_theory as lt
-from common.cli import DefaultsHelpFormatter, exit_fast
+from samrobust.cli import DefaultsHelpFormatter, exit_fast
 
 from . import experiments
 from .claims import CLAIM_FUNCS, OPT_TOL, precompute, prime_solutions
@@ -261,4 +261,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_fast(main())  # skips ~0.4 s of interpreter teardown (common/cli.py)
+    exit_fast(main())  # skips ~0.4 s of interpreter teardown (samrobust/cli.py)

@@ -5,10 +5,10 @@ Everything here is the actual algorithm, not a closed-form shortcut:
 * SGD with momentum and a decaying learning rate (cosine or step), logistic loss l(z) = log(1 + e^-z)
   on the margin z = y f(x), labels y in {-1, +1};
 * SAM (Foret et al. 2021) with m-sharpness: a mini-batch of B examples is split into B/m groups; each
-  group g takes its own ascent e_g = rho * grad L_g(w) / ||grad L_g(w)||_2 (``common.sam.sam_perturbation``)
+  group g takes its own ascent e_g = rho * grad L_g(w) / ||grad L_g(w)||_2 (``samrobust.sam.sam_perturbation``)
   and the descent gradient is the average over groups of grad L_g(w + e_g). m = 1 is per-example SAM
   (docs/theory.md L2-L4), computed with ``torch.func`` (``vmap`` over groups of ``grad``), no Python loop;
-* PGD adversarial training (Madry et al. 2018): the inner maximisation is ``common.attacks.pgd`` with real
+* PGD adversarial training (Madry et al. 2018): the inner maximisation is ``samrobust.attacks.pgd`` with real
   iterations (l_inf or l2), never the closed form of L1.
 
 Model forms (docs/theory.md T2/T5):
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from common.attacks import pgd
-from common.sam import sam_perturbation
-from common.threat import normalize_norm
+from samrobust.attacks import pgd
+from samrobust.sam import sam_perturbation
+from samrobust.threat import normalize_norm
 
 __all__ = [
     "TrainConfig", "FORMS", "METHODS", "margins", "logistic_loss", "sample_replicas",
@@ -167,7 +167,7 @@ def sam_gradient_vectorized(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, r
     P (R, D) weights, X (R, B, D), y (R, B), rho float or (R,) tensor, B a multiple of m. For replica r
     and group g (m consecutive examples): e_g = rho_r * grad L_g(P_r) / ||grad L_g(P_r)|| and the
     returned gradient is mean_g grad L_g(P_r + e_g). Computed by vmap (replicas) of vmap (groups) of
-    torch.func.grad; the ascent is ``common.sam.sam_perturbation`` (called with rho = 1 and scaled by
+    torch.func.grad; the ascent is ``samrobust.sam.sam_perturbation`` (called with rho = 1 and scaled by
     rho_r, since e is linear in rho and rho may differ between replicas).
     """
     R, B, D = X.shape
@@ -216,7 +216,7 @@ def pgd_linear(P: torch.Tensor, X: torch.Tensor, y: torch.Tensor, eps: float, no
                steps: int = 10, step_size: Optional[float] = None, random_start: bool = True,
                form: str = "free", tau: float = 1.0,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """PGD (``common.attacks.pgd``) on the linear model(s) P (R, D) or (D,) against inputs X (R, B, D) or
+    """PGD (``samrobust.attacks.pgd``) on the linear model(s) P (R, D) or (D,) against inputs X (R, B, D) or
     (B, D), maximising the logistic loss; inputs are unbounded (clamp=None). Returns x_adv, same shape.
     Default step size 2.5 * eps / steps (so l_inf sign steps reach any vertex from a random start)."""
     if step_size is None:  # Madry et al.'s rule: the iterates can cross the ball 2.5 times

@@ -1,4 +1,4 @@
-"""Our PGD (common.attacks.pgd) against an independent implementation, torchattacks' PGD (l_inf) and PGDL2.
+"""Our PGD (samrobust.attacks.pgd) against an independent implementation, torchattacks' PGD (l_inf) and PGDL2.
 
 Both attacks without random start on the same model (PreActResNet-18 of width 4 on 8x8 one-channel images,
 fixed weights, eval mode), same radius, step size and number of steps, last iterate. torchattacks
@@ -12,7 +12,7 @@ alpha * g / ||g|| and project onto the ball and the box, with different guards a
 import pytest
 import torch
 
-from common.attacks import pgd
+from samrobust.attacks import pgd
 from deep.model import PreActResNet18
 
 torchattacks = pytest.importorskip("torchattacks")

@@ -1,4 +1,4 @@
-"""PGD (common/attacks.py) and SAM (common/sam.py): checks against closed forms, hand-written two-pass
+"""PGD (samrobust/attacks.py) and SAM (samrobust/sam.py): checks against closed forms, hand-written two-pass
 updates and an independent library (pytorch_optimizer.SAM)."""
 import math
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.attacks import pgd
-from common.sam import SAM, frozen_bn_stats, sam_perturbation
+from samrobust.attacks import pgd
+from samrobust.sam import SAM, frozen_bn_stats, sam_perturbation
 
 
 def _tiny_cnn(seed=0):

@@ -1,6 +1,6 @@
 """The one-way dependency arrows of the package layout (README.md, "Layout"):
 
-    common <- linear_theory <- simulations,   common <- deep,   everything <- paper_figs
+    samrobust <- linear_theory <- simulations,   samrobust <- deep,   everything <- paper_figs
 
 Every module's imports (module level and inside functions) are read with ``ast``; an import of a
 package that is not upstream of the importing package fails the test.
@@ -13,19 +13,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "linear_theory", "simulations", "deep", "paper_figs")
+PACKAGES = ("samrobust", "linear_theory", "simulations", "deep", "paper_figs")
 
 #: package -> the other packages it may import
 ALLOWED = {
-    "common": set(),
-    "linear_theory": {"common"},
-    "simulations": {"common", "linear_theory"},
-    "deep": {"common"},
-    "paper_figs": {"common", "linear_theory", "simulations", "deep"},
+    "samrobust": set(),
+    "linear_theory": {"samrobust"},
+    "simulations": {"samrobust", "linear_theory"},
+    "deep": {"samrobust"},
+    "paper_figs": {"samrobust", "linear_theory", "simulations", "deep"},
 }
 
 #: (importing package, imported module) pairs allowed against the arrows; none at present (PGD and the
-#: SAM step, once simulations -> deep, now live in common/)
+#: SAM step, once simulations -> deep, now live in samrobust/)
 EXCEPTIONS: set = set()
 
 
@@ -71,16 +71,16 @@ def test_checker_sees_a_violation(tmp_path):
     ``from pkg import module`` form), allowed ones and the recorded exceptions are not. EXCEPTIONS is empty
     now, so the exception mechanism is checked with the two pairs it used to hold."""
     exceptions = {("simulations", "deep.attacks"), ("simulations", "deep.sam")}
-    for pkg in ("common", "simulations"):
+    for pkg in ("samrobust", "simulations"):
         (tmp_path / pkg).mkdir()
         (tmp_path / pkg / "__init__.py").write_text("")
-    (tmp_path / "common" / "bad.py").write_text(
+    (tmp_path / "samrobust" / "bad.py").write_text(
         "import numpy\nfrom deep.attacks import pgd\n\ndef f():\n    import paper_figs.report\n")
     (tmp_path / "simulations" / "ok.py").write_text(
-        "import linear_theory as lt\nfrom common.threat import Norm\nfrom deep.attacks import pgd\n"
+        "import linear_theory as lt\nfrom samrobust.threat import Norm\nfrom deep.attacks import pgd\n"
         "from deep import sam\nfrom deep.evaluate import evaluate\n")
-    assert [v.split(": ", 1)[1] for v in _violations("common", tmp_path, exceptions)] == [
-        "common imports deep.attacks.pgd", "common imports paper_figs.report"]
+    assert [v.split(": ", 1)[1] for v in _violations("samrobust", tmp_path, exceptions)] == [
+        "samrobust imports deep.attacks.pgd", "samrobust imports paper_figs.report"]
     assert [v.split(": ", 1)[1] for v in _violations("simulations", tmp_path, exceptions)] == [
         "simulations imports deep.evaluate.evaluate"]
     # with the package's own (empty) EXCEPTIONS, simulations -> deep is reported like any other violation

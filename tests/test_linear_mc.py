@@ -1,6 +1,6 @@
 """S1-style check inside linear_theory: closed-form clean/robust accuracies (docs/theory.md section 2, L1) against
 Monte-Carlo estimates that attack the linear model for real with projected gradient ascent on the input
-(``common.attacks.pgd``, random start, logistic loss on +-1 labels, unbounded inputs)."""
+(``samrobust.attacks.pgd``, random start, logistic loss on +-1 labels, unbounded inputs)."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import linear_theory as lt
-from common.attacks import pgd
+from samrobust.attacks import pgd
 
 REF = lt.FeatureModel()
 N_MC = 10_000

@@ -2,7 +2,7 @@
 
 * vectorised m-sharpness SAM (torch.func vmap of grad) == an explicit Python loop with autograd;
 * SAM with rho = 0 trains exactly like SGD;
-* PGD (common.attacks.pgd) on the linear model reaches the closed-form worst case of L1
+* PGD (samrobust.attacks.pgd) on the linear model reaches the closed-form worst case of L1
   (margin y v.x - eps*||v||_q) and never leaves the eps-ball.
 """
 import math

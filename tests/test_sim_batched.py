@@ -1,8 +1,8 @@
 """The batched engine (simulations.engine, simulations.batched_ops) against independent routes.
 
 * each batched op against the deep/ or per-job original on the same inputs: the SAM ascent against
-  common.sam.sam_perturbation row by row, the m-sharpness SAM gradient against the explicit Python loop,
-  PGD against common.attacks.pgd (through training.pgd_linear) row by row with different radii, and the
+  samrobust.sam.sam_perturbation row by row, the m-sharpness SAM gradient against the explicit Python loop,
+  PGD against samrobust.attacks.pgd (through training.pgd_linear) row by row with different radii, and the
   random start against the one deep's pgd draws from the same generator state;
 * train_batched in float64 against train_replicas job by job (same generators, data and optimiser, so
   equal up to rounding), float32 close to float64, rows independent of the other jobs in the batch;
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import linear_theory as lt
-from common.attacks import pgd
-from common.sam import sam_perturbation
+from samrobust.attacks import pgd
+from samrobust.sam import sam_perturbation
 from simulations import claims as claims_mod
 from simulations import experiments
 from simulations import run as sim_run
@@ -99,7 +99,7 @@ def test_batched_pgd_equals_deep_pgd_per_row(norm):
     P, X, y = _batch(R=3, B=40, seed=4, scale=1.0)
     eps = [0.05, 0.2, 0.6] if norm == "inf" else [0.3, 1.0, 2.5]
     got = pgd_linear_batched(P, X, y, torch.tensor(eps, dtype=torch.float64), norm, steps=4)
-    for r, e in enumerate(eps):  # one common.attacks.pgd call per row, each with its own radius
+    for r, e in enumerate(eps):  # one samrobust.attacks.pgd call per row, each with its own radius
         ref = pgd_linear(P[r:r + 1], X[r:r + 1], y[r:r + 1], e, norm, steps=4, random_start=False)[0]
         assert torch.allclose(got[r], ref, rtol=1e-12, atol=1e-12)
         assert not torch.allclose(got[r], X[r])

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from common.threat import normalize_norm  # "inf" / "l2" from any accepted spelling
+from samrobust.threat import normalize_norm  # "inf" / "l2" from any accepted spelling
 
 __all__ = ["pgd", "normalize_norm", "default_step_size", "check_linf_eps", "margin_loss", "LOSSES"]
 

@@ -1,4 +1,4 @@
-"""common/: the threat-model vocabulary, the atomic writers and strict JSON, the seed mixer."""
+"""samrobust/: the threat-model vocabulary, the atomic writers and strict JSON, the seed mixer."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from common.files import jsonable, write_json_atomic, write_text_atomic
-from common.seeds import (ATTACK_MULT, BATCH_MULT, EPOCH_MULT, EVAL_RANK_MULT, RANK_MULT, RESTART_MULT,
+from samrobust.files import jsonable, write_json_atomic, write_text_atomic
+from samrobust.seeds import (ATTACK_MULT, BATCH_MULT, EPOCH_MULT, EVAL_RANK_MULT, RANK_MULT, RESTART_MULT,
                           mix_seed)
-from common.threat import Norm, attack_label, dual, format_eps, norm_name, normalize_norm, parse_eps, parse_norm
+from samrobust.threat import Norm, attack_label, dual, format_eps, norm_name, normalize_norm, parse_eps, parse_norm
 
 
 @pytest.mark.parametrize("spelling", ["inf", "linf", "l_inf", "infinity", " LINF ", float("inf"), Norm.LINF])
@@ -83,17 +83,17 @@ def test_mix_seed_reproduces_the_existing_formulas():
 
 def test_simulation_seed_offsets_keep_their_values():
     """The named offsets of simulations/ are the numbers the results were produced with."""
-    from common import seeds
+    from samrobust import seeds
     assert (seeds.SIM_TRAIN_SEED_OFFSET, seeds.S1_TEST_SEED_OFFSET, seeds.S1_WEIGHTS_MULT,
             seeds.S1_PGD_STEPS_SEED_OFFSET) == (1000, 10_000, 100, 20_000)
 
 
 def test_exit_fast_flushes_output_and_keeps_the_status():
-    """common.cli.exit_fast skips the interpreter's teardown but not buffered output or the exit status."""
+    """samrobust.cli.exit_fast skips the interpreter's teardown but not buffered output or the exit status."""
     import subprocess
     import sys
 
-    code = ("import sys; from common.cli import exit_fast; print('out', end=''); "
+    code = ("import sys; from samrobust.cli import exit_fast; print('out', end=''); "
             "print('err', end='', file=sys.stderr); exit_fast(3)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (3, "out", "err")
