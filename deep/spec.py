@@ -105,9 +105,16 @@ class EvalSettings:
                 "probe_n": self.probe_n if dataset == "synthetic" else None,
                 "loss": self.loss, "n_robust": self.n_robust, "best_iterate": True,
                 **({"autoattack": {"version": self.autoattack, "n": self.aa_n}} if self.autoattack != "off"
-                   else {}),
-                **({"curves": {"n": self.curve_n, "attack": self.curve_attack.label, "steps": CURVE_STEPS}}
-                   if self.curve_n and self.curve_attack is not None else {})}
+                   else {})}
+
+    def curves_record(self) -> Optional[Dict]:
+        """The "curves" entry of a result JSON: how the learning curves in its history were measured (not
+        part of "eval", so that finished runs of earlier versions still match)."""
+        out = {"clean": "all test images, every epoch"}
+        if self.curve_n and self.curve_attack is not None:
+            out.update(n=self.curve_n, attack=self.curve_attack.label, steps=CURVE_STEPS, restarts=1,
+                       best_iterate=True)
+        return out
 
     def curve_epochs(self, epochs: int) -> List[int]:
         """Epochs (from 1) whose learning-curve record has the PGD number: the first, every third of the

@@ -33,7 +33,9 @@ def test_history_has_learning_curves(tmp_path):
     # PGD at the first, every third of the budget and the last epoch (3 epochs: all three), on 12 images
     assert [sorted(h["curve_robust"]) for h in hist] == [["linf_2/255"]] * 3
     assert all(h["curve_n"] == 12 for h in hist)
-    assert res["eval"]["curves"] == {"n": 12, "attack": "linf_2/255", "steps": 10}
+    assert res["curves"] == {"clean": "all test images, every epoch", "n": 12, "attack": "linf_2/255",
+                             "steps": 10, "restarts": 1, "best_iterate": True}
+    assert "curves" not in res["eval"]      # finished runs of earlier versions keep matching
 
 
 def test_curve_epochs_first_thirds_last():
@@ -48,7 +50,7 @@ def test_curve_off_with_zero_images(tmp_path):
     assert R.main(TINY + ["--methods", "st", "--curve-n", "0", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "synthetic" / "st_s0.json").read_text())
     assert all("curve_robust" not in h and "test_clean_acc" in h for h in res["history"])
-    assert "curves" not in res["eval"]
+    assert res["curves"] == {"clean": "all test images, every epoch"}
 
 
 def test_plateau_check_and_at_seeds_make_the_expected_runs():
