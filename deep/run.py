@@ -115,8 +115,10 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--at-seeds", default=None,
                    help="comma list of seeds for AT and the cheap AT variants only (PGD-10 AT costs ~9x an ST "
                         "epoch, so a grid may give it fewer seeds) [default: --seeds]")
-    g.add_argument("--plateau-check", action="store_true",
-                   help="add one run per method configuration at twice the epochs (the first seed) under "
+    g.add_argument("--plateau-check", nargs="?", const="*", default=None, metavar="RUNS",
+                   help="add one run per method configuration (optionally only those whose run id matches one "
+                        "of the comma list of globs RUNS, e.g. 'st_*,sam_rho0.1_*') at twice the epochs (the "
+                        "first seed) under "
                         "<results folder>/plateau/: the plateau test of docs/protocol.md (final clean accuracy "
                         "within 0.5 points and headline robust accuracy within 2 points of the doubled budget)")
     g.add_argument("--jobs", type=int, default=1,
@@ -399,9 +401,12 @@ def make_jobs(spec: RunSpec) -> List[Tuple[TrainConfig, Path]]:
     cfgs = make_configs(spec)
     jobs = [(c, spec.out_dir) for c in cfgs]
     if spec.plateau_check:
+        import fnmatch
+        pats = _csv(spec.plateau_check) or ["*"]
         first: Dict[str, TrainConfig] = {}
         for c in cfgs:
-            first.setdefault(run_id(dataclasses.replace(c, seed=0)), c)
+            if any(fnmatch.fnmatchcase(run_id(c), p) for p in pats):
+                first.setdefault(run_id(dataclasses.replace(c, seed=0)), c)
         jobs += [(dataclasses.replace(c, epochs=2 * c.epochs), spec.out_dir / PLATEAU_FOLDER)
                  for c in first.values()]
     return jobs

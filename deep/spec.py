@@ -145,7 +145,8 @@ class RunSpec:
     compile: bool
     at_seeds: Optional[List[int]] = None   # seeds of AT and its variants (None: seeds)
     jobs: int = 1                   # runs at once, one process each (deep.run --jobs)
-    plateau_check: bool = False     # add the doubled-budget runs of the plateau test (<out_dir>/plateau)
+    plateau_check: Optional[str] = None   # run-id globs of the doubled-budget runs of the plateau test
+                                          # (<out_dir>/plateau; "*": every method configuration; None: none)
 
     @property
     def dataset(self) -> str:

@@ -64,6 +64,10 @@ def test_plateau_check_and_at_seeds_make_the_expected_runs():
     plateau = [(R.run_id(c), c.epochs) for c, d in jobs if d == spec.out_dir / "plateau"]
     # one per method configuration, the first seed it has, at twice the epochs
     assert sorted(plateau) == [("at_linf_8-255_s1", 6), ("sam_rho0.1_s0", 6), ("st_s0", 6)]
+    spec = R.resolve_spec(parser, parser.parse_args(TINY + ["--methods", "st,sam,at", "--rho", "0.1,0.2",
+                                                            "--plateau-check", "st_*,sam_rho0.2_*"]))
+    assert sorted((R.run_id(c), c.epochs) for c, d in R.make_jobs(spec) if d.name == "plateau") == [
+        ("sam_rho0.2_s0", 6), ("st_s0", 6)]
 
 
 def test_jobs_two_processes_equal_one_after_another(tmp_path):
