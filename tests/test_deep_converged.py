@@ -136,3 +136,30 @@ def test_pgd_flags_match_deep_evaluate_on_a_threshold_model():
         flags = W.pgd_flags(model, x, y, Attack("inf", eps), steps=10)
         ev = evaluate(model, data, [Attack("inf", eps)], steps=10)
         assert float(flags.float().mean()) == want == ev["robust"][Attack("inf", eps).label]
+
+
+# ------------------------------------------------------------------------ GPU script and grid time
+
+def test_gridtime_projection_sums_runs_epochs_and_plateau():
+    from deep.gridtime import Grid, project
+    g = Grid("g", "fashion-mnist", 60000, 6, {"st": 3, "sam": 9, "at": 2}, {"st": 1, "at": 1})
+    p = project(g, {"st": 10.0, "sam": 20.0, "at": 100.0})
+    assert p["runs_s"] == 3 * 6 * 10 + 9 * 6 * 20 + 2 * 6 * 100
+    assert p["plateau_s"] == 12 * 10 + 12 * 100 and p["total_s"] == p["runs_s"] + p["plateau_s"]
+
+
+def test_gridtime_table_lists_finished_runs(tmp_path):
+    from deep.gridtime import timing_table
+    (tmp_path / "st_s0.json").write_text(json.dumps({"run_id": "st_s0", "epochs": 6, "wall_time_s": 12.5,
+                                                     "images_per_s": 100.0, "total_time_s": 20.0,
+                                                     "device": "cuda (H200)"}))
+    (tmp_path / "broken.json").write_text("{")
+    lines = timing_table(tmp_path).splitlines()
+    assert lines[2] == "| st_s0 | 6 | 12.5 | 100 | 20.0 | cuda (H200) |" and len(lines) == 3
+
+
+def test_gpu_script_is_valid_bash():
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_evidence.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
