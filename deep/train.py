@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from samrobust.attacks import check_linf_eps, normalize_norm, pgd
 from samrobust.files import write_atomic
-from samrobust.sam import SAM, frozen_bn_stats
+from samrobust.sam import SAM, bn_freezer
 from samrobust.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 
 from . import distributed as ddist
@@ -363,21 +363,28 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                opt: torch.optim.Optimizer, generator: Optional[torch.Generator] = None,
-               bf16: bool = False):
+               bf16: bool = False, start_noise: Optional[Tuple[torch.Tensor, ...]] = None):
     """One step of cfg.method on the batch (x in [0,1], float). Returns device tensors
     (summed loss, number correct, non-finite flag) measured on the first forward pass (ST/SAM: at w on
-    clean x; AT: at w on x_adv). No ``.item()``: nothing here waits for the device."""
+    clean x; AT: at w on x_adv). No ``.item()``: nothing here waits for the device, so the same function
+    is the body of the CUDA-graphed step (deep/graphed.py). ``start_noise``: AT's PGD random-start numbers
+    drawn beforehand (samrobust.attacks.draw_start_noise; the graphed step's static buffers); else they are
+    drawn from ``generator``.
+
+    Speed (issue 19): the BatchNorm layers to freeze are found once per model (samrobust.sam.bn_freezer),
+    freezing switches their running-stat tracking off instead of saving and restoring buffers, and SAM's
+    ascent and restore are multi-tensor operations (samrobust/sam.py); the numbers are unchanged
+    (tests/test_deep_step_ops.py compares with the former step in float64)."""
     device = x.device
     raw = ddist.unwrap(model)
-    bn_guard = frozen_bn_stats if cfg.bn_stats == "first" else (lambda m: contextlib.nullcontext())
+    bn_guard = bn_freezer(raw) if cfg.bn_stats == "first" else _NO_GUARD
     if cfg.method == "at":
-        with bn_guard(raw), autocast_ctx(device, bf16):
+        with bn_guard, autocast_ctx(device, bf16):
             x = pgd(raw, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
                     step_size=cfg.attack_step_size, random_start=cfg.attack_random_start,
-                    generator=generator)
+                    generator=generator, start_noise=start_noise)
     opt.zero_grad(set_to_none=True)
-    ascent = ddist.ascent_sync(model, cfg.sam_all_reduce_ascent) if cfg.method == "sam" \
-        else contextlib.nullcontext()
+    ascent = ddist.ascent_sync(model, cfg.sam_all_reduce_ascent) if cfg.method == "sam" else _NO_GUARD
     with ascent:
         with autocast_ctx(device, bf16):
             logits = model(x)
@@ -385,7 +392,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
         loss.backward()
     if cfg.method == "sam":
         opt.first_step(zero_grad=True)
-        with bn_guard(raw):
+        with bn_guard:
             with autocast_ctx(device, bf16):
                 logits2 = model(x)
             F.cross_entropy(logits2.float(), y).backward()
@@ -396,6 +403,9 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     n = y.shape[0]
     correct = (logits.detach().argmax(1) == y).sum()
     return loss * n, correct, ~torch.isfinite(loss)
+
+
+_NO_GUARD = contextlib.nullcontext()     # re-usable "no context" (nullcontext instances may be re-entered)
 
 
 def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int, salt: int) -> torch.Generator:
