@@ -429,12 +429,15 @@ def batch_bounds(n: int, batch_size: int) -> List[Tuple[int, int]]:
 def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageData, cfg: TrainConfig,
                 epoch: int, indices: Optional[torch.Tensor] = None, rank: int = 0,
                 bf16: bool = False, channels_last: bool = False, augment: bool = False,
-                on_step: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
+                on_step: Optional[Callable[[int], None]] = None, cuda_graph: bool = False,
+                graph_backend=None) -> Dict[str, torch.Tensor]:
     """One epoch over ``indices`` (default: the whole permutation of epoch ``epoch``; under
     torch.distributed pass this rank's shard). Full batches of cfg.batch_size; a last partial batch is
     kept, except that a last batch of one image is folded into the batch before it (:func:`batch_bounds`).
     Returns device tensors {loss_sum, correct, count, nonfinite}; raises DivergenceError when a
-    non-finite loss is seen on any rank (checked every cfg.check_every steps and at the end)."""
+    non-finite loss is seen on any rank (checked every cfg.check_every steps and at the end).
+    ``cuda_graph``: full batches replay a CUDA graph of the step (deep/graphed.py; eager where graphs do
+    not apply, with a one-line warning); ``graph_backend`` replaces CUDA graphs in tests."""
     device = data.x.device
     if indices is None:
         indices = ddist.epoch_permutation(len(data), cfg.seed, epoch)
@@ -443,32 +446,51 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageD
     steps = len(bounds)
     g_aug = _epoch_generator(device, cfg.seed, epoch, rank, 1)
     g_pgd = _epoch_generator(device, cfg.seed, epoch, rank, 2)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+    graphed = None
+    if cuda_graph:
+        from .graphed import graphed_step_for
+        graphed = graphed_step_for(model, opt, cfg, bf16, backend=graph_backend)
+    if graphed is not None:
+        graphed.begin_epoch()
+        totals = None
+    else:
+        totals = {"loss_sum": torch.zeros((), device=device),
+                  "correct": torch.zeros((), device=device, dtype=torch.long),
+                  "nonfinite": torch.zeros((), device=device, dtype=torch.bool)}
     model.train()
-    for i in range(steps):
-        _set_lr(opt, lr_at(cfg, epoch + (i + 1) / steps))
-        idx = indices[bounds[i][0]:bounds[i][1]]
-        x = to_float(data.x[idx])
-        y = data.y[idx]
-        if augment:
-            info = DATASETS[cfg.dataset]
-            x = augment_batch(x, g_aug, pad=info.crop_pad, flip=info.flip)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ls, c, bad = train_step(model, x, y, cfg, opt, generator=g_pgd, bf16=bf16)
-        loss_sum += ls
-        correct += c
-        nonfinite |= bad
-        if on_step is not None:
-            on_step(i)
-        if (i + 1) % cfg.check_every == 0 and _any_rank(nonfinite):
-            _diverged(cfg, epoch, i)
-    if _any_rank(nonfinite):
+    try:
+        for i in range(steps):
+            lr = lr_at(cfg, epoch + (i + 1) / steps)
+            idx = indices[bounds[i][0]:bounds[i][1]]
+            x = to_float(data.x[idx])
+            y = data.y[idx]
+            if augment:
+                info = DATASETS[cfg.dataset]
+                x = augment_batch(x, g_aug, pad=info.crop_pad, flip=info.flip)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if graphed is not None:
+                graphed.set_lr(lr)
+                graphed.step(x, y, generator=g_pgd)
+                nonfinite = graphed.nonfinite
+            else:
+                _set_lr(opt, lr)
+                ls, c, bad = train_step(model, x, y, cfg, opt, generator=g_pgd, bf16=bf16)
+                totals["loss_sum"] += ls
+                totals["correct"] += c
+                totals["nonfinite"] |= bad
+                nonfinite = totals["nonfinite"]
+            if on_step is not None:
+                on_step(i)
+            if (i + 1) % cfg.check_every == 0 and _any_rank(nonfinite):
+                _diverged(cfg, epoch, i)
+    finally:
+        if graphed is not None:
+            totals = graphed.end_epoch()
+    if _any_rank(totals["nonfinite"]):
         _diverged(cfg, epoch, steps - 1)
-    return {"loss_sum": loss_sum, "correct": correct, "count": torch.tensor(indices.shape[0]),
-            "nonfinite": nonfinite}
+    return {"loss_sum": totals["loss_sum"], "correct": totals["correct"], "count": torch.tensor(indices.shape[0]),
+            "nonfinite": totals["nonfinite"]}
 
 
 def _any_rank(flag: torch.Tensor) -> bool:
@@ -576,6 +598,7 @@ class FitOptions:
     progress: bool = True               # a tqdm bar over the steps (only when is_main)
     desc: str = ""                      # the bar's label (default: the method)
     compile_model: bool = False         # torch.compile the model (:func:`maybe_compile`; speed only)
+    cuda_graph: bool = False            # replay a CUDA graph of the step (deep/graphed.py; speed only)
     # under torch.distributed (deep/distributed.py):
     is_main: bool = True                # this process writes the checkpoint and shows progress
     model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None  # e.g. DDP
@@ -691,7 +714,7 @@ def _fit_epoch(loop: _FitLoop, epoch: int, state: _FitState, on_step: Optional[C
     _cuda_sync(device)
     t0 = time.perf_counter()
     m = train_epoch(loop.net, loop.opt, loop.train, cfg, epoch, indices=idx, rank=loop.opts.rank, bf16=bf16,
-                    channels_last=channels_last, augment=augment, on_step=on_step)
+                    channels_last=channels_last, augment=augment, on_step=on_step, cuda_graph=loop.opts.cuda_graph)
     loss_sum, correct = ddist.all_reduce_sum(m["loss_sum"].clone()), \
         ddist.all_reduce_sum(m["correct"].clone().float())
     count = ddist.all_reduce_sum(m["count"].to(device).float())
