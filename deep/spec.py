@@ -107,6 +107,7 @@ class RunSpec:
     force: bool
     progress: bool
     compile: bool
+    cuda_graph: bool = False        # replay a CUDA graph of the training step (deep/graphed.py; speed only)
 
     @property
     def dataset(self) -> str:
