@@ -90,7 +90,8 @@ class CudaGraphs:
     def capture(self, fn: Callable[[], object]) -> Callable[[], None]:
         """Record ``fn`` (nothing runs) and return the replay."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: CUDA calls of other threads (e.g. a DataLoader's pin-memory thread) do not break it
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             fn()
         return graph.replay
 
@@ -239,7 +240,9 @@ def graphed_step_for(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg, bf
     device = next(model.parameters()).device
     why = unsupported_reason(model, opt, device, backend)
     if why is not None:
-        _warn(f"--cuda-graph: {why}; training eagerly")
+        if opt.__dict__.get(_ATTR + "_said") != why:          # the warning once per optimizer, not per epoch
+            _warn(f"--cuda-graph: {why}; training eagerly")
+            opt.__dict__[_ATTR + "_said"] = why
         return None
     gs = GraphedStep(model, opt, cfg, bf16, backend=backend)
     opt.__dict__[_ATTR] = gs
