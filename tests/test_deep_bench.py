@@ -110,6 +110,10 @@ def test_tiny_cpu_run_writes_consistent_results(tiny_run):
     assert rows["ours", "at"]["flops_per_image"] == 10 * 2 * fwd + st
     assert rows["reference", "at"]["flops_per_image"] == 10 * 3 * fwd + st
     assert rows["ours", "eval"]["flops_per_image"] == 10 * 2 * fwd + 2 * fwd   # attack + clean + adv fwd
+    # operations per step: SAM's two passes issue more than ST's one, AT's PGD-10 more than SAM
+    ops = {k: r["ops_per_step"] for k, r in rows.items()}
+    assert 0 < ops["ours", "st"] < ops["ours", "sam"] < ops["ours", "at"]
+    assert 0 < ops["reference", "st"] < ops["reference", "sam"] < ops["reference", "at"]
     rt = res["ratios"]
     ips = {k: r["images_per_s"] for k, r in rows.items()}
     assert rt["st_ours_vs_ref"] == pytest.approx(ips["ours", "st"] / ips["reference", "st"])

@@ -3,14 +3,15 @@ FlopCounterMode: convolutions and matrix products, 2 per multiply-add), the dens
 (vendors' data sheets; an H200 counts 989.4 TFLOP/s), and an assumed CPU peak from /proc/cpuinfo."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["DENSE_BF16_PEAK_TFLOPS", "peak_tflops_for", "read_cpuinfo", "cpuinfo_field", "cpu_peak_gflops",
-           "count_flops", "model_flops_per_image", "CPU_FP32_FLOPS_PER_CYCLE", "CPU_BF16_FLOPS_PER_CYCLE"]
+           "count_flops", "count_flops_and_ops", "model_flops_per_image", "CPU_FP32_FLOPS_PER_CYCLE", "CPU_BF16_FLOPS_PER_CYCLE"]
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.  Matched in order
 # against torch.cuda.get_device_name(); the first substring that occurs wins (more specific first).
@@ -84,6 +85,29 @@ def cpu_peak_gflops(cpuinfo: str, cores: int, clock_mhz: Optional[float] = None)
     out["assumption"] = "assumed CPU peak (nominal clock from /proc/cpuinfo, no turbo): " + "; ".join(parts)
     return out
 
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operations dispatched (forward, backward and optimizer alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_flops_and_ops(fn: Callable[[], object]) -> Tuple[int, int]:
+    """(FLOPs as :func:`count_flops`, aten operations dispatched) of ``fn``. Operations per step matter
+    where the host issuing kernels limits a step (a GPU running an eager loop: ~20-30 us each on an H200);
+    a CUDA graph replays them all with one launch."""
+    ctr = _OpCounter()
+    with FlopCounterMode(display=False) as fc:
+        with ctr:
+            fn()
+    return int(fc.get_total_flops()), ctr.ops
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -19,7 +19,7 @@ from ..train import (TrainConfig, _flags, build_model, build_optimizer, compile_
 from .concurrency import run_concurrency
 from .config import (CIFAR_TEST, CIFAR_TRAIN, CPU_STRETCH, CPU_TARGETS, EPOCH_IMAGES, PHASES, TARGETS,
                      BenchConfig, default_threads, image_shape)
-from .flops import count_flops, cpu_peak_gflops, cpuinfo_field, model_flops_per_image, peak_tflops_for, read_cpuinfo
+from .flops import count_flops_and_ops, cpu_peak_gflops, cpuinfo_field, model_flops_per_image, peak_tflops_for, read_cpuinfo
 from .reference import measure_reference, reference_model
 from .timing import make_data, peak_bytes, reset_peak, sync
 
@@ -52,7 +52,7 @@ def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.de
         return train_epoch(net, opt, data, tc, epoch, indices=torch.arange(lo * B, hi * B), cuda_graph=cuda_graph,
                            **kw)
 
-    flops = count_flops(lambda: run(0, 1, 0, cuda_graph=False))   # one real step, untimed, uncompiled, eager
+    flops, ops = count_flops_and_ops(lambda: run(0, 1, 0, cuda_graph=False))   # one real step, untimed, eager
     warmup = _warmup_steps(cfg, compile_model, graphed)
     t_w = time.perf_counter()
     compiled = False
@@ -69,7 +69,7 @@ def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.de
     int(m["count"])                                         # the loop's own end-of-epoch sync
     sync(device)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "images": cfg.steps * B, "flops_per_step": flops, "batch": B,
+    return {"seconds": seconds, "images": cfg.steps * B, "flops_per_step": flops, "ops_per_step": ops, "batch": B,
             "peak_mem_bytes": peak_bytes(device), "warmup_s": warmup_s, "warmup_images": warmup * B,
             "flags": {"bf16": bf16, "channels_last": channels_last, "augment": augment, "compiled": compiled,
                       "cuda_graph": _graph_used(opt) if graphed else False,
@@ -105,7 +105,7 @@ def _ours_eval(cfg: BenchConfig, data: ImageData, device: torch.device) -> Dict:
         return evaluate(model, sub, attack, steps=cfg.attack_steps, batch_size=B, seed=cfg.seed,
                         bf16=False, channels_last=channels_last, sharded=False, fixed_work=True)
 
-    flops = count_flops(lambda: run(0, 1))
+    flops, ops = count_flops_and_ops(lambda: run(0, 1))
     if cfg.warmup:
         run(1, 1 + cfg.warmup)
     sync(device)
@@ -114,7 +114,7 @@ def _ours_eval(cfg: BenchConfig, data: ImageData, device: torch.device) -> Dict:
     run(1 + cfg.warmup, 1 + cfg.warmup + cfg.steps)
     sync(device)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "images": cfg.steps * B, "flops_per_step": flops, "batch": B,
+    return {"seconds": seconds, "images": cfg.steps * B, "flops_per_step": flops, "ops_per_step": ops, "batch": B,
             "peak_mem_bytes": peak_bytes(device),
             "flags": {"bf16": False, "channels_last": channels_last, "attack": attack[0].label,
                       "note": "as deep.run evaluates: fp32 attack"}}
@@ -180,7 +180,8 @@ def _row(phase: str, loop: str, rs: List[Dict], cfg: BenchConfig, peak: Optional
     n_train, n_test = EPOCH_IMAGES[cfg.dataset]
     row = {"loop": loop, "phase": phase, "images_per_s": ips, "seconds": r["seconds"],
            "images": r["images"], "images_per_s_all": [x["images"] / x["seconds"] for x in rs],
-           "flops_per_image": r["flops_per_step"] / r["batch"], "tflops": tflops, "gflops": tflops * 1e3,
+           "flops_per_image": r["flops_per_step"] / r["batch"], "ops_per_step": r.get("ops_per_step"),
+           "tflops": tflops, "gflops": tflops * 1e3,
            "fraction_of_peak": tflops / peak if peak else None,
            "peak_mem_bytes": max(x["peak_mem_bytes"] for x in rs), "flags": r["flags"],
            "cifar_epoch_s": (CIFAR_TEST if phase == "eval" else CIFAR_TRAIN) / ips,

@@ -16,7 +16,7 @@ from ..data import ImageData
 from ..datasets import dataset_info
 from ..model import PreActResNet18, normalization_for
 from .config import BenchConfig
-from .flops import count_flops
+from .flops import count_flops_and_ops
 from .timing import peak_bytes, reset_peak, sync
 
 __all__ = ["ReferenceStyleDataset", "reference_pgd_linf", "reference_model", "measure_reference"]
@@ -127,7 +127,7 @@ def measure_reference(cfg: BenchConfig, phase: str, data: ImageData, device: tor
         step = lambda x, y: _reference_train_step(phase, model, opt, x, y, cfg)  # noqa: E731
     it = iter(loader)
     x, y = next(it)                                         # one real step, untimed: the FLOP count
-    flops = count_flops(lambda: step(x.to(device), y.to(device)))
+    flops, ops = count_flops_and_ops(lambda: step(x.to(device), y.to(device)))
     for i in range(cfg.warmup + cfg.steps):
         if i == cfg.warmup:
             sync(device)
@@ -139,7 +139,7 @@ def measure_reference(cfg: BenchConfig, phase: str, data: ImageData, device: tor
     sync(device)
     seconds = time.perf_counter() - t0
     del it
-    return {"seconds": seconds, "images": cfg.steps * B, "flops_per_step": flops, "batch": B,
+    return {"seconds": seconds, "images": cfg.steps * B, "flops_per_step": flops, "ops_per_step": ops, "batch": B,
             "peak_mem_bytes": peak_bytes(device),
             "flags": {"bf16": False, "channels_last": False, "augment": phase != "eval",
                       "data": f"DataLoader, per-image CPU augmentation, {cfg.workers} workers",

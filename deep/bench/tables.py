@@ -29,7 +29,8 @@ def _header(meta: Dict) -> str:
             f"torch.compile {'measured' if c['compile'] else 'not measured (--compile)'}; "
             f"model {meta['model_flops_per_image']['forward_backward'] / 1e9:.3f} GFLOP fwd+bwd per image "
             f"(counted). {title} epoch = {n_train:,} training images (eval: the {n_test:,} test images) at the "
-            f"measured rate. Memory: {meta['memory_kind']}.")
+            f"measured rate. ops/step: aten operations dispatched in one eager step (forward, backward, optimizer; "
+            f"counted). Memory: {meta['memory_kind']}.")
     if meta.get("cpu_peak"):
         text += f" GFLOP/s vs the {meta['cpu_peak']['assumption']}."
     if meta.get("peak_bf16_tflops"):
@@ -40,6 +41,15 @@ def _header(meta: Dict) -> str:
     return text
 
 
+def _ops(r: Dict) -> str:
+    """Operations per step: aten operations dispatched in one eager step (a graphed step launches them as one
+    graph)."""
+    n = r.get("ops_per_step")
+    if n is None:
+        return "-"
+    return f"{n:,} in 1 graph" if r["loop"] == GRAPHED and r["flags"].get("cuda_graph") else f"{n:,}"
+
+
 _LOOP_LABEL = {"ours": "ours", "reference": "reference", COMPILED: "ours (compiled)", GRAPHED: "ours (CUDA graph)"}
 
 
@@ -47,7 +57,7 @@ def _row_table(meta: Dict, rows: Sequence[Dict]) -> List[str]:
     gpu = meta["device"].startswith("cuda")
     cpu_peak = bool(meta.get("cpu_peak"))
     title = dataset_info(meta["dataset"]).title
-    head = ["phase", "loop", "images/s", f"{title} epoch (s)", "GFLOP/image",
+    head = ["phase", "loop", "images/s", f"{title} epoch (s)", "ops/step", "GFLOP/image",
             "TFLOP/s" if gpu else "GFLOP/s"] + (["% bf16 peak"] if gpu else []) + \
         (["% assumed peak (kind)"] if cpu_peak else []) + ["peak memory (MiB)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -55,7 +65,7 @@ def _row_table(meta: Dict, rows: Sequence[Dict]) -> List[str]:
              "eval": f"eval PGD-{meta['config']['attack_steps']}"}
     for r in rows:
         row = [label[r["phase"]], _LOOP_LABEL[r["loop"]], f"{r['images_per_s']:.1f}",
-               f"{r.get('epoch_s', r['cifar_epoch_s']):.1f}", f"{r['flops_per_image'] / 1e9:.3f}",
+               f"{r.get('epoch_s', r['cifar_epoch_s']):.1f}", _ops(r), f"{r['flops_per_image'] / 1e9:.3f}",
                f"{r['tflops']:.3g}" if gpu else f"{r['tflops'] * 1e3:.3g}"]
         if gpu:
             row.append(_fmt(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f"))
