@@ -253,6 +253,8 @@ def _pgd_best_iterate_padded(step: _Step, x, y, delta, steps: int, buckets, out,
     result are used, so the numbers are those of the unpadded loop wherever a kernel's result per example
     does not depend on the batch size (tests/test_deep_step_ops.py compares)."""
     da = delta.detach()
+    if x.shape[0] == 0:
+        return out
     for it in range(steps + 1):
         k = active.shape[0]
         size = _bucket(k, buckets)
