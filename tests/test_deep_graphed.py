@@ -11,7 +11,7 @@ import torch
 
 from deep import graphed as G
 from deep.data import ImageData
-from deep.train import TrainConfig, build_model, build_optimizer, fit, train_epoch
+from deep.train import TrainConfig, _flags, build_model, build_optimizer, fit, train_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -48,9 +48,13 @@ CASES = {"st": dict(method="st"), "sam": dict(method="sam", rho=0.3),
 
 
 def _train(cfg, data, epochs, device, **kw):
-    model = build_model(cfg, torch.device(device))
+    """``epochs`` epochs of train_epoch with the flags fit would use (bf16, channels_last, augmentation)."""
+    device = torch.device(device)
+    bf16, channels_last, augment = _flags(cfg, device)
+    model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
-    outs = [train_epoch(model, opt, data, cfg, e, **kw) for e in range(epochs)]
+    outs = [train_epoch(model, opt, data, cfg, e, bf16=bf16, channels_last=channels_last, augment=augment, **kw)
+            for e in range(epochs)]
     return model, opt, outs
 
 
@@ -148,3 +152,23 @@ def test_cuda_graph_step_equals_eager_step_on_cuda(case, bf16):
         print(f"cuda graph vs eager, {case} bf16={bf16}: bitwise {bitwise}")
     finally:
         torch.backends.cudnn.deterministic = False
+
+
+def test_unsupported_setups_are_named():
+    cfg = TrainConfig(width=2, batch_size=4, bf16=False, channels_last=False)
+    model = build_model(cfg, torch.device("cpu"))
+    sgd = build_optimizer(cfg, model)
+    assert "CUDA device" in G.unsupported_reason(model, sgd, torch.device("cpu"))
+    assert G.unsupported_reason(model, sgd, torch.device("cpu"), backend=FakeGraphs()) is None
+    adam = torch.optim.Adam(model.parameters())
+    assert "SGD" in G.unsupported_reason(model, adam, torch.device("cpu"), backend=FakeGraphs())
+    wrapped = type("W", (torch.nn.Module,), {})()
+    wrapped._orig_mod = model                     # what torch.compile's wrapper looks like to ddist.unwrap
+    assert "compile" in G.unsupported_reason(wrapped, sgd, torch.device("cpu"), backend=FakeGraphs())
+
+
+def test_divergence_is_caught_in_graphed_epochs():
+    from deep.train import DivergenceError
+    cfg = TrainConfig(width=2, batch_size=4, bf16=False, channels_last=False, epochs=1, lr=1e6, check_every=2)
+    with pytest.raises(DivergenceError, match="non-finite"):
+        _train(cfg, _data(40), 1, "cpu", cuda_graph=True, graph_backend=FakeGraphs())
