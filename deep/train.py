@@ -604,6 +604,10 @@ class FitOptions:
     model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None  # e.g. DDP
     shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # epoch permutation -> this process's indices
     rank: int = 0                       # seeds this process's augmentation and PGD starts
+    # learning curves: called as epoch_eval(model, epoch) after every epoch (epoch counted from 1, the model
+    # the plain one in train mode); the dict it returns is merged into that epoch's history record before the
+    # checkpoint is written. Not training time. It must leave the model's mode and weights as it found them.
+    epoch_eval: Optional[Callable[[torch.nn.Module, int], Dict]] = None
 
 
 @dataclass
@@ -653,8 +657,11 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
     try:
         for epoch in range(state.epoch, end_epoch):
             rec = _fit_epoch(loop, epoch, state, on_step=(lambda i: bar.update(1)) if bar is not None else None)
+            if opts.epoch_eval is not None:
+                rec.update(opts.epoch_eval(model, rec["epoch"]))
             if bar is not None:
-                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
+                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}",
+                                **({"test": f"{rec['test_clean_acc']:.3f}"} if "test_clean_acc" in rec else {}))
             if opts.checkpoint is not None and opts.is_main:
                 _save_fit_checkpoint(loop, state)
             if state.stopped is not None:
