@@ -342,6 +342,8 @@ def test_two_concurrent_worker_processes_on_cpu(tmp_path):
     assert res["targets"]["concurrent_2_vs_1"]["measured"] == res["ratios"]["concurrent_2_vs_1"]
     md = out.with_suffix(".md").read_text()
     assert "| K | aggregate images/s | x one process |" in md and "2 concurrent processes / one process" in md
+    ceil = conc["spin_ceiling"]
+    assert set(ceil) == {"1", "2"} and ceil["1"] == 1.0 and 0 < ceil["2"] <= 2.5 and "busy loops" in md
     assert "CUDA only, not measured" not in md       # graphed was not asked for
 
 

@@ -24,7 +24,12 @@ import torch
 
 from .config import BenchConfig
 
-__all__ = ["run_concurrency", "aggregate", "worker_specs"]
+__all__ = ["run_concurrency", "aggregate", "worker_specs", "spin_ceiling"]
+
+# A pure-Python busy loop (no torch, no memory traffic): K copies at once show how many cores' worth of CPU
+# this process group gets right now. With Linux's autogroup scheduling another session's busy job takes its
+# share whatever our nice level, so on a shared machine K = 2 can be capped near 1x before any torch work.
+_SPIN = "import time;t=time.perf_counter();n=0\nwhile n<{n}:n+=1\nprint(time.perf_counter()-t)"
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])     # the folder holding deep/ (this checkout)
 
@@ -93,6 +98,17 @@ def _tail(p: subprocess.Popen, log) -> str:
     return " ".join(log.read().split()[-60:]) or f"exit code {p.returncode}"
 
 
+def spin_ceiling(ks, n: int = 3_000_000) -> Dict[str, float]:
+    """For each K: K pure-Python busy loops started together, aggregate speed over one loop alone (the
+    most K concurrent CPU-bound processes can gain on this machine now; 2.0 for K = 2 on two free cores)."""
+    def run(k):
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN.format(n=n)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(k)]
+        return [float(p.communicate(timeout=300)[0]) for p in procs]
+    one = run(1)[0]
+    return {str(k): 1.0 if k == 1 else k * one / max(run(k)) for k in sorted(set(ks) | {1})}
+
+
 def run_concurrency(cfg: BenchConfig, device: torch.device,
                     progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Aggregate images/s of K concurrent training processes for each K of cfg.concurrency (1 always
@@ -104,6 +120,7 @@ def run_concurrency(cfg: BenchConfig, device: torch.device,
             progress(f"{k} concurrent {cfg.concurrency_method} process{'es' if k > 1 else ''}")
         runs.append(_run_k(cfg, device, k))
     one = runs[0]["aggregate_images_per_s"]
-    return {"method": cfg.concurrency_method, "steps_per_process": cfg.concurrency_steps,
+    ceiling = spin_ceiling(ks) if device.type == "cpu" else None
+    return {"spin_ceiling": ceiling, "method": cfg.concurrency_method, "steps_per_process": cfg.concurrency_steps,
             "batch_size": cfg.batch_size, "threads_per_process": 1, "pinned_to_cores": device.type == "cpu",
             "runs": runs, "aggregate_vs_one": {str(r["k"]): r["aggregate_images_per_s"] / one for r in runs}}

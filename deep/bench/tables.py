@@ -139,11 +139,18 @@ def _concurrency_lines(result: Dict) -> List[str]:
              f"{conc['threads_per_process']} torch thread each, {where}, {conc['steps_per_process']} timed steps "
              f"of batch {conc['batch_size']} each after their own warm-up, released together; aggregate = all "
              f"timed images / (latest end - earliest start).", "",
-             "| K | aggregate images/s | x one process | per-process images/s |", "|---|---|---|---|"]
+             "| K | aggregate images/s | x one process | per-process images/s |" + (
+                 " ceiling now: K busy loops / one |" if conc.get("spin_ceiling") else ""),
+             "|---|---|---|---|" + ("---|" if conc.get("spin_ceiling") else "")]
     for r in conc["runs"]:
         per = ", ".join(f"{v:.0f}" for v in r["per_process_images_per_s"])
+        ceil = f" {conc['spin_ceiling'][str(r['k'])]:.2f} |" if conc.get("spin_ceiling") else ""
         lines.append(f"| {r['k']} | {r['aggregate_images_per_s']:.1f} | "
-                     f"{conc['aggregate_vs_one'][str(r['k'])]:.2f} | {per} |")
+                     f"{conc['aggregate_vs_one'][str(r['k'])]:.2f} | {per} |{ceil}")
+    if conc.get("spin_ceiling"):
+        lines += ["", "Ceiling: K pure-Python busy loops started together, their aggregate speed over one alone - "
+                      "the most K CPU-bound processes can gain on this machine at the time of the run (Linux "
+                      "autogroup scheduling gives another session's busy job its share whatever our nice level)."]
     return lines
 
 
