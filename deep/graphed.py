@@ -115,6 +115,7 @@ class GraphedStep:
         self.replay: Optional[Callable[[], None]] = None
         self.failed: Optional[str] = None      # why we run eagerly from now on
         self.shape: Optional[Tuple[int, ...]] = None   # the captured batch's x shape
+        self.warm_shape: Optional[Tuple[int, ...]] = None   # the warmed-up shape (cuDNN plans exist for it)
         self.lr_t = self.backend.lr_tensor(cfg.lr)
         self.lr_value = float(cfg.lr)
         z = lambda dt: torch.zeros((), device=self.device, dtype=dt)     # noqa: E731
@@ -172,7 +173,10 @@ class GraphedStep:
         """One training step on the batch (x laid out as in training); AT's random start from ``generator``."""
         if self.failed is not None or (self.shape is not None and tuple(x.shape) != self.shape):
             return self._eager(x, y, generator)
+        if self.replay is None and self.warm_shape is not None and tuple(x.shape) != self.warm_shape:
+            return self._eager(x, y, generator)   # warm-up and capture only on the shape warmed up first
         if self.replay is None and self.warm < self.warmup:
+            self.warm_shape = tuple(x.shape)
             self.warm += 1
             self.eager_steps += 1
             return self.backend.warmup(lambda: self._body(x, y, generator=generator))

@@ -88,6 +88,19 @@ def test_graphed_epochs_equal_eager_epochs_with_a_stand_in_graph(case):
     assert not torch.equal(next(eager[0].parameters()), next(build_model(cfg, torch.device("cpu")).parameters()))
 
 
+def test_warm_up_and_capture_span_epochs_and_skip_partial_batches():
+    """Epochs of 2 full batches and a partial one: the 3 warm-up steps take two epochs, partial batches never
+    count as warm-up, and the numbers are still the eager ones."""
+    cfg = TrainConfig(width=2, batch_size=4, bf16=False, channels_last=False, epochs=3, method="sam", rho=0.3)
+    data = _data(10)
+    eager = _train(cfg, data, 3, "cpu")
+    graphed = _train(cfg, data, 3, "cpu", cuda_graph=True, graph_backend=FakeGraphs())
+    _same(eager, graphed)
+    gs = graphed[1].__dict__[G._ATTR]
+    assert gs.shape == gs.warm_shape == (4, 3, 32, 32)
+    assert gs.graphed_steps == 3 * 2 - G.WARMUP_STEPS and gs.eager_steps == G.WARMUP_STEPS + 3
+
+
 def test_failed_capture_falls_back_to_eager_with_one_line(capsys):
     cfg = TrainConfig(width=2, batch_size=4, bf16=False, channels_last=False, epochs=1, method="sam", rho=0.3)
     data = _data(24)
