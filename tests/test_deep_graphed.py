@@ -185,3 +185,14 @@ def test_divergence_is_caught_in_graphed_epochs():
     cfg = TrainConfig(width=2, batch_size=4, bf16=False, channels_last=False, epochs=1, lr=1e6, check_every=2)
     with pytest.raises(DivergenceError, match="non-finite"):
         _train(cfg, _data(40), 1, "cpu", cuda_graph=True, graph_backend=FakeGraphs())
+
+
+def test_deep_run_cuda_graph_option_reaches_the_run_spec():
+    from deep.run import _apply_profile, build_parser, resolve_spec
+    p = build_parser()
+    specs = []
+    for argv in (["--quick", "--cuda-graph"], ["--quick"]):
+        args = p.parse_args(argv)
+        _apply_profile(p, args)
+        specs.append(resolve_spec(p, args))
+    assert specs[0].cuda_graph is True and specs[1].cuda_graph is False
