@@ -27,7 +27,7 @@ CUDA exists; the control flow is tested on CPU with a stand-in graph backend).
 from __future__ import annotations
 
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -118,9 +118,10 @@ class GraphedStep:
         self.warm_shape: Optional[Tuple[int, ...]] = None   # the warmed-up shape (cuDNN plans exist for it)
         self.lr_t = self.backend.lr_tensor(cfg.lr)
         self.lr_value = float(cfg.lr)
-        z = lambda dt: torch.zeros((), device=self.device, dtype=dt)     # noqa: E731
-        self.loss_sum, self.correct, self.nonfinite = z(torch.float32), z(torch.long), z(torch.bool)
-        self._float_lr: List[float] = []
+        # the epoch's totals, accumulated inside the graph (dtypes as train_epoch's eager totals)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.nonfinite = torch.zeros((), device=self.device, dtype=torch.bool)
         self.graphed_steps = 0                 # replays so far (for tests and the bench)
         self.eager_steps = 0
 
@@ -131,7 +132,6 @@ class GraphedStep:
         self.loss_sum.zero_()
         self.correct.zero_()
         self.nonfinite.zero_()
-        self._float_lr = [g["lr"] for g in self.opt.param_groups]
         for g in self.opt.param_groups:
             g["lr"] = self.lr_t
 
