@@ -115,12 +115,14 @@ CASES = {"st": dict(method="st"), "sam": dict(method="sam", rho=0.5),
          "at-l2": dict(method="at", eps=0.5, norm="l2", attack_steps=2)}
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", list(CASES))
-def test_new_step_equals_the_former_step_in_float64(case):
+def test_new_step_equals_the_former_step_in_float64(case, dtype):
+    """Bitwise equal on CPU, in float64 and in the training dtype float32."""
     cfg = TrainConfig(width=2, batch_size=8, bf16=False, channels_last=False, lr=0.2, **CASES[case])
     dev = torch.device("cpu")
-    new = build_model(cfg, dev).double()
-    old = build_model(cfg, dev).double()
+    new = build_model(cfg, dev).to(dtype)
+    old = build_model(cfg, dev).to(dtype)
     opt_new = build_optimizer(cfg, new)
     kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt_old = _OldSAM(old.parameters(), cfg.rho, cfg.adaptive, **kw) if cfg.method == "sam" \
@@ -129,7 +131,7 @@ def test_new_step_equals_the_former_step_in_float64(case):
     torch.manual_seed(1)
     start = [p.detach().clone() for p in new.parameters()]
     for step in range(3):
-        x = torch.rand(8, 3, 32, 32, dtype=torch.float64)
+        x = torch.rand(8, 3, 32, 32, dtype=dtype)
         y = torch.randint(0, 10, (8,))
         new.train(), old.train()
         ls_new, _, bad = train_step(new, x, y, cfg, opt_new, generator=g_new)
