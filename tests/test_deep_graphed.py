@@ -142,6 +142,7 @@ def test_cuda_graph_step_equals_eager_step_on_cuda(case, bf16):
     """The real CUDA graph against the eager step: deterministic cuDNN, the same algorithms in both runs.
     fp32: equal up to rounding of the order of float32 epsilon (bitwise where the kernels allow, which the
     test reports); bf16: within bf16 tolerance."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     try:
@@ -164,7 +165,7 @@ def test_cuda_graph_step_equals_eager_step_on_cuda(case, bf16):
             torch.testing.assert_close(v["loss_sum"], u["loss_sum"], **tol)
         print(f"cuda graph vs eager, {case} bf16={bf16}: bitwise {bitwise}")
     finally:
-        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
 
 
 def test_unsupported_setups_are_named():
