@@ -165,6 +165,11 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (speed only; falls back to uncompiled with a one-line warning "
                         "when unavailable or failing) [default: off]")
+    t.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA: capture the whole training step once as a CUDA graph and replay it (deep/graphed.py; "
+                        "speed only, the eager step's numbers up to kernel rounding; the last partial batch runs "
+                        "eagerly); falls back to eager with a one-line warning off CUDA, under several processes or "
+                        "when capture fails [default: off]")
     t.add_argument("--device", default=td.device, help="auto, cpu, cuda or cuda:N")
     t.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads for torch (0: torch's default) [default: {RUN_DEFAULTS['threads']}; "
@@ -348,7 +353,8 @@ def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> R
                    at_seeds=at_seeds, jobs=args.jobs, plateau_check=args.plateau_check,
                    device=device, out_dir=Path(args.out) / PROFILE_FOLDERS.get(args.profile, args.dataset),
                    threads=args.threads, profile=args.profile, data_dir=args.data_dir, download=args.download,
-                   resume=args.resume, force=args.force, progress=not args.no_progress, compile=args.compile)
+                   resume=args.resume, force=args.force, progress=not args.no_progress, compile=args.compile,
+                   cuda_graph=args.cuda_graph)
 
 
 # ------------------------------------------------------------------------------------ the runs
@@ -519,7 +525,7 @@ def _train_run(cfg: TrainConfig, train: ImageData, spec: RunSpec, ckpt: Path, is
     then evaluates its shard of the test set with the model rank 0 reports and saves)."""
     world = ctx.world_size if ctx is not None else 1
     opts = FitOptions(checkpoint=str(ckpt), resume=spec.resume, progress=spec.progress, desc=run_id(cfg),
-                      compile_model=spec.compile, is_main=is_main,
+                      compile_model=spec.compile, cuda_graph=spec.cuda_graph, is_main=is_main,
                       epoch_eval=learning_curve(spec, cfg, test) if test is not None else None)
     if world > 1:
         opts = dataclasses.replace(opts, model_wrapper=lambda m: ddist.wrap_model(m, ctx),
@@ -553,7 +559,8 @@ def _result_record(cfg: TrainConfig, spec: RunSpec, res: FitResult, ev: Dict, *,
         "config": cfg.to_dict(),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "torch": torch.__version__, "world_size": world, "per_process_batch": cfg.batch_size // world,
-        "compile": bool(spec.compile), "train_precision": "bf16 autocast" if bf16 else "fp32",
+        "compile": bool(spec.compile), "cuda_graph": bool(spec.cuda_graph),
+        "train_precision": "bf16 autocast" if bf16 else "fp32",
         "bn_stats": cfg.bn_stats,
         "channels_last": channels_last, "threads": torch.get_num_threads(), "profile": spec.profile,
         "n_clean": ev.get("n_clean", len(test)), "n_robust": ev.get("n_robust", len(test)),

@@ -143,6 +143,7 @@ class RunSpec:
     force: bool
     progress: bool
     compile: bool
+    cuda_graph: bool = False        # replay a CUDA graph of the training step (deep/graphed.py; speed only)
     at_seeds: Optional[List[int]] = None   # seeds of AT and its variants (None: seeds)
     jobs: int = 1                   # runs at once, one process each (deep.run --jobs)
     plateau_check: Optional[str] = None   # run-id globs of the doubled-budget runs of the plateau test
