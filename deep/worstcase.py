@@ -1,4 +1,4 @@
-"""Per-image worst case over every attack run on the same images (docs/protocol.md, "Robust evaluation").
+"""Per-image worst case over every attack run on the same images (docs/protocol.md, "Robust evaluation: PGD, AutoAttack, masking checks").
 
 A reviewer's robust accuracy: an image counts as robust at (norm, eps) only when the model classifies it
 correctly clean, at PGD's best iterate (PGD-10, random start, step eps/4 for l_inf and eps/8 for l2) and at

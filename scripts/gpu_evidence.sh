@@ -22,7 +22,7 @@ set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/gpu-out}
 WORK=${WORK:-/tmp/gpu-work}
-BUDGET=${BUDGET:-550}             # seconds for the whole script (the device call's limit is 600)
+BUDGET=${BUDGET:-570}             # seconds for the whole script (the device call's limit is 600)
 DEVICE=${DEVICE:-cuda}
 K=${K:-8}                         # grid runs at once on the device
 WIDTH=${WIDTH:-64}
@@ -32,7 +32,8 @@ RADII=${RADII:-linf:0.02,linf:0.05}
 PLATEAU=${PLATEAU:-st_*,sam_rho0.1_*}
 GRID_ARGS=${GRID_ARGS:-}          # extra deep.run options (dry runs: smaller data and epochs)
 BENCH_S=${BENCH_S:-80}
-BENCH_CMD=${BENCH_CMD:-python3 -m deep.bench --device cuda --gpu-quick --no-progress --out $WORK/bench}
+BENCH_CMD=${BENCH_CMD:-python3 -m deep.bench --device cuda --gpu-quick --no-progress --out $WORK/deep_bench_h200_quick.json}
+GRAPH_TEST=${GRAPH_TEST:-python3 -m pytest -q -s -p no:cacheprovider tests/test_deep_graphed.py -k cuda}
 EVAL_TAIL_S=${EVAL_TAIL_S:-100}   # seconds kept after the grid's deadline for phase 4 and the pack
 CPU_MODELS=${CPU_MODELS:-.gpu/cpu-models}
 export PYTHONUNBUFFERED=1
@@ -57,15 +58,20 @@ phase "start: device $DEVICE, K $K, width $WIDTH, budget $BUDGET s"
 phase "bench ($BENCH_S s at most): $BENCH_CMD"
 timeout "$BENCH_S" $BENCH_CMD > "$WORK/bench.log" 2>&1; phase "bench exit $?"
 
+# 1b. the CUDA-graph step against the eager step on this GPU; the grid replays graphs only if that holds
+timeout 60 $GRAPH_TEST > "$WORK/graph_test.log" 2>&1; GT=$?; phase "graph test exit $GT"
+GRAPH_FLAG=""
+[ "$GT" -eq 0 ] && [ "$DEVICE" != cpu ] && GRAPH_FLAG="--cuda-graph"
+
 # 2. epoch times and projected grid times
 timeout 40 python3 -m deep.gridtime --device "$DEVICE" --width "$WIDTH" --steps 20 --json "$WORK/gridtime.json" \
     > "$WORK/gridtime.log" 2>&1; phase "gridtime exit $?"
 
 # 3. the full-width converged grid (background, deadline) and the CPU runs' worst case beside it
 GRID_S=$(( $(left) - EVAL_TAIL_S ))
-phase "grid: $GRID_S s"
+phase "grid: $GRID_S s ${GRAPH_FLAG:-eager}"
 timeout -s INT "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
-    --plateau-check "$PLATEAU" --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRID_ARGS \
+    --plateau-check "$PLATEAU" --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
     > "$WORK/grid.log" 2>&1 &
 GRID_PID=$!
 GRID_END=$(( $(date +%s) + GRID_S ))
