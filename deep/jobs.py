@@ -55,9 +55,14 @@ def run_pool(tasks: Sequence, costs: Sequence[float], worker: Callable, init: Ca
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(processes=k, initializer=init, initargs=init_args, maxtasksperchild=None)
     try:
-        started = {i: None for i in order}
         it = pool.imap_unordered(_call, [(worker, i, tasks[i]) for i in order], chunksize=1)
-        for i, res, seconds in it:
+        while len(out) < len(tasks):
+            try:
+                # a bounded wait, so that a SIGINT (Ctrl-C, `timeout -s INT`) is handled within a second: an
+                # unbounded wait on the pool's result queue does not return to the interpreter for signals
+                i, res, seconds = it.next(timeout=1.0)
+            except mp.TimeoutError:
+                continue
             out[i] = res
             done_cost += costs[i]
             elapsed = time.perf_counter() - t0
@@ -66,7 +71,6 @@ def run_pool(tasks: Sequence, costs: Sequence[float], worker: Callable, init: Ca
                     f"{format_duration(elapsed)}" + (f", ETA {format_duration(left)}" if len(out) < len(tasks)
                                                      else ""))
             on_done(i, res, line)
-        del started
         pool.close()
     except BaseException:
         pool.terminate()

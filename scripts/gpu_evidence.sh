@@ -70,7 +70,7 @@ timeout 40 python3 -m deep.gridtime --device "$DEVICE" --width "$WIDTH" --steps 
 # 3. the full-width converged grid (background, deadline) and the CPU runs' worst case beside it
 GRID_S=$(( $(left) - EVAL_TAIL_S ))
 phase "grid: $GRID_S s ${GRAPH_FLAG:-eager}"
-timeout -s INT "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
+timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
     --plateau-check "$PLATEAU" --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
     > "$WORK/grid.log" 2>&1 &
 GRID_PID=$!
@@ -79,7 +79,7 @@ GRID_END=$(( $(date +%s) + GRID_S ))
 evaluate() {   # evaluate FOLDER ATTACKS N GLOBS DEADLINE LOGNAME: worst case of the matching runs until DEADLINE
     local s=$(( $5 - $(date +%s) ))  # (seconds since the epoch); N = 0 skips
     [ "$3" -gt 0 ] && [ "$s" -gt 3 ] || return 0
-    timeout -s INT "$s" python3 -m deep.evaluate "$1" --attacks "$2" --n "$3" --runs "$4" --radii "$RADII" \
+    timeout -s INT -k 10 "$s" python3 -m deep.evaluate "$1" --attacks "$2" --n "$3" --runs "$4" --radii "$RADII" \
         --no-sanity --device "$DEVICE" --no-progress >> "$WORK/eval-$6.log" 2>&1
 }
 CPU_DIR=$(ls -d "$CPU_MODELS"/*/ 2>/dev/null | head -1)
@@ -90,6 +90,7 @@ if [ -n "$CPU_DIR" ]; then
     evaluate "$CPU_DIR" worst:cpu "$N_AA" 'sam_*' "$GRID_END" cpu2 &
 fi
 wait $GRID_PID; phase "grid exit $?"
+pkill -9 -f "deep.run --profile converged --width" 2>/dev/null; pkill -9 -f multiprocessing 2>/dev/null  # no orphans
 wait
 
 # 4. the GPU runs' worst case (whatever finished), three processes

@@ -163,3 +163,39 @@ def test_gpu_script_is_valid_bash():
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_evidence.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_jobs_parent_stops_on_sigint_and_leaves_no_workers(tmp_path):
+    """SIGINT (what `timeout -s INT` sends) stops a --jobs run within seconds, exit 130, workers gone; the
+    finished epochs are checkpointed for --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    argv = [sys.executable, "-m", "deep.run"] + TINY + ["--methods", "at", "--epochs", "200", "--jobs", "2",
+                                                        "--seeds", "0,1", "--out", str(tmp_path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ckpt = tmp_path / "synthetic" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt.is_dir() and len(list(ckpt.glob("*.pt"))) == 2):
+        time.sleep(0.5)
+    assert ckpt.is_dir(), proc.communicate(timeout=30)
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                text=True).stdout.split()]
+    assert len(children) >= 2           # the two job processes (and the resource tracker)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - t0 < 30
+    assert "interrupted" in err and "Traceback" not in err
+    time.sleep(2)
+    alive = []
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert alive == []
