@@ -163,6 +163,10 @@ def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res:
             inputs.append(f"converged: `{folder}` ({len(cv.load_runs(folder))} runs)")
             parts.append(text)
             log(f"{fig}: {out_dir / (fig + '.png')}")
+    short = cv.verdicts_only(results_dir / "deep" / "fashion-mnist",
+                             "The same verdict rule on the short CPU preset (not converged)", cost=cost)
+    if parts and short:
+        parts.append(short)
     return "\n".join(parts)
 
 

@@ -464,3 +464,32 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     lines += ["", f"![learning curves]({rel})", "",
               f"*Learning curves of the runs above (mean ± sd over seeds; dashed: the doubled-budget runs).*", ""]
     return "\n".join(lines)
+
+
+def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[str]:
+    """The claims table alone (same rule as :func:`section`) for a folder of runs of another protocol, e.g. the
+    short CPU preset, so that the verdicts can be compared one to one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    runs = [r for r in load_runs_lenient(folder)]
+    if not runs:
+        return None
+    return "\n".join([f"### {title}", "", _settings_line(runs), "",
+                      _table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict",
+                              "note"], verdict_rows(claims(runs, cost))), ""])
+
+
+def load_runs_lenient(folder) -> List[Run]:
+    """The runs of ``folder`` whose JSON is a readable deep.run result (others skipped)."""
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            raw = json.loads(p.read_text())
+            if isinstance(raw, dict) and "clean_acc" in raw and raw.get("method") in ("st", "sam", "at") \
+                    and not (raw.get("config") or {}).get("adaptive") and "at_variant" not in \
+                    {k for k, v in raw.items() if v}:
+                out.append(_run(raw, p))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out

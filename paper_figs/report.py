@@ -143,7 +143,7 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
         lines += [real.text, ""]
     if beyond is not None and beyond.text:
         lines += [beyond.text, ""]
-    lines += ["## Deep results", ""]
+    lines += ["## Deep results (short training, not converged)", ""]
     lines.append(deep_tables(deep) if deep else "Not available (see Skipped above).")
     text = "\n".join(lines).rstrip() + "\n"
     report_path.parent.mkdir(parents=True, exist_ok=True)
