@@ -70,7 +70,7 @@ GRAPH_FLAG=""
 # 3. the full-width converged grid (background, deadline) and the CPU runs' worst case beside it
 GRID_S=$(( $(left) - EVAL_TAIL_S ))
 phase "grid: $GRID_S s ${GRAPH_FLAG:-eager}"
-timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
+setsid -w timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
     --plateau-check "$PLATEAU" --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
     > "$WORK/grid.log" 2>&1 &
 GRID_PID=$!
@@ -90,7 +90,7 @@ if [ -n "$CPU_DIR" ]; then
     evaluate "$CPU_DIR" worst:cpu "$N_AA" 'sam_*' "$GRID_END" cpu2 &
 fi
 wait $GRID_PID; phase "grid exit $?"
-pkill -9 -f "deep.run --profile converged --width" 2>/dev/null; pkill -9 -f multiprocessing 2>/dev/null  # no orphans
+kill -9 -- "-$GRID_PID" 2>/dev/null   # the grid's own process group (setsid): no orphaned job processes
 wait
 
 # 4. the GPU runs' worst case (whatever finished), three processes
