@@ -20,7 +20,6 @@ The feature-perturbation view predicts ST < SAM < AT on both. The numbers and th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from samrobust.cli import DefaultsHelpFormatter
-from samrobust.files import write_json_atomic
+from samrobust.files import read_json_object, write_json_atomic
 
 from .data import DataError, to_float
 
@@ -127,7 +126,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ValueError, DataError) as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         entry = saliency_entry(model, test, args.n, args.maps)
-        res = json.loads(ref.json_path.read_text())
+        try:
+            res = read_json_object(ref.json_path)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
         res["saliency"] = entry
         write_json_atomic(ref.json_path, res)
         done += 1
