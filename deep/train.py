@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import pickle
@@ -485,8 +486,12 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int):
 # ---------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (atomic; samrobust.files.write_atomic)."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    """torch.save to a temporary file in the same folder, then os.replace (atomic; samrobust.files.write_atomic).
+    The state is serialised in memory first and written with a plain file write, so that a full disk raises
+    OSError (No space left on device) rather than torch's "basic_ios::clear: iostream error"."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 class CheckpointError(ValueError):

@@ -1,10 +1,14 @@
-"""One writer per output folder: an exclusive ``fcntl`` lock on ``<folder>/.lock``.
+"""One writer per output folder: an exclusive ``fcntl.flock`` lock on ``<folder>/.lock``.
 
 A command that writes results into a folder takes :class:`RunLock` before its first write and keeps it
 until it exits. A second process on the same folder does not wait: it gets :class:`LockedError` naming
 the pid of the holder (written into the lock file). The kernel drops an ``fcntl`` lock when its process
 dies, even under ``kill -9``; the lock file then still names the dead process, and the next process takes
 the lock over and says so (:attr:`RunLock.taken_over`).
+
+``flock``, not ``lockf``: a POSIX (``lockf``/``fcntl``) lock is dropped when the process closes *any*
+descriptor of the file, e.g. by merely reading the holder's pid through the path; a ``flock`` lock belongs
+to the one open descriptor and lasts until it is closed or the process ends.
 """
 from __future__ import annotations
 
@@ -49,14 +53,15 @@ class RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             holder = read_holder(self.path)
             raise LockedError(f"{self.folder} is being written by another process (pid "
                               f"{holder if holder is not None else 'unknown'}; lock file {self.path}); wait for it "
                               f"to finish or choose another --out") from None
-        previous = read_holder(self.path)
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()   # not via the path: see the module doc
+        previous = int(text) if text.isdigit() else None
         self.taken_over = previous if previous not in (None, os.getpid()) else None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -69,7 +74,7 @@ class RunLock:
         if self.fd is None:
             return
         os.ftruncate(self.fd, 0)
-        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
 
