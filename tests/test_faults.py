@@ -182,6 +182,10 @@ def test_corrupt_checkpoint_skips_that_run_only(tmp_path, reference):
     healthy = json.loads((runs / "sam_rho0.1_s0.json").read_text())
     assert "pgd-1x1-ce" in healthy["extra_evals"]               # the healthy run was evaluated
     assert numbers(runs / "st_s0.json") == numbers(reference / "st_s0.json")   # the broken one kept as is
+    sal = cli("deep.saliency", runs, "--n", "4", "--maps", "1")
+    assert sal.returncode == 1
+    one_line(sal, "st_s0 skipped", "corrupt or truncated")
+    assert "saliency" in json.loads((runs / "sam_rho0.1_s0.json").read_text())
 
 
 @pytest.mark.parametrize("content, words", [("{\"clean_acc\": 0.5,", "not valid JSON"),
@@ -284,6 +288,18 @@ def test_disk_full_while_writing_gives_one_line_and_no_temp_files(roomy_fs):
     assert proc.returncode == 1
     one_line(proc, "st_s0", "No space left on device")
     assert not list((small_fs / "out").rglob("*.tmp*"))
+
+
+def test_read_only_out_is_refused_before_training(tmp_path):
+    where = tmp_path / "ro"
+    _mount_tmpfs(where, "1m")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
+        proc = cli("deep.run", *TINY, "--epochs", "1", "--out", where / "out")
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    assert proc.returncode == 2
+    one_line(proc, "Read-only file system")
 
 
 def test_out_that_is_a_file_is_refused_before_training(tmp_path):

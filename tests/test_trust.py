@@ -2,6 +2,7 @@
 exit status. The end-to-end faults (kill -9, full disk, two writers) are in tests/test_faults.py."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -217,3 +218,15 @@ def test_non_finite_weights_are_found_by_name():
         m[1].running_var[0] = float("nan")
     assert first_nonfinite(m) == "1.running_var"
 
+
+
+def test_a_null_radius_from_an_older_version_is_skipped_by_the_summary(tmp_path, capsys):
+    from deep.run import write_summary
+    good = {"run_id": "sam_rho0.1_s0", "method": "sam", "rho": 0.1, "eps": None, "norm": None, "seed": 0,
+            "clean_acc": 0.5, "robust": {"linf_0.02": 0.25}, "epochs": 1, "wall_time_s": 1.0, "config": None}
+    (tmp_path / "sam_rho0.1_s0.json").write_text(json.dumps(good))
+    (tmp_path / "sam_rhoinf_s0.json").write_text(json.dumps(dict(good, rho=None, run_id="sam_rhoinf_s0")))
+    text = write_summary(tmp_path).read_text()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sam_rhoinf_s0.json: rho is null" in err[0]
+    assert "rho=0.1" in text
