@@ -230,3 +230,12 @@ def test_a_null_radius_from_an_older_version_is_skipped_by_the_summary(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sam_rhoinf_s0.json: rho is null" in err[0]
     assert "rho=0.1" in text
+
+
+def test_a_result_json_that_is_not_an_object_is_named(tmp_path, capsys):
+    from deep.run import main
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "st_s0.json").write_text("[1, 2]")
+    code, line = _exit(main, TINY + ["--out", str(tmp_path)], capsys)
+    assert code == 2 and "st_s0.json: holds a JSON list, not an object" in line
+    assert (tmp_path / "digits" / "st_s0.json").read_text() == "[1, 2]"
