@@ -91,7 +91,7 @@ def test_deep_evaluate_checks_linf_units_and_threads(tmp_path, capsys):
 
 
 def test_deep_bench_refuses_linf_8_before_measuring(monkeypatch, capsys):
-    import deep.bench as bench
+    import deep.bench.cli as bench
 
     def never(*a, **k):
         raise AssertionError("the benchmark started")
