@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -36,8 +37,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter
-from samrobust.files import write_json_atomic, write_text_atomic
+from samrobust.cli import DefaultsHelpFormatter, threads_error
+from samrobust.files import (JsonFileError, check_output_dir, read_json_object, remove_stale_temp_files,
+                             warn_unreadable, write_json_atomic, write_text_atomic)
+from samrobust.lock import RunLock
 from samrobust.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
 
 from . import distributed as ddist
@@ -49,7 +52,8 @@ from .archs import ARCHS, DEFAULT_ARCH
 from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
                    CURVE_STEPS, PROFILE_FOLDERS, TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
 from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitOptions, FitResult, TrainConfig,
-                    at_variant, at_variant_config, config_matches, fit, resolve_device, _flags)
+                    at_variant, at_variant_config, check_finite_weights, config_matches, fit, resolve_device,
+                    _flags)
 
 
 def _csv(text: str) -> List[str]:
@@ -276,6 +280,11 @@ def _check_ranges(parser, args) -> None:
         lo = 0 if name in ("attack_steps", "at_steps", "threads", "curve_n") else 1
         if val is not None and val < lo:
             parser.error(f"--{name.replace('_', '-')} must be >= {lo}, got {val}")
+    for name in ("lr", "weight_decay", "momentum"):
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} must be finite, got {getattr(args, name)}")
+    if threads_error(args.threads) is not None:
+        parser.error(threads_error(args.threads))
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     if not args.weight_decay >= 0:
@@ -302,12 +311,20 @@ def _seeds(parser, text: str) -> List[int]:
     return seeds
 
 
+def _attack(text: str, option: str):
+    """parse_attack with the option named in its ValueError."""
+    try:
+        return parse_attack(text)
+    except ValueError as err:
+        raise ValueError(f"{option} {text}: {err}") from None
+
+
 def _parse_values(parser, args, epss: List[float]):
     """(eval attacks, AT step size, generated-data spec, device) from the options; parser.error on a bad
     one (l_inf radii of 1 or more are refused with a hint: samrobust.attacks.check_linf_eps)."""
     try:
-        attacks = tuple(parse_attack(a) for a in _csv(args.eval_attacks))
-        curve = parse_attack(args.curve_attack)
+        attacks = tuple(_attack(a, "--eval-attacks") for a in _csv(args.eval_attacks))
+        curve = _attack(args.curve_attack, "--curve-attack")
         if parse_norm(curve.norm) is Norm.LINF:
             check_linf_eps(curve.eps, f"--curve-attack {args.curve_attack}")
         at_step = parse_eps(args.at_step_size) if args.at_step_size is not None else None
@@ -324,6 +341,8 @@ def _parse_values(parser, args, epss: List[float]):
                 check_linf_eps(a.eps, f"--eval-attacks {text}")
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
+    if not attacks:
+        parser.error(f"--eval-attacks is empty ({args.eval_attacks!r}); give at least one norm:eps")
     dup = [a.label for i, a in enumerate(attacks) if a.label in [b.label for b in attacks[:i]]]
     if dup:
         parser.error(f"--eval-attacks: {', '.join(dict.fromkeys(dup))} given more than once (linf: and inf: "
@@ -349,12 +368,18 @@ def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> R
     ev = EvalSettings(attacks=attacks, steps=args.attack_steps, restarts=args.restarts, loss=args.attack_loss,
                       n_robust=args.n_robust, batch_size=args.eval_batch_size, probe_n=args.probe_n,
                       autoattack=args.autoattack, aa_n=args.aa_n, curve_n=args.curve_n, curve_attack=curve)
-    return RunSpec(base=base, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds, eval=ev,
+    spec = RunSpec(base=base, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds, eval=ev,
                    at_seeds=at_seeds, jobs=args.jobs, plateau_check=args.plateau_check,
                    device=device, out_dir=Path(args.out) / PROFILE_FOLDERS.get(args.profile, args.dataset),
                    threads=args.threads, profile=args.profile, data_dir=args.data_dir, download=args.download,
                    resume=args.resume, force=args.force, progress=not args.no_progress, compile=args.compile,
                    cuda_graph=args.cuda_graph)
+    try:
+        check_run_ids(make_configs(spec))
+        check_model_memory(make_configs(spec)[0], archs)
+    except ValueError as err:
+        parser.error(str(err))
+    return spec
 
 
 # ------------------------------------------------------------------------------------ the runs
@@ -366,11 +391,68 @@ def run_id(cfg: TrainConfig) -> str:
     if cfg.method == "st":
         base = "st"
     elif cfg.method == "sam":
-        base = f"{'asam' if cfg.adaptive else 'sam'}_rho{cfg.rho:g}"
+        base = f"{'asam' if cfg.adaptive else 'sam'}_rho{format_rho(cfg.rho)}"
     else:
         base = f"{at_variant(cfg) or 'at'}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
     arch = "" if cfg.arch == DEFAULT_ARCH else f"{cfg.arch}_"
     return f"{arch}{base}_s{cfg.seed}"
+
+
+def format_rho(rho: float) -> str:
+    """rho as written in run ids: the short form (0.1, 0.05) when it reads back as the same float, else
+    the exact repr (0.1000001), so that two different radii never share a run id."""
+    short = f"{rho:g}"
+    return short if float(short) == float(rho) else repr(float(rho))
+
+
+def check_run_ids(cfgs: Sequence[TrainConfig]) -> None:
+    """ValueError naming the run id that two runs of the grid would share (the same radius given twice,
+    or two AT radii that print alike), since the second would fail against the first's result file."""
+    seen: Dict[str, TrainConfig] = {}
+    for cfg in cfgs:
+        rid = run_id(cfg)
+        if rid in seen:
+            raise ValueError(f"two runs of the grid get the run id {rid} (rho {seen[rid].rho!r} / {cfg.rho!r}, "
+                             f"eps {seen[rid].eps!r} / {cfg.eps!r}); give each radius once")
+        seen[rid] = cfg
+
+
+#: Bytes of memory per model parameter in training (weights, gradient, momentum, SAM's saved weights,
+#: checkpoint copy), a lower bound used to refuse impossible widths before anything is allocated.
+TRAIN_BYTES_PER_PARAM = 4 * 5
+
+
+def count_parameters(cfg: TrainConfig, arch: str) -> int:
+    """Parameters of ``arch`` at cfg's width for cfg's data set, counted on the meta device (nothing is
+    allocated)."""
+    from .archs import build_arch
+    from .datasets import dataset_info
+    from .model import normalization_for
+
+    mean, std = normalization_for(cfg.dataset)
+    size = cfg.synthetic_spec.image_size if cfg.dataset == "synthetic" else dataset_info(cfg.dataset).image_size
+    with torch.device("meta"):
+        model = build_arch(arch, cfg.num_classes, cfg.width, mean, std, size, final_bn=cfg.final_bn)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM of this machine (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_model_memory(cfg: TrainConfig, archs: Sequence[str]) -> None:
+    """ValueError naming --width when the model alone would need more memory to train than this machine
+    has (:data:`TRAIN_BYTES_PER_PARAM` per parameter), before any allocation."""
+    ram = _physical_memory()
+    for arch in archs:
+        need = count_parameters(cfg, arch) * TRAIN_BYTES_PER_PARAM
+        if ram and need > ram:
+            raise ValueError(f"--width {cfg.width}: {arch} would need at least {need / 2**30:.1f} GiB to train, "
+                             f"more than the {ram / 2**30:.1f} GiB of memory here; choose a smaller --width")
 
 
 def make_configs(spec: RunSpec) -> List[TrainConfig]:
@@ -447,6 +529,11 @@ def load_data(cfg: TrainConfig, device, data_dir: str = "data", download: bool =
             train, test = load_digits_split()
         else:
             train, test = load_cifar(cfg.dataset, data_dir, download=download)
+        for option, n, data, part in (("--n-train", cfg.n_train, train, "training"),
+                                      ("--n-test", cfg.n_test, test, "test")):
+            if n is not None and n > len(data):
+                raise DataError(f"{option} {n} is larger than the {len(data)} {part} images of {cfg.dataset}; "
+                                f"give at most {len(data)} (or leave it out for all)")
         train, test = train.subset(cfg.n_train), test.subset(cfg.n_test)
     return train.to(device), test.to(device)
 
@@ -469,6 +556,7 @@ def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, 
     t0 = time.perf_counter()
     world = ctx.world_size if ctx is not None else 1
     res = _train_run(cfg, train, spec, ckpt, is_main, ctx, test)
+    check_trained(cfg, res)
     device = train.x.device
     channels_last = _flags(cfg, device)[1]
     ev = evaluate(res.model, test, spec.attacks, steps=spec.eval.steps, restarts=spec.eval.restarts,
@@ -486,10 +574,19 @@ def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, 
     return result
 
 
+def check_trained(cfg: TrainConfig, res: FitResult) -> None:
+    """DivergenceError before any evaluation when the trained (or resumed) model has a non-finite weight or
+    its last recorded loss is not finite, naming the first epoch whose loss went non-finite."""
+    check_finite_weights(res.model, cfg, res.epochs_done)
+    bad = [h["epoch"] for h in res.history if not math.isfinite(h.get("train_loss", 0.0))]
+    if bad:
+        raise DivergenceError(f"training diverged: non-finite loss in epoch {bad[0]}; no result written")
+
+
 def _finished_run(path: Path, cfg: TrainConfig, spec: RunSpec) -> Dict:
     """The stored result at ``path`` marked "skipped" when it has cfg's configuration and the spec's
     evaluation; ValueError otherwise (another --out or --force is needed)."""
-    old = json.loads(path.read_text())
+    old = read_json_object(path)        # JsonFileError (a ValueError) naming the file
     if config_matches(old.get("config"), cfg) and old.get("eval") == spec.eval_record():
         return old | {"skipped": True}
     hint = "; to add AutoAttack to finished runs: python -m deep.evaluate " + \
@@ -750,15 +847,35 @@ def _summary_header(results: Sequence[Dict]) -> List[str]:
     return lines
 
 
+def result_problem(res: Dict) -> Optional[str]:
+    """Why a stored run result cannot go into the tables (e.g. a radius stored as null: an inf that older
+    versions accepted), or None when it can (or when it is not a run result at all)."""
+    if "clean_acc" not in res:
+        return None
+    for key in ("clean_acc", "seed"):
+        if not isinstance(res.get(key), (int, float)):
+            return f"{key} is {json.dumps(res.get(key))}, not a number"
+    need = {"sam": "rho", "at": "eps"}.get(res.get("method"))
+    if need and not isinstance(res.get(need), (int, float)):
+        return f"{need} is {json.dumps(res.get(need))}, not a number (an inf or nan radius?)"
+    if not isinstance(res.get("robust"), dict):
+        return "robust is not an object"
+    return None
+
+
 def write_summary(out_dir: Path) -> Path:
     """summary.md from every run JSON in ``out_dir`` (accuracies in %)."""
     results = []
     for p in sorted(out_dir.glob("*.json")):
         try:
-            res = json.loads(p.read_text())
-        except json.JSONDecodeError:
+            res = read_json_object(p)
+        except JsonFileError as err:        # one line naming the file, the other runs are still summarised
+            warn_unreadable(err, "summary")
             continue
-        if isinstance(res, dict) and "clean_acc" in res:
+        problem = result_problem(res)
+        if problem is not None:
+            warn_unreadable(JsonFileError(f"{p}: {problem}"), "summary")
+        elif "clean_acc" in res:
             results.append(res)
     order = {"st": 0, "sam": 1, "asam": 2, "fgsm-rs": 3, "pgd1": 4, "pgd2": 5, "at": 6}
     results.sort(key=lambda x: ((x.get("config") or {}).get("arch", DEFAULT_ARCH) != DEFAULT_ARCH,
@@ -817,6 +934,48 @@ def _run_grid(parser, spec: RunSpec, ctx: ddist.DistContext) -> int:
     if spec.base.batch_size % ctx.world_size:
         parser.error(f"--batch-size {spec.base.batch_size} must be divisible by the number of processes "
                      f"{ctx.world_size}")
+    lock, err = _claim_out_dir(spec, cfgs) if ctx.is_main else (None, None)
+    err = ddist.broadcast_object(err)       # under torchrun every rank stops when rank 0 cannot write
+    if err is not None:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    try:
+        return _run_locked(parser, spec, ctx, jobs)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def estimate_out_bytes(cfgs: Sequence[TrainConfig]) -> int:
+    """About what the grid writes: per run a checkpoint (weights and momentum, 8 bytes per parameter) and
+    its JSON, plus one more checkpoint for the temporary file of the atomic rewrite."""
+    per_arch = {a: count_parameters(cfgs[0], a) * 8 + 2**18 for a in dict.fromkeys(c.arch for c in cfgs)}
+    return sum(per_arch[c.arch] for c in cfgs) + max(per_arch.values()) + 2**20
+
+
+def _claim_out_dir(spec: RunSpec, cfgs: Sequence[TrainConfig]) -> Tuple[Optional[RunLock], Optional[str]]:
+    """Before any training: the output folder exists and is writable, has room for what the grid writes
+    (:func:`estimate_out_bytes`), and is locked for this process (one writer per folder; a second process
+    is refused naming the holder). Leftover temporary files of killed processes are removed.
+    Returns (the lock, None) or (None, the one-line error)."""
+    try:
+        check_output_dir(spec.out_dir, estimate_out_bytes(cfgs))
+        lock = RunLock(spec.out_dir).acquire()
+    except OSError as err:
+        return None, f"output folder {spec.out_dir}: {err.strerror or err}"
+    except ValueError as err:
+        return None, str(err)
+    if lock.taken_over is not None:
+        print(f"{spec.out_dir}: taking over the lock of process {lock.taken_over}, which no longer runs")
+    for folder in (spec.out_dir, spec.out_dir / "checkpoints"):
+        for p in remove_stale_temp_files(folder) if folder.is_dir() else []:
+            print(f"removed {p}, a temporary file of a process that no longer runs")
+    return lock, None
+
+
+def _run_locked(parser, spec: RunSpec, ctx: ddist.DistContext, jobs: List[Tuple[TrainConfig, Path]]) -> int:
+    """:func:`_run_grid` once the output folder is claimed: load the data, run every job, write the
+    summary."""
+    cfgs = [c for c, _ in jobs]
     train, test = _load_on_every_rank(parser, spec, ctx)
     say = print if ctx.is_main else (lambda *a, **k: None)
     _announce(say, spec, cfgs, train, test, ctx)
@@ -892,6 +1051,10 @@ def _run_configs(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]], tr
             return 130, results
         except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
+        except OSError as err:          # a full disk or a vanished folder while writing: one line, status 1
+            print(f"{parser.prog}: {run_id(cfg)}: cannot write {err.filename or spec.out_dir}: "
+                  f"{err.strerror or err}; finished runs are kept", file=sys.stderr)
+            return 1, results
         if res.get("skipped"):
             say(f"{run_id(cfg)}: finished earlier, skipped ({out_dir / (run_id(cfg) + '.json')})")
         results.append(res)
@@ -920,6 +1083,9 @@ def _job_run(task: Tuple[TrainConfig, Path, RunSpec]) -> Dict:
         return {"error": "diverged", "message": f"{run_id(cfg)}: {err}"}
     except ValueError as err:
         return {"error": "invalid", "message": str(err)}
+    except OSError as err:              # a full disk while writing: one line, status 1 (as in _run_configs)
+        return {"error": "write", "message": f"{run_id(cfg)}: cannot write {err.filename or out_dir}: "
+                                             f"{err.strerror or err}; finished runs are kept"}
     except KeyboardInterrupt:
         return {"error": "interrupted", "message": run_id(cfg)}
 

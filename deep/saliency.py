@@ -20,7 +20,6 @@ The feature-perturbation view predicts ST < SAM < AT on both. The numbers and th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from samrobust.cli import DefaultsHelpFormatter
-from samrobust.files import write_json_atomic
+from samrobust.files import read_json_object, write_json_atomic
 
 from .data import DataError, to_float
 
@@ -112,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.n < 1 or args.maps < 0:
         parser.error("--n must be >= 1 and --maps >= 0")
     patterns = [t.strip() for t in args.runs.split(",") if t.strip()]
-    device, cache, done = torch.device("cpu"), {}, 0
+    device, cache, done, failed = torch.device("cpu"), {}, 0, []
     try:
         refs = [r for path in args.paths for r in find_runs(Path(path), patterns=patterns)]
     except ValueError as err:
@@ -124,17 +123,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             model, cfg = load_run_model(ref, device)
             test = run_test_data(cfg, args.data_dir, device, cache)
-        except (ValueError, DataError) as err:
+        except DataError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
+        except ValueError as err:           # a corrupt or planted checkpoint: the other runs still go on
+            if len(refs) == 1:
+                parser.exit(2, f"{parser.prog}: error: {err}\n")
+            print(f"{parser.prog}: {ref.run_id} skipped: {err}", file=sys.stderr, flush=True)
+            failed.append(ref.run_id)
+            continue
         entry = saliency_entry(model, test, args.n, args.maps)
-        res = json.loads(ref.json_path.read_text())
+        try:
+            res = read_json_object(ref.json_path)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
         res["saliency"] = entry
         write_json_atomic(ref.json_path, res)
         done += 1
         print(f"{ref.run_id}: object mass {entry['object_mass']:.3f} (area {entry['object_area']:.3f}), "
               f"image corr {entry['image_corr']:.3f} on {entry['n']} images", flush=True)
-    print(f"{done} run(s) updated of {len(refs)}")
-    return 0
+    print(f"{done} run(s) updated of {len(refs)}" + (f"; skipped for errors: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
+import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +48,8 @@ from .datasets import DATASETS, dataset_info
 from .archs import ARCHS, DEFAULT_ARCH, build_arch
 from .model import normalization_for
 
-__all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
+__all__ = ["TrainConfig", "DivergenceError", "CheckpointError", "first_nonfinite", "check_finite_weights",
+           "resolve_device", "build_model", "build_optimizer", "lr_at",
            "train_step", "train_epoch", "fit", "FitOptions", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
            "config_matches", "BN_STATS", "batch_bounds", "AT_VARIANTS", "METHOD_NAMES", "at_variant",
            "at_variant_config", "pgd_check_acc"]
@@ -137,6 +141,9 @@ class TrainConfig:
         dataset_info(self.dataset)  # ValueError listing the data sets
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in ("rho", "eps", "lr", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
         if not self.rho >= 0:
             raise ValueError(f"rho must be >= 0, got {self.rho!r}")
         if not self.eps >= 0:
@@ -511,12 +518,69 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int):
 # ---------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (atomic; samrobust.files.write_atomic)."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    """torch.save to a temporary file in the same folder, then os.replace (atomic; samrobust.files.write_atomic).
+    The state is serialised in memory first and written with a plain file write, so that a full disk raises
+    OSError (No space left on device) rather than torch's "basic_ios::clear: iostream error"."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, corrupt, or holding objects other than tensors and
+    plain data (refused unloaded, since unpickling them could run code); the message names the file."""
 
 
 def load_checkpoint(path, device) -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
+    """The checkpoint dict at ``path``, loaded with ``torch.load(weights_only=True)``: tensors, numbers,
+    strings, lists and dicts only (what :func:`save_checkpoint` writes, the RNG states included), so a
+    planted pickle payload is refused without running. CheckpointError (one line naming the file) for a
+    missing, truncated, corrupt or foreign file."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path}: not a checkpoint (torch.save's zip archive expected); it was not loaded")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused: holds objects other than tensors and plain data (not a "
+                              f"deep.run checkpoint, or a tampered one); it was not loaded") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {first})") from None
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise CheckpointError(f"{path}: not a deep.run checkpoint (no model and config)")
+    return ck
+
+
+def first_nonfinite(model: torch.nn.Module) -> Optional[str]:
+    """The name of the first parameter or floating buffer of ``model`` holding a NaN or inf, else None
+    (one host synchronisation)."""
+    named = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+             if t.is_floating_point()]
+    if not named:
+        return None
+    bad = torch.stack([~torch.isfinite(t.detach()).all() for _, t in named]).cpu()
+    hits = bad.nonzero()
+    return named[int(hits[0])][0] if hits.numel() else None
+
+
+def check_finite_weights(model: torch.nn.Module, cfg: TrainConfig, epoch: int) -> None:
+    """DivergenceError naming the epoch (1-based) and the first non-finite tensor when training left a NaN
+    or inf in the weights (the loss checks see the loss before each update, so they miss an update that
+    breaks the weights of the last step)."""
+    name = first_nonfinite(model)
+    if name is not None:
+        raise DivergenceError(
+            f"training diverged: non-finite weights ({name}) after epoch {epoch} (method {cfg.method}, "
+            f"lr {cfg.lr}, rho {cfg.rho}, eps {cfg.eps:.4g}); no result written. Try a smaller --lr (or --rho).")
 
 
 def _rng_state() -> dict:
@@ -722,6 +786,7 @@ def _fit_epoch(loop: _FitLoop, epoch: int, state: _FitState, on_step: Optional[C
     t0 = time.perf_counter()
     m = train_epoch(loop.net, loop.opt, loop.train, cfg, epoch, indices=idx, rank=loop.opts.rank, bf16=bf16,
                     channels_last=channels_last, augment=augment, on_step=on_step, cuda_graph=loop.opts.cuda_graph)
+    check_finite_weights(loop.model, cfg, epoch + 1)    # before the epoch is checkpointed
     loss_sum, correct = ddist.all_reduce_sum(m["loss_sum"].clone()), \
         ddist.all_reduce_sum(m["correct"].clone().float())
     count = ddist.all_reduce_sum(m["count"].to(device).float())

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import NoReturn
 
-__all__ = ["DefaultsHelpFormatter", "exit_fast"]
+__all__ = ["DefaultsHelpFormatter", "exit_fast", "max_threads", "threads_error"]
 
 
 def exit_fast(code: int) -> NoReturn:
@@ -45,3 +45,20 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         if isinstance(default, (list, tuple)):     # nargs options: as they are typed, space-separated
             return text + " (default: " + " ".join(map(str, default)).replace("%", "%%") + ")"
         return text + " (default: %(default)s)"
+
+
+def max_threads() -> int:
+    """The largest --threads the commands accept: 4 x the CPUs of this machine (at least 4); more only
+    oversubscribes the cores, and very large values crash the thread pools."""
+    return 4 * max(os.cpu_count() or 1, 1)
+
+
+def threads_error(value: int, option: str = "--threads", low: int = 0) -> "str | None":
+    """The error text for a --threads value outside [low, :func:`max_threads`], else None."""
+    if value is None:
+        return None
+    if value < low:
+        return f"{option} must be >= {low}, got {value}"
+    if value > max_threads():
+        return f"{option} must be <= {max_threads()} (4 x the {os.cpu_count()} CPUs here), got {value}"
+    return None

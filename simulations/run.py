@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 import linear_theory as lt
-from samrobust.cli import DefaultsHelpFormatter, exit_fast
+from samrobust.cli import DefaultsHelpFormatter, exit_fast, threads_error
+from samrobust.files import check_output_dir
 
 from . import experiments
 from .claims import CLAIM_FUNCS, OPT_TOL, precompute, prime_solutions
@@ -225,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: About what a run writes under --out (JSON, markdown, figures, the job cache), checked free beforehand.
+OUT_BYTES = 8 * 2**20
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -232,8 +237,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         claims = parse_claims(args.only)
     except ValueError as e:
         parser.error(str(e))
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if threads_error(args.threads, low=1) is not None:
+        parser.error(threads_error(args.threads, low=1))
+    try:                                # before any training: a file, read-only or full --out fails now
+        check_output_dir(args.out, OUT_BYTES)
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: --out {e}\n")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.engine == "loop" and args.dtype == "float32":
