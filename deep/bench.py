@@ -66,7 +66,7 @@ from samrobust.sam import SAM, frozen_bn_stats
 
 from .data import ImageData
 from .datasets import dataset_info
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter, add_common
 from .evaluate import evaluate, parse_attack, parse_eps
 from .model import PreActResNet18, normalization_for
 from .train import (TrainConfig, _flags, build_model, build_optimizer, compile_for, cpu_has_native_bf16, fit,
@@ -79,7 +79,7 @@ __all__ = ["BenchConfig", "DENSE_BF16_PEAK_TFLOPS", "peak_tflops_for", "Referenc
 
 PHASES = ("st", "sam", "at", "eval")
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000   # images per CIFAR epoch / test pass, for the time estimate
-DEFAULT_OUT = "results/bench/deep_bench.json"
+DEFAULT_OUT = "runs/bench/deep_bench.json"   # the shipped numbers: --out results/bench/deep_bench.json
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.  Matched in order
 # against torch.cuda.get_device_name(); the first substring that occurs wins (more specific first).
@@ -954,8 +954,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the random benchmark images and the models")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help="JSON output; the markdown table goes next to it (.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    return p
+    p.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true",
+                   help="no progress lines (--quiet: the former name)")
+    return add_common(p, (
+        "python -m deep.bench                              # ours vs reference loop -> runs/bench/deep_bench.{json,md}",
+        "python -m deep.bench --threads 1 --repeats 3 --accuracy-check",
+        "python -m deep.bench --out results/bench/deep_bench.json   # regenerate the shipped numbers"))
 
 
 def _csv(text: str) -> tuple:

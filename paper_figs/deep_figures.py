@@ -19,6 +19,7 @@ from . import palette as pal
 from . import theory as th
 from .aggregate import PROBE_KEYS, pick_attack, summarise_runs
 from .figures import FigureContext, FigureResult, SkipFigure, eval_label, save
+from .loaders import is_smoke
 from .verdicts import ordering_verdict
 
 __all__ = ["fig5_deep", "fig6_probes", "deep_ordering_checks", "probe_ordering_checks"]
@@ -183,7 +184,7 @@ def _deep_note(ds, attack, configs) -> str:
     return (f"{ds}: robust accuracy under PGD {attack}; seeds per configuration "
             f"{nseeds}; error bars = sd over seeds."
             + (" Smoke runs (deep.run --quick): not evidence about the methods."
-               if "(quick)" in ds else ""))
+               if is_smoke(ds) else ""))
 
 
 def _theory_panel(ax, theory, tkey):
@@ -244,6 +245,7 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
     height = 1.75 * nrows + 0.35
     fig, axes = plt.subplots(nrows, ncols, figsize=(pal.COLUMN_WIDTH_IN, height), squeeze=False)
     checks_all, notes = [], []
+    counted = _counted(datasets)
     theory = th.representative_points(ctx.settings)
     tkey = ctx.settings.eval_keys[0]
     for ax, ds in zip(axes.flat, datasets):
@@ -252,12 +254,13 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
         _deep_panel(ax, ds, configs, attack)
         if attack:
             checks = deep_ordering_checks(configs, attack, theory, tkey)
-            checks_all += [(f"{ds}: {c[0]}", *c[1:]) for c in checks]
+            if ds in counted:
+                checks_all += [(f"{ds}: {c[0]}", *c[1:]) for c in checks]
             notes.append(_deep_note(ds, attack, configs))
     _theory_panel(axes.flat[len(datasets)], theory, tkey)
     _deep_legend(fig, axes, n, height, _deep_legend_handles(ctx.deep))
     files = save(fig, ctx.out_dir, "fig5_deep", ctx.formats)
-    verdict = _smoke_prefix(ordering_verdict(checks_all, _UNIT), datasets)
+    verdict = _smoke_prefix(ordering_verdict(checks_all, _UNIT), counted)
     return FigureResult(
         "fig5_deep", "Deep networks vs the linear theory's ordering", files,
         "Clean vs robust accuracy of deep networks per method and dataset (mean, sd over seeds), "
@@ -316,9 +319,16 @@ def probe_ordering_checks(configs, theory: dict):
 _UNIT = "per-configuration comparisons"
 
 
+def _counted(datasets):
+    """The data sets whose comparisons count in a verdict: every one but smoke runs (deep.run --quick),
+    which count only when nothing else is there (and the verdict then says so: :func:`_smoke_prefix`)."""
+    real = [ds for ds in datasets if not is_smoke(ds)]
+    return real or list(datasets)
+
+
 def _smoke_prefix(verdict, datasets):
     """Flag verdicts that rest only on ``deep.run --quick`` smoke runs."""
-    if datasets and all("(quick)" in ds for ds in datasets):
+    if datasets and all(is_smoke(ds) for ds in datasets):
         return type(verdict)(verdict.agree, "Smoke runs only (deep.run --quick), not evidence: "
                              + verdict.text)
     return verdict
@@ -394,7 +404,8 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
     if not ctx.deep:
         raise SkipFigure(f"fig6_probes skipped: {ctx.deep_skip}")
     with_probes = _probe_configs(ctx)
-    ds, configs = next(iter(with_probes.items()))
+    ds = next((d for d in with_probes if not is_smoke(d)), next(iter(with_probes)))
+    configs = with_probes[ds]
     theory = th.representative_points(ctx.settings)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(pal.COLUMN_WIDTH_IN, 3.6), sharex=True)
     _deep_probe_bars(ax1, ds, configs, _chance(ctx.deep[ds]))
