@@ -146,7 +146,48 @@ def deep_ordering_checks(configs, attack: str, theory: dict, theory_key: str,
     return checks
 
 
+# Label placement of figure 5: candidate offsets (points) tried in turn until a label's box overlaps no
+# label placed before it in the panel; _PT_X / _PT_Y: a point as a fraction of the panel's data span (a
+# panel is about 110 x 95 points, the data spanning two thirds of it after the margins).
+_LABEL_TRIES = ((0, 0), (0, -10), (0, 10), (0, -20), (0, 20))
+_PT_X, _PT_Y = 1 / 75.0, 1 / 65.0
+
+
+def _label_box(x, y, off, text, ha):
+    """(x0, y0, x1, y1) of a label in panel-span units: anchor (x, y) already in span units."""
+    w, h = 3.0 * len(text) * _PT_X, 6.0 * _PT_Y
+    x0 = x + off[0] * _PT_X - (w if ha == "right" else 0.0)
+    y0 = y + off[1] * _PT_Y
+    return x0, y0, x0 + w, y0 + h
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _place_labels(points):
+    """Offsets (points) for labels [(x, y, method, text)] in data units, so that no two labels of a panel
+    overlap where avoidable (e.g. "rho=0.1" and "eps=8/255" at nearby points)."""
+    if not points:
+        return []
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    sx, sy = max(max(xs) - min(xs), 1.0), max(max(ys) - min(ys), 1.0)
+    placed, out = [], []
+    for x, y, method, text in points:
+        base = _LABEL_OFFSET[method]
+        ha = "left" if base[0] > 0 else "right"
+        for dx, dy in _LABEL_TRIES:
+            off = (base[0] + dx, base[1] + dy)
+            box = _label_box((x - min(xs)) / sx, (y - min(ys)) / sy, off, text, ha)
+            if not any(_overlaps(box, b) for b in placed):
+                break
+        placed.append(box)
+        out.append((off, ha))
+    return out
+
+
 def _scatter_configs(ax, configs, attack):
+    labels = []
     for c in configs:
         st = pal.style(c.method)
         r = c.robust.get(attack)
@@ -157,9 +198,10 @@ def _scatter_configs(ax, configs, attack):
                     yerr=100 * r.sd if r.n > 1 else None,
                     marker=st.marker, color=st.color, mfc="white", mew=1.0, linestyle="none",
                     elinewidth=0.8, markersize=5, zorder=5)
-        ax.annotate(c.label.replace(st.label, "").strip(), (100 * c.clean.mean, 100 * r.mean),
-                    xytext=_LABEL_OFFSET[c.method], textcoords="offset points", fontsize=5.5,
-                    color=st.color, ha="left" if _LABEL_OFFSET[c.method][0] > 0 else "right")
+        labels.append((100 * c.clean.mean, 100 * r.mean, c.method, c.label.replace(st.label, "").strip()))
+    for (x, y, method, text), (off, ha) in zip(labels, _place_labels(labels)):
+        ax.annotate(text, (x, y), xytext=off, textcoords="offset points", fontsize=5.5,
+                    color=pal.style(method).color, ha=ha)
 
 
 def _deep_panel(ax, ds, configs, attack):
