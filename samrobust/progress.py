@@ -12,10 +12,12 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-__all__ = ["LineProgress", "progress_bar", "eta_text", "format_seconds", "LINE_INTERVAL_S"]
+__all__ = ["LineProgress", "progress_bar", "eta_text", "format_seconds", "LINE_INTERVAL_S", "MIN_GAP_S"]
 
-#: Seconds between two plain progress lines (besides the first and the last).
+#: Longest gap in seconds between two plain progress lines (besides the first and the last).
 LINE_INTERVAL_S = 30.0
+#: Shortest gap: early on the gaps grow with the time elapsed, from this up to LINE_INTERVAL_S.
+MIN_GAP_S = 5.0
 
 
 def format_seconds(s: float) -> str:
@@ -37,8 +39,11 @@ def eta_text(done: float, total: float, elapsed: float) -> str:
 
 
 class LineProgress:
-    """A progress report of one line per update, at most one every ``interval`` seconds (plus the last):
-    ``desc: 40/120 step (33%), 0:41 elapsed, ETA 1:22, loss=0.41``. ``clock`` is for tests."""
+    """A progress report of one line per update: the first at the first update, then with gaps of half the
+    time elapsed (at least 5 s, at most ``interval`` seconds), and the last one at :meth:`close`:
+    ``desc: 40/120 step (33%), 0:41 elapsed, ETA 1:22, loss=0.41``. The ETA is taken from the rate since
+    the first update, so that start-up work before it (data, forks) does not inflate it. ``clock`` is for
+    tests."""
 
     def __init__(self, total: float, desc: str = "", unit: str = "it", initial: float = 0,
                  interval: float = LINE_INTERVAL_S, file: Optional[TextIO] = None,
@@ -49,12 +54,16 @@ class LineProgress:
         self._t0 = clock()
         self._last: Optional[float] = None
         self._printed_n: Optional[float] = None
+        self._first: Optional[tuple] = None        # (time, count) at the first update
         self._postfix = ""
 
     def update(self, n: float = 1) -> None:
         self.n += n
         now = self.clock()
-        if self._last is None or now - self._last >= self.interval:
+        if self._first is None:
+            self._first = (now, self.n)
+        gap = min(self.interval, max(MIN_GAP_S, (now - self._t0) / 2))
+        if self._last is None or now - self._last >= gap:
             self._emit(now)
 
     def set_postfix(self, **kw) -> None:
@@ -71,8 +80,11 @@ class LineProgress:
         """The text of one progress line at time ``now``."""
         elapsed = now - self._t0
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        t1, n1 = self._first if self._first is not None else (self._t0, self._start_n)
+        if self.n - n1 <= 0 or now - t1 <= 0:      # only the first update so far: the rate since the start
+            t1, n1 = self._t0, self._start_n
         parts = [f"{self.desc}: {self.n:g}/{self.total:g} {self.unit}{pct}", f"{format_seconds(elapsed)} elapsed",
-                 eta_text(self.n - self._start_n, self.total - self._start_n, elapsed)]
+                 eta_text(self.n - n1, self.total - n1, now - t1)]
         return ", ".join(parts + ([self._postfix] if self._postfix else []))
 
     def _emit(self, now: float) -> None:
