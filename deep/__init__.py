@@ -6,6 +6,7 @@ Modules (each importable on its own):
 * :mod:`deep.data` - CIFAR-10/100 reader and md5-checked download, the generated robust / non-robust
   image dataset with its probe variants, batched augmentation on device tensors.
 * :mod:`deep.train` - ``TrainConfig``, ``train_step``, ``train_epoch``, ``fit`` (resumable).
+* :mod:`deep.graphed` - the training step captured once as a CUDA graph and replayed (``--cuda-graph``).
 * :mod:`deep.evaluate` - clean and PGD robust accuracy on a grid, feature-reliance probes;
   ``python -m deep.evaluate`` re-evaluates saved runs (:mod:`deep.reeval`).
 * :mod:`deep.autoattack` - AutoAttack (pyautoattack) robust accuracy, standard and a cheaper CPU subset.
@@ -13,7 +14,8 @@ Modules (each importable on its own):
 * :mod:`deep.run` - ``python -m deep.run`` (``--quick`` for a one-minute CPU smoke run).
 * :mod:`deep.spec` - ``RunSpec``: deep.run's command line resolved (grid, shared TrainConfig, evaluation),
   its presets and the per-data-set protocols.
-* :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark.
+* :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark (a
+  package: ``python -m deep.bench``).
 
 PGD and the SAM step live in ``samrobust/`` (:mod:`samrobust.attacks`, :mod:`samrobust.sam`): simulations/ uses them
 too, and simulations/ may not import deep/.

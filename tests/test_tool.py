@@ -46,7 +46,8 @@ def test_readme_example_runs(capsys):
 
 
 def test_user_runs_default_to_untracked_runs_folder():
-    from deep import bench, cost, run
+    from deep import cost, run
+    from deep.bench import cli as bench
     assert run.build_parser().get_default("out") == "runs/deep"
     assert cost.build_parser().get_default("out").startswith("runs/")
     assert bench.build_parser().get_default("out").startswith("runs/")
@@ -131,8 +132,8 @@ def test_grid_progress_eta_from_trained_runs_only():
     assert said[0] == "run 1/4: a (0:00 elapsed, grid ETA ?)"
 
 
-ENTRY_POINTS = ["deep.run", "deep.reeval", "deep.saliency", "deep.cost", "deep.bench", "paper_figs.__main__",
-                "simulations.run", "simulations.bench", "linear_theory.cli"]
+ENTRY_POINTS = ["deep.run", "deep.reeval", "deep.saliency", "deep.cost", "deep.bench.cli", "paper_figs.__main__",
+                "simulations.run", "simulations.bench", "linear_theory.cli", "deep.gridtime"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
