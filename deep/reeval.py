@@ -25,7 +25,7 @@ import torch
 from .data import DataError
 from .evaluate import Attack, evaluate, parse_attack
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter, threads_error
+from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
 from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_json_atomic
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 
@@ -228,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-evaluate saved deep.run models with stronger attacks (PGD with more steps, restarts or "
                     "the CW loss; AutoAttack) and merge the numbers into each run's JSON under "
                     "extra_evals[<attack set>]; attack sets and radii already stored are skipped. Prints a "
-                    "table and rewrites summary.md with the gradient-masking checks (docs/protocol.md).",
-        epilog="example: python -m deep.evaluate results/deep/fashion-mnist --attacks pgd:50x5,autoattack:cpu "
-               "--n 500 --seeds 0")
+                    "table and rewrites summary.md with the gradient-masking checks (docs/protocol.md).")
     p.add_argument("path", help="a checkpoint (<out>/<dataset>/checkpoints/<run_id>.pt) or a results folder "
                                 "(<out>/<dataset>, or <out> with data-set subfolders): every finished run with "
                                 "a JSON and a checkpoint")
@@ -256,11 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation batch size (AutoAttack: at most 250)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0: torch's default) (default: %(default)s)")
+                   help="CPU threads for torch (0: torch's default)")
     p.add_argument("--data-dir", default="data",
                    help="folder with the data set files, as for deep.run")
     p.add_argument("--no-progress", action="store_true", help="no PGD progress bars")
-    return p
+    return add_common(p, (
+        "python -m deep.evaluate runs/deep/fashion-mnist --attacks pgd:50x5,autoattack:cpu --n 500 --seeds 0",
+        "python -m deep.evaluate runs/deep/quick --attacks autoattack:cpu --n 100",
+        "python -m deep.evaluate runs/deep/fashion-mnist/checkpoints/sam_rho0.1_s0.pt --attacks pgd-cw:20x1"))
 
 
 def _fail(parser, msg: str):

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter, threads_error
+from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
 from samrobust.files import (JsonFileError, check_output_dir, read_json_object, remove_stale_temp_files,
                              warn_unreadable, write_json_atomic, write_text_atomic)
 from samrobust.lock import RunLock
@@ -49,11 +49,23 @@ from .datasets import DATASETS, load_digits_split, load_fashion_mnist
 from .masking import masking_markdown
 from .evaluate import EvalOptions, format_eps, parse_attack, parse_eps, evaluate, probes
 from .archs import ARCHS, DEFAULT_ARCH
+from .byo import ArchError, arch_tag, is_custom_arch
+from .logs import GridProgress, write_history_csv
 from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
                    CURVE_STEPS, PROFILE_FOLDERS, TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
 from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitOptions, FitResult, TrainConfig,
-                    at_variant, at_variant_config, check_finite_weights, config_matches, fit, resolve_device,
-                    _flags)
+                    at_variant, at_variant_config, build_model, check_finite_weights, config_matches, fit,
+                    resolve_device, _flags)
+
+
+RUN_EXAMPLES = (
+    "python -m deep.run --quick                        # one-minute smoke run on generated data -> runs/deep/quick/",
+    "python -m deep.run --profile cpu                  # Fashion-MNIST ST / SAM / AT, 3 seeds, about 90 min on 2 cores",
+    "python -m deep.run --profile cpu --archs mynets:small --methods st,sam --rho 0.1   # your own model",
+    "python -m deep.run --dataset synthetic --epochs 30 --seeds 0,1,2",
+    "python -m deep.run --profile cpu --out results/deep   # regenerate the shipped results",
+    "torchrun --nproc_per_node=4 -m deep.run --data-dir data   # each run on 4 GPUs (DDP)",
+)
 
 
 def _csv(text: str) -> List[str]:
@@ -74,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluation_options(p)
     _synthetic_options(p)
     _file_options(p)
-    return p
+    return add_common(p, RUN_EXAMPLES)
 
 
 def _grid_options(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +115,10 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
                         "random start), which train at the --eps radii with a catastrophic-overfitting check "
                         f"[default: {CIFAR_PROTOCOL['methods']}]")
     g.add_argument("--archs", default=td.arch,
-                   help="comma list of architectures: " + ", ".join(ARCHS) + " (deep/archs.py)")
+                   help="comma list of architectures: " + ", ".join(ARCHS) + " (deep/archs.py), or your own "
+                        "model as module:callable (or file.py:callable), called with num_classes and "
+                        "in_channels keywords, returning an nn.Module that takes images in [0, 1] "
+                        "(deep/byo.py; --width does not apply)")
     g.add_argument("--rho", default=None,
                    help=f"comma list of SAM radii [default: {CIFAR_PROTOCOL['rho']}; fashion-mnist, digits: {fm['rho']}]")
     g.add_argument("--adaptive", action="store_true", help="adaptive SAM (ASAM): e = rho w^2 g / ||w g||")
@@ -236,11 +251,14 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("files")
     o.add_argument("--data-dir", default="data", help="folder with the CIFAR archives or extracted folders")
     o.add_argument("--download", action="store_true", help="download CIFAR (md5-verified) if missing")
-    o.add_argument("--out", default="results/deep", help="results root; runs go to <out>/<dataset>/")
+    o.add_argument("--out", default="runs/deep",
+                   help="results root; runs go to <out>/<dataset>/ (untracked runs/ by default; the shipped "
+                        "results are regenerated only with an explicit --out results/deep)")
     o.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last epoch checkpoint")
     o.add_argument("--force", action="store_true", help="rerun and overwrite finished runs")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (off a terminal progress is one plain line every 30 s)")
 
 
 # ------------------------------------------------------------------------- options -> RunSpec
@@ -301,6 +319,26 @@ def _names(parser, text: str, option: str, known, what: str) -> List[str]:
     return names
 
 
+def _arch_names(parser, text: str) -> List[str]:
+    """--archs: built-in names (deep/archs.py) and user models ``module:callable`` (deep/byo.py)."""
+    names = _csv(text)
+    builtin = [n for n in names if not is_custom_arch(n)]
+    if builtin or not names:        # unknown built-in names (or none at all): parser.error listing the choices
+        _names(parser, ",".join(builtin), "archs", tuple(ARCHS), "architecture")
+    return names
+
+
+def _check_custom_archs(parser, base: TrainConfig, archs: Sequence[str]) -> None:
+    """Build each user model (``module:callable``) once before any run: a failing import or call exits
+    with status 2 and one line saying why."""
+    for name in archs:
+        if is_custom_arch(name):
+            try:
+                build_model(dataclasses.replace(base, arch=name), torch.device("cpu"))
+            except ArchError as err:
+                parser.exit(2, f"{parser.prog}: error: --archs: {err}\n")
+
+
 def _seeds(parser, text: str) -> List[int]:
     try:
         seeds = [int(s) for s in _csv(text)]
@@ -355,7 +393,7 @@ def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> R
     (:func:`_apply_profile`); a bad option exits through ``parser.error`` (status 2)."""
     _apply_profile(parser, args)
     methods = _names(parser, args.methods, "methods", METHOD_NAMES, "method")
-    archs = _names(parser, args.archs, "archs", tuple(ARCHS), "architecture")
+    archs = _arch_names(parser, args.archs)
     rhos = _float_list(parser, args.rho, "rho")
     epss = _float_list(parser, args.eps, "eps")
     seeds = _seeds(parser, args.seeds)
@@ -368,6 +406,7 @@ def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> R
     ev = EvalSettings(attacks=attacks, steps=args.attack_steps, restarts=args.restarts, loss=args.attack_loss,
                       n_robust=args.n_robust, batch_size=args.eval_batch_size, probe_n=args.probe_n,
                       autoattack=args.autoattack, aa_n=args.aa_n, curve_n=args.curve_n, curve_attack=curve)
+    _check_custom_archs(parser, base, archs)
     spec = RunSpec(base=base, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds, eval=ev,
                    at_seeds=at_seeds, jobs=args.jobs, plateau_check=args.plateau_check,
                    device=device, out_dir=Path(args.out) / PROFILE_FOLDERS.get(args.profile, args.dataset),
@@ -394,7 +433,7 @@ def run_id(cfg: TrainConfig) -> str:
         base = f"{'asam' if cfg.adaptive else 'sam'}_rho{format_rho(cfg.rho)}"
     else:
         base = f"{at_variant(cfg) or 'at'}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
-    arch = "" if cfg.arch == DEFAULT_ARCH else f"{cfg.arch}_"
+    arch = "" if cfg.arch == DEFAULT_ARCH else f"{arch_tag(cfg.arch)}_"
     return f"{arch}{base}_s{cfg.seed}"
 
 
@@ -571,6 +610,7 @@ def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, 
                                               batch_size=min(spec.eval.batch_size, 250))
     if is_main:
         write_json_atomic(path, result)
+        write_history_csv(path, result["history"])
     return result
 
 
@@ -1038,7 +1078,9 @@ def _run_configs(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]], tr
     """Every run in turn: (None, results), or (exit status, results so far) when a run diverged (1) or
     was interrupted (130); a run that cannot start (ValueError) exits with status 2."""
     results = []
+    grid = GridProgress(len(jobs), say=lambda line: say(line, flush=True))
     for cfg, out_dir in jobs:
+        grid.start(run_id(cfg))
         try:
             res = run_one(cfg, train, test, dataclasses.replace(spec, out_dir=out_dir), is_main=ctx.is_main,
                           ctx=ctx)
@@ -1055,6 +1097,7 @@ def _run_configs(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]], tr
             print(f"{parser.prog}: {run_id(cfg)}: cannot write {err.filename or spec.out_dir}: "
                   f"{err.strerror or err}; finished runs are kept", file=sys.stderr)
             return 1, results
+        grid.finish(skipped=bool(res.get("skipped")))
         if res.get("skipped"):
             say(f"{run_id(cfg)}: finished earlier, skipped ({out_dir / (run_id(cfg) + '.json')})")
         results.append(res)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from samrobust.attacks import check_linf_eps, normalize_norm, pgd
 from samrobust.files import write_atomic
+from samrobust.progress import progress_bar
 from samrobust.sam import SAM, bn_freezer
 from samrobust.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 
@@ -46,6 +47,7 @@ from . import distributed as ddist
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
 from .archs import ARCHS, DEFAULT_ARCH, build_arch
+from .byo import is_custom_arch
 from .model import normalization_for
 
 __all__ = ["TrainConfig", "DivergenceError", "CheckpointError", "first_nonfinite", "check_finite_weights",
@@ -151,8 +153,8 @@ class TrainConfig:
         self.norm = normalize_norm(self.norm)
         if self.norm == "inf":
             check_linf_eps(self.eps, "eps")
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {self.arch!r}")
+        if self.arch not in ARCHS and not is_custom_arch(self.arch):
+            raise ValueError(f"arch must be one of {tuple(ARCHS)} or module:callable, got {self.arch!r}")
         if self.pgd_check < 0:
             raise ValueError(f"pgd_check must be >= 0, got {self.pgd_check!r}")
         if self.bn_stats not in BN_STATS:
@@ -668,6 +670,9 @@ class FitOptions:
     model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None  # e.g. DDP
     shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # epoch permutation -> this process's indices
     rank: int = 0                       # seeds this process's augmentation and PGD starts
+    # bring your own model: trained in place instead of build_model(cfg) (any nn.Module taking images in
+    # [0, 1] and returning logits; cfg.arch and cfg.width are then not used)
+    model: Optional[torch.nn.Module] = None
     # learning curves: called as epoch_eval(model, epoch) after every epoch (epoch counted from 1, the model
     # the plain one in train mode); the dict it returns is merged into that epoch's history record before the
     # checkpoint is written. Not training time. It must leave the model's mode and weights as it found them.
@@ -702,13 +707,15 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
     ``options`` (:class:`FitOptions`) or its fields as keywords (``fit(cfg, data, checkpoint=path,
     resume=True)``; keywords override ``options``). With ``checkpoint`` the state is written atomically
     after every epoch; with ``resume`` an existing checkpoint of the same config is continued (a checkpoint
-    of a different config raises ValueError). Returns the trained (unwrapped) model and per-epoch history.
+    of a different config raises ValueError). With ``model`` (an nn.Module taking images in [0, 1]) that
+    model is trained in place instead of the architecture cfg names. Returns the trained (unwrapped) model
+    and per-epoch history.
     """
     opts = dataclasses.replace(options or FitOptions(), **kw)
     device = train.x.device
     setup_device(device)
     flags = _flags(cfg, device)
-    model = build_model(cfg, device)
+    model = build_model(cfg, device) if opts.model is None else _own_model(opts.model, cfg, device)
     opt = build_optimizer(cfg, model)
     state = _resume(cfg, model, opt, opts, device)
     net = compile_for(model, train, flags[0], flags[1]) if opts.compile_model else model
@@ -741,6 +748,14 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
                      stopped_early=state.stopped)
 
 
+def _own_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """A user's model (FitOptions.model) on ``device``, in channels_last when cfg asks for it."""
+    model = model.to(device)
+    if _flags(cfg, device)[1]:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _resume(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, opts: FitOptions,
             device: torch.device) -> _FitState:
     """With ``opts.resume`` and an existing checkpoint: its weights, optimizer and RNG states loaded and
@@ -759,14 +774,14 @@ def _resume(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer
 
 
 def _progress_bar(loop: _FitLoop, start_epoch: int):
-    """A tqdm bar over all steps of the run (None without progress or off the main process)."""
+    """A tqdm bar over all steps of the run, plain lines when stderr is no terminal
+    (samrobust.progress.progress_bar); None without progress or off the main process."""
     if not (loop.opts.progress and loop.opts.is_main):
         return None
-    from tqdm.auto import tqdm
     n = len(loop.train) if loop.opts.shard is None else loop.opts.shard(torch.arange(len(loop.train))).shape[0]
     steps_per_epoch = len(batch_bounds(n, loop.cfg.batch_size))
-    return tqdm(total=loop.cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                desc=loop.opts.desc or f"{loop.cfg.method}", unit="step", dynamic_ncols=True, leave=True)
+    return progress_bar(loop.cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                        desc=loop.opts.desc or f"{loop.cfg.method}", unit="step", leave=True)
 
 
 def _cuda_sync(device: torch.device) -> None:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from samrobust import threat
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter, add_common
 from samrobust.files import write_text_atomic
 
 from . import metrics
@@ -329,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _add_model_options(t)
     t.set_defaults(func=_cmd_tradeoff)
-    return p
+    return add_common(p, (
+        "python -m linear_theory derive --latex            # L1-L4, T1-T5 with their sympy expressions",
+        "python -m linear_theory solve --method sam-fixed-scale --strength 0.1 --tau 4 --checks",
+        "python -m linear_theory tradeoff --num 50 --out runs/linear_tradeoff.json"))
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .aggregate import PROBE_KEYS, robust_keys, summarise_runs
+from .loaders import is_smoke
 
 __all__ = ["claims_table", "deep_tables", "render_report", "markdown_table", "figure_block"]
 
@@ -74,7 +75,7 @@ def deep_tables(deep: dict) -> str:
         configs = summarise_runs(runs)
         keys = robust_keys(configs)
         out.append(f"### {ds}\n")
-        if "(quick)" in ds:
+        if is_smoke(ds):
             out.append("Smoke runs of `deep.run --quick` (tiny data, one epoch): these check the "
                        "pipeline, their accuracies say nothing about the methods.\n")
         out.append("Accuracies in %, mean ± sd over seeds (PGD evaluation as stored by deep.run).\n")

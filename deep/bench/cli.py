@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter, threads_error
+from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
 
 from ..evaluate import parse_eps
 from ..train import resolve_device
@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset for one GPU, about 90 s on an H200: " + ", ".join(
                        f"--{k.replace('_', '-')} {v}" for k, v in GPU_QUICK.items()) +
                         " (options given explicitly win) [default: off]")
-    return p
+    return add_common(p, (
+        "python -m deep.bench                              # ours vs reference loop -> runs/bench/deep_bench.{json,md}",
+        "python -m deep.bench --threads 1 --repeats 3 --accuracy-check",
+        "python -m deep.bench --out results/bench/deep_bench.json   # regenerate the shipped numbers"))
 
 
 # --gpu-quick: every phase and loop, short: ~30 s of phases + ~40 s of K = 1, 2, 4, 8 processes (their
