@@ -255,10 +255,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(e))
     if threads_error(args.threads, low=1) is not None:
         parser.error(threads_error(args.threads, low=1))
-    try:                                # before any training: a file, read-only or full --out fails now
-        check_output_dir(args.out, OUT_BYTES)
-    except ValueError as e:
-        parser.exit(2, f"{parser.prog}: error: --out {e}\n")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.engine == "loop" and args.dtype == "float32":
@@ -266,6 +262,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.publish and args.out not in (None, "results"):
         parser.error(f"--publish writes to results/; it conflicts with --out {args.out}")
     args.out = "results" if args.publish else (args.out or "runs")
+    try:                                # before any training: a file, read-only or full --out fails now
+        check_output_dir(args.out, OUT_BYTES)
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: --out {e}\n")
     settings = PROFILES["quick" if args.quick else "full" if args.full else "default"]
     if args.seeds is not None:
         if args.seeds < 2:
