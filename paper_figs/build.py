@@ -133,8 +133,8 @@ def _beyond(ctx, report_path, res: BuildResult, log) -> None:
 
 
 #: (folder under results/, title, figure name) of the converged-protocol sections, the report's headline
-CONVERGED = (("converged/cpu", "Converged Fashion-MNIST on two CPU cores (width 8)", "converged_cpu_curves"),
-             ("converged/gpu", "Converged Fashion-MNIST on one GPU at full width (64)", "converged_gpu_curves"))
+CONVERGED = (("converged/cpu", "Fashion-MNIST, all 60,000 images, on two CPU cores (width 8)", "converged_cpu_curves"),
+             ("converged/gpu", "Fashion-MNIST, all 60,000 images, on one GPU at full width (64)", "converged_gpu_curves"))
 
 
 def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res: BuildResult, log) -> str:
