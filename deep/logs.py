@@ -25,7 +25,9 @@ _FIRST = ("epoch", "train_loss", "train_acc", "lr_end", "images")
 
 def history_csv(history: Sequence[Dict]) -> str:
     """CSV text of a run's per-epoch history: the usual columns first, then any other key in order of
-    appearance; a missing value is an empty cell."""
+    appearance; a dict value (e.g. the learning curve's {"linf_0.02": acc}) becomes one column per key,
+    named ``<key>_<label>``; a missing value is an empty cell."""
+    history = [_flat(h) for h in history]
     cols: List[str] = [c for c in _FIRST if any(c in h for h in history)]
     for h in history:
         cols += [k for k in h if k not in cols]
@@ -34,6 +36,16 @@ def history_csv(history: Sequence[Dict]) -> str:
     writer.writeheader()
     writer.writerows(history)
     return buf.getvalue()
+
+
+def _flat(rec: Dict) -> Dict:
+    out: Dict = {}
+    for k, v in rec.items():
+        if isinstance(v, dict):
+            out.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
 
 
 def write_history_csv(json_path: Path, history: Sequence[Dict]) -> Path:

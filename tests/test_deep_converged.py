@@ -199,3 +199,11 @@ def test_jobs_parent_stops_on_sigint_and_leaves_no_workers(tmp_path):
         except ProcessLookupError:
             pass
     assert alive == []
+
+
+def test_history_csv_spreads_the_curve_dict_over_columns():
+    from deep.logs import history_csv
+    text = history_csv([{"epoch": 1, "train_loss": 0.5, "test_clean_acc": 0.8, "curve_robust": {"linf_0.02": 0.4}},
+                        {"epoch": 2, "train_loss": 0.4, "test_clean_acc": 0.85}])
+    assert text.splitlines() == ["epoch,train_loss,test_clean_acc,curve_robust_linf_0.02",
+                                 "1,0.5,0.8,0.4", "2,0.4,0.85,"]
