@@ -3,7 +3,7 @@
 
 Loads the final checkpoint of one run (``checkpoints/<run_id>.pt``) or of every finished run of a results
 folder (``<run_id>.json`` + ``checkpoints/<run_id>.pt``), rebuilds its test data from the stored configuration
-(deep.run.load_data), runs each requested attack set on the first n test images and merges the numbers into
+(deep.datasets.load_data), runs each requested attack set on the first n test images and merges the numbers into
 the run's JSON under ``extra_evals[<attack set>]`` (atomic rewrite). Radii already stored for an attack set with
 the same n are skipped (resume) unless --force; finally a table is printed and summary.md rewritten, with the
 gradient-masking checks of deep.masking.
@@ -22,11 +22,17 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .data import DataError
-from .evaluate import Attack, evaluate, parse_attack
 from samrobust.cli import DefaultsHelpFormatter
 from samrobust.files import write_json_atomic
+
+from .autoattack import VERSIONS, run_autoattack
+from .data import DataError
+from .datasets import load_data
 from .masking import SANITY_RADII, label_attack, sanity_attacks
+from .robustness import Attack, evaluate, parse_attack, parse_eps  # noqa: F401  (parse_eps: deep/bench.py)
+from .spec import PROTOCOLS
+from .summary import write_summary
+from .train import TrainConfig, build_model, load_checkpoint, resolve_device, runtime_flags
 
 __all__ = ["AttackSet", "parse_attack_set", "RunRef", "read_run_json", "find_runs", "build_parser", "main"]
 
@@ -53,8 +59,6 @@ class AttackSet:
 def parse_attack_set(text: str) -> AttackSet:
     """'pgd:50x5' (CE loss), 'pgd-cw:100x1', 'pgd-ce:20' (1 restart), 'autoattack:cpu' or
     'autoattack:standard' -> AttackSet; ValueError naming the accepted forms otherwise."""
-    from .autoattack import VERSIONS
-
     t = text.strip().lower()
     m = re.fullmatch(r"pgd(?:-(ce|cw))?:(\d+)(?:x(\d+))?", t)
     if m and int(m.group(2)) >= 1 and int(m.group(3) or 1) >= 1:
@@ -116,8 +120,6 @@ def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Seque
 def load_run_model(ref: RunRef, device: torch.device):
     """(model in eval mode, TrainConfig) from the run's checkpoint; ValueError for an unfinished run or a
     checkpoint whose configuration is not the one in the run's JSON."""
-    from .train import TrainConfig, build_model, load_checkpoint
-
     ck = load_checkpoint(ref.checkpoint, device)
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise ValueError(f"{ref.checkpoint}: not a deep.run checkpoint")
@@ -136,8 +138,6 @@ def load_run_model(ref: RunRef, device: torch.device):
 
 def run_test_data(cfg, data_dir: str, device: torch.device, cache: Dict):
     """The run's test set as deep.run builds it (same data set, n_test and generated-data spec)."""
-    from .run import load_data
-
     key = json.dumps([cfg.dataset, cfg.n_train, cfg.n_test, cfg.synthetic, data_dir, str(device)], sort_keys=True)
     if key not in cache:
         cache[key] = load_data(cfg, device, data_dir)[1]
@@ -148,20 +148,16 @@ def run_attack_set(model, cfg, test, aset: AttackSet, radii: Sequence[Attack], n
                    batch_size: int = 500, progress: bool = False) -> Dict:
     """One attack set on the first ``n`` test images at ``radii``: the entry stored under extra_evals
     ({"kind", settings, "n", "seed", "clean_acc" (on those n), "robust": {label: acc}, "seconds"})."""
-    from .train import _flags
-
     t0 = time.perf_counter()
     if aset.kind == "pgd":
         sub = test.subset(n)
         ev = evaluate(model, sub, radii, steps=aset.steps, restarts=aset.restarts, batch_size=batch_size,
-                      seed=cfg.seed, channels_last=_flags(cfg, device)[1], sharded=False, progress=progress,
+                      seed=cfg.seed, channels_last=runtime_flags(cfg, device)[1], sharded=False, progress=progress,
                       loss=aset.loss)
         entry = {"kind": "pgd", "steps": aset.steps, "restarts": aset.restarts, "loss": aset.loss,
                  "step_size": "eps/4 (linf), eps/8 (l2)", "best_iterate": True, "n": len(sub),
                  "seed": cfg.seed, "clean_acc": ev["clean_acc"], "robust": ev["robust"]}
     else:
-        from .autoattack import run_autoattack
-
         say = (lambda label, acc, s: print(f"    {label}: {100 * acc:.2f} ({s:.1f} s)", flush=True)) \
             if progress else None
         aa = run_autoattack(model, test, radii, aset.version, n=n, device=device, seed=cfg.seed,
@@ -248,8 +244,6 @@ def _fail(parser, msg: str):
 
 def _options(parser, args) -> Dict:
     """Validated options; one line on stderr and exit 2 otherwise."""
-    from .train import resolve_device
-
     try:
         sets = list({s.key: s for s in map(parse_attack_set, [t for t in args.attacks.split(",") if t.strip()])}
                     .values())
@@ -273,8 +267,6 @@ def _options(parser, args) -> Dict:
 
 
 def _run_radii(ref: RunRef, dataset: str, opts: Dict, sanity: bool) -> List[Attack]:
-    from .spec import PROTOCOLS
-
     if opts["radii"] is not None:
         radii = list(opts["radii"])
     elif ref.result is not None:
@@ -362,8 +354,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _evaluate_all(parser, args, opts: Dict, refs: List[RunRef]) -> int:
-    from .run import write_summary
-
     print(f"deep.evaluate: {len(refs)} run(s), attack sets {', '.join(s.key for s in opts['sets'])}, "
           f"device {opts['device']}", flush=True)
     rows, failed, cache, t0 = [], [], {}, time.perf_counter()

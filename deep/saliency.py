@@ -32,6 +32,7 @@ from samrobust.cli import DefaultsHelpFormatter
 from samrobust.files import write_json_atomic
 
 from .data import DataError, to_float
+from .reeval import find_runs, load_run_model, run_test_data
 
 __all__ = ["OBJECT_THRESHOLD", "input_gradients", "saliency_metrics", "saliency_entry", "build_parser", "main"]
 
@@ -105,8 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .reeval import find_runs, load_run_model, run_test_data
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.n < 1 or args.maps < 0:

@@ -249,7 +249,7 @@ def _cpu_bf16(requested: bool) -> bool:
     return requested
 
 
-def _flags(cfg: TrainConfig, device: torch.device):
+def runtime_flags(cfg: TrainConfig, device: torch.device):
     """(bf16, channels_last, augment) actually used for ``cfg`` on ``device``."""
     on_cuda = device.type == "cuda"
     bf16 = on_cuda if cfg.bf16 is None else bool(cfg.bf16)
@@ -258,6 +258,10 @@ def _flags(cfg: TrainConfig, device: torch.device):
     channels_last = on_cuda if cfg.channels_last is None else bool(cfg.channels_last)
     augment = dataset_info(cfg.dataset).augment_default if cfg.augment is None else bool(cfg.augment)
     return bf16, channels_last, augment
+
+
+#: the old private name, for deep/bench.py only (issue 19 splits that file and imports runtime_flags there)
+_flags = runtime_flags
 
 
 def autocast_ctx(device: torch.device, enabled: bool):
@@ -272,7 +276,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     mean, std = normalization_for(cfg.dataset)
     size = cfg.synthetic_spec.image_size if cfg.dataset == "synthetic" else dataset_info(cfg.dataset).image_size
     model = build_arch(cfg.arch, cfg.num_classes, cfg.width, mean, std, size, final_bn=cfg.final_bn).to(device)
-    if _flags(cfg, device)[1]:
+    if runtime_flags(cfg, device)[1]:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -592,7 +596,7 @@ class _FitLoop:
     net: torch.nn.Module                # what trains: the model, compiled and/or wrapped
     opt: torch.optim.Optimizer
     opts: FitOptions
-    flags: Tuple[bool, bool, bool]      # (bf16, channels_last, augment) of :func:`_flags`
+    flags: Tuple[bool, bool, bool]      # (bf16, channels_last, augment) of :func:`runtime_flags`
 
 
 def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = None, **kw) -> FitResult:
@@ -606,7 +610,7 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
     opts = dataclasses.replace(options or FitOptions(), **kw)
     device = train.x.device
     setup_device(device)
-    flags = _flags(cfg, device)
+    flags = runtime_flags(cfg, device)
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
     state = _resume(cfg, model, opt, opts, device)

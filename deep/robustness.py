@@ -7,15 +7,14 @@ iterate of any restart fools the model (best iterate, samrobust.attacks.pgd); on
 attacked again. The PGD loss is cross-entropy ("ce") or the margin loss ("cw"). The model is in eval mode (BN running
 statistics) and the attack runs in fp32 unless ``bf16`` is asked for.
 
-``python -m deep.evaluate PATH --attacks pgd:50x5,autoattack:cpu`` re-evaluates saved runs (deep/reeval.py;
-AutoAttack in deep/autoattack.py, gradient-masking checks in deep/masking.py).
+``python -m deep.evaluate PATH --attacks pgd:50x5,autoattack:cpu`` re-evaluates saved runs with these
+functions (deep/evaluate.py; AutoAttack in deep/autoattack.py, gradient-masking checks in deep/masking.py).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import functools
-import sys
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -252,20 +251,3 @@ def probes(model: torch.nn.Module, spec: SyntheticSpec, n: int, seed: int, devic
         out[v] = correct / n
     model.train(was_training)
     return out
-
-
-def build_parser():
-    """The parser of ``python -m deep.evaluate`` (re-evaluation of saved runs; deep/reeval.py)."""
-    from .reeval import build_parser as _build_parser
-    return _build_parser()
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m deep.evaluate PATH --attacks ...``: re-evaluate saved models with stronger attacks
-    (PGD with more steps/restarts, AutoAttack) and store the numbers in their result JSONs (deep/reeval.py)."""
-    from .reeval import main as _main
-    return _main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
