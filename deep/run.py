@@ -58,7 +58,7 @@ def _csv(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``python -m deep.run``. Defaults of training options are TrainConfig's (deep/train.py),
-    of evaluation options EvalOptions' (deep/evaluate.py); those left None here come from --profile, then
+    of evaluation options EvalOptions' (deep/robustness.py); those left None here come from --profile, then
     the data set's protocol (deep/spec.py)."""
     p = argparse.ArgumentParser(
         prog="python -m deep.run",

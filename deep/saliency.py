@@ -32,7 +32,7 @@ from samrobust.cli import DefaultsHelpFormatter
 from samrobust.files import write_json_atomic
 
 from .data import DataError, to_float
-from .reeval import find_runs, load_run_model, run_test_data
+from .evaluate import find_runs, load_run_model, run_test_data
 
 __all__ = ["OBJECT_THRESHOLD", "input_gradients", "saliency_metrics", "saliency_entry", "build_parser", "main"]
 

@@ -1,4 +1,4 @@
-"""deep/evaluate.py: PGD robust accuracy of a two-class linear model against its closed form (docs/theory.md L1),
+"""deep/robustness.py: PGD robust accuracy of a two-class linear model against its closed form (docs/theory.md L1),
 restarts, the attack grid parser, probes."""
 import pytest
 import torch

@@ -381,3 +381,7 @@ def _evaluate_all(parser, args, opts: Dict, refs: List[RunRef]) -> int:
     print(f"{len(refs) - len(failed)} run(s) in {time.perf_counter() - t0:.1f} s"
           + (f"; skipped for errors: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
