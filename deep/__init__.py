@@ -8,6 +8,7 @@ Modules (each importable on its own):
 * :mod:`deep.datasets` - the data-set registry, Fashion-MNIST and digits readers, ``load_data`` (the data of
   one configuration).
 * :mod:`deep.train` - ``TrainConfig``, ``train_step``, ``train_epoch``, ``fit`` (resumable).
+* :mod:`deep.graphed` - the training step captured once as a CUDA graph and replayed (``--cuda-graph``).
 * :mod:`deep.robustness` - clean and PGD robust accuracy on a grid, feature-reliance probes.
 * :mod:`deep.autoattack` - AutoAttack (pyautoattack) robust accuracy, standard and a cheaper CPU subset.
 * :mod:`deep.masking` - gradient-masking checks on stored numbers (gap, monotonicity, large-eps sanity).
@@ -16,7 +17,8 @@ Modules (each importable on its own):
 * :mod:`deep.evaluate` - ``python -m deep.evaluate``: re-evaluates saved runs with stronger attacks.
 * :mod:`deep.spec` - ``RunSpec``: deep.run's command line resolved (grid, shared TrainConfig, evaluation),
   its presets and the per-data-set protocols.
-* :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark.
+* :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark (a
+  package: ``python -m deep.bench``).
 
 PGD and the SAM step live in ``samrobust/`` (:mod:`samrobust.attacks`, :mod:`samrobust.sam`): simulations/ uses them
 too, and simulations/ may not import deep/.

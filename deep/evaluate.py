@@ -33,6 +33,7 @@ from .robustness import Attack, evaluate, parse_attack, parse_eps  # noqa: F401 
 from .spec import PROTOCOLS
 from .summary import write_summary
 from .train import TrainConfig, build_model, load_checkpoint, resolve_device, runtime_flags
+from .worstcase import worst_case
 
 __all__ = ["AttackSet", "parse_attack_set", "RunRef", "read_run_json", "find_runs", "build_parser", "main"]
 
@@ -50,10 +51,10 @@ class AttackSet:
 
     @property
     def key(self) -> str:
-        """Name under extra_evals: pgd-50x5-ce, pgd-100x1-cw, autoattack-cpu."""
+        """Name under extra_evals: pgd-50x5-ce, pgd-100x1-cw, autoattack-cpu, worst-cpu."""
         if self.kind == "pgd":
             return f"pgd-{self.steps}x{self.restarts}-{self.loss}"
-        return f"autoattack-{self.version}"
+        return f"{self.kind}-{self.version}"
 
 
 def parse_attack_set(text: str) -> AttackSet:
@@ -63,11 +64,11 @@ def parse_attack_set(text: str) -> AttackSet:
     m = re.fullmatch(r"pgd(?:-(ce|cw))?:(\d+)(?:x(\d+))?", t)
     if m and int(m.group(2)) >= 1 and int(m.group(3) or 1) >= 1:
         return AttackSet("pgd", int(m.group(2)), int(m.group(3) or 1), m.group(1) or "ce")
-    m = re.fullmatch(r"autoattack:(\w+)", t)
-    if m and m.group(1) in VERSIONS:
-        return AttackSet("autoattack", version=m.group(1))
+    m = re.fullmatch(r"(autoattack|worst):(\w+)", t)
+    if m and m.group(2) in VERSIONS:
+        return AttackSet(m.group(1), version=m.group(2))
     raise ValueError(f"unknown attack {text!r}: use pgd:STEPSxRESTARTS, pgd-cw:STEPSxRESTARTS (steps, "
-                     f"restarts >= 1) or autoattack:{'|'.join(VERSIONS)}")
+                     f"restarts >= 1), autoattack:{'|'.join(VERSIONS)} or worst:{'|'.join(VERSIONS)}")
 
 
 @dataclass
@@ -157,6 +158,11 @@ def run_attack_set(model, cfg, test, aset: AttackSet, radii: Sequence[Attack], n
         entry = {"kind": "pgd", "steps": aset.steps, "restarts": aset.restarts, "loss": aset.loss,
                  "step_size": "eps/4 (linf), eps/8 (l2)", "best_iterate": True, "n": len(sub),
                  "seed": cfg.seed, "clean_acc": ev["clean_acc"], "robust": ev["robust"]}
+    elif aset.kind == "worst":
+        say = (lambda label, acc, s: print(f"    {label}: worst case {100 * acc:.2f} (AutoAttack {s:.1f} s)",
+                                           flush=True)) if progress else None
+        entry = worst_case(model, test, radii, aset.version, n, device, seed=cfg.seed,
+                           batch_size=min(batch_size, 250), progress=say)
     else:
         say = (lambda label, acc, s: print(f"    {label}: {100 * acc:.2f} ({s:.1f} s)", flush=True)) \
             if progress else None
@@ -176,14 +182,16 @@ def todo_radii(entry: Optional[Dict], radii: Sequence[Attack], n: int, force: bo
 
 
 def merge_entry(old: Optional[Dict], new: Dict, replace: bool) -> Dict:
-    """``new`` merged into ``old`` (same attack set and n): robust accuracies united, seconds added."""
+    """``new`` merged into ``old`` (same attack set and n): the per-radius tables (robust accuracies and, for
+    worst-case entries, pgd / autoattack / gap_points; seconds_per_attack) united, seconds added."""
     if old is None or replace:
         return new
-    out = dict(old, **{k: v for k, v in new.items() if k not in ("robust", "seconds", "seconds_per_attack")})
-    out["robust"] = dict(old.get("robust") or {}, **new["robust"])
+    per_radius = ("robust", "pgd", "autoattack", "gap_points", "seconds_per_attack")
+    out = dict(old, **{k: v for k, v in new.items() if k not in per_radius + ("seconds",)})
+    for k in per_radius:
+        if k in new:
+            out[k] = dict(old.get(k) or {}, **new[k])
     out["seconds"] = (old.get("seconds") or 0.0) + new["seconds"]
-    if "seconds_per_attack" in new:
-        out["seconds_per_attack"] = dict(old.get("seconds_per_attack") or {}, **new["seconds_per_attack"])
     return out
 
 
@@ -213,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "a JSON and a checkpoint")
     p.add_argument("--attacks", default=DEFAULT_ATTACKS,
                    help="comma list of attack sets: pgd:STEPSxRESTARTS (cross-entropy), pgd-cw:STEPSxRESTARTS "
-                        "(margin loss), autoattack:cpu (APGD-CE + APGD-T with 3 target classes) or "
-                        "autoattack:standard (APGD-CE, APGD-T, FAB-T, Square)")
+                        "(margin loss), autoattack:cpu (APGD-CE + APGD-T with 3 target classes), "
+                        "autoattack:standard (APGD-CE, APGD-T, FAB-T, Square), or worst:cpu / worst:standard "
+                        "(per image the worst case of PGD-10 best iterate and that AutoAttack, stored with both "
+                        "and the gap; deep/worstcase.py)")
     p.add_argument("--radii", default=None,
                    help="comma list of norm:eps to attack (fractions allowed) [default: the radii the run was "
                         "evaluated at]; the data set's large-eps sanity radii are added unless --no-sanity")
@@ -260,7 +270,7 @@ def _options(parser, args) -> Dict:
     try:
         import pyautoattack  # noqa: F401
     except ImportError:
-        if any(s.kind == "autoattack" for s in sets):
+        if any(s.kind in ("autoattack", "worst") for s in sets):
             _fail(parser, "AutoAttack needs the package pyautoattack: pip install pyautoattack")
     patterns = [t.strip() for t in (args.runs or "").split(",") if t.strip()]
     return dict(sets=sets, radii=radii, seeds=seeds, device=device, patterns=patterns)

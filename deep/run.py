@@ -47,7 +47,7 @@ from .archs import ARCHS, DEFAULT_ARCH
 from .autoattack import run_autoattack
 from .summary import results_table, write_summary
 from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
-                   TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
+                   CURVE_STEPS, PROFILE_FOLDERS, TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
 from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitOptions, FitResult, TrainConfig,
                     at_variant, at_variant_config, config_matches, fit, resolve_device, runtime_flags)
 
@@ -84,8 +84,11 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
                         f"<out>/quick/. About a minute on two CPU cores. Explicit options override it.")
     g.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="preset replacing the defaults (explicit options override it): quick (see --quick); "
-                        "cpu: the whole Fashion-MNIST grid in about 90 min on two CPU cores: "
-                        + ", ".join(f"{k} {v}" for k, v in PROFILES["cpu"].items()))
+                        "cpu: the short Fashion-MNIST grid (not converged) in about 90 min on two CPU cores: "
+                        + ", ".join(f"{k} {v}" for k, v in PROFILES["cpu"].items())
+                        + "; converged: the Fashion-MNIST grid trained to the plateau (results in "
+                        "<out>/fashion-mnist-converged; use with --jobs 2 --plateau-check): "
+                        + ", ".join(f"{k} {v}" for k, v in PROFILES["converged"].items()))
     g.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="cifar10 / cifar100 (python archives in --data-dir), fashion-mnist (idx files in "
                         "--data-dir or from Debian's package dataset-fashion-mnist), digits (scikit-learn) or "
@@ -109,6 +112,20 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
                    help="PGD step in AT (fraction allowed) [default: eps/4 for linf, eps/8 for l2]")
     g.add_argument("--seeds", default=None,
                    help=f"comma list of seeds (one run per seed) [default: {RUN_DEFAULTS['seeds']}]")
+    g.add_argument("--at-seeds", default=None,
+                   help="comma list of seeds for AT and the cheap AT variants only (PGD-10 AT costs ~9x an ST "
+                        "epoch, so a grid may give it fewer seeds) [default: --seeds]")
+    g.add_argument("--plateau-check", nargs="?", const="*", default=None, metavar="RUNS",
+                   help="add one run per method configuration (optionally only those whose run id matches one "
+                        "of the comma list of globs RUNS, e.g. 'st_*,sam_rho0.1_*') at twice the epochs (the "
+                        "first seed) under "
+                        "<results folder>/plateau/: the plateau test of docs/protocol.md (final clean accuracy "
+                        "within 0.5 points and headline robust accuracy within 2 points of the doubled budget)")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="independent runs at once, each in its own process (results identical to --jobs 1 at "
+                        "the same --threads; --threads is per job, default cores / jobs). Pick K so that K x "
+                        "threads <= CPU cores; on one GPU, K runs share the device (deep.bench measures the "
+                        "aggregate speed-up per K). Not under torchrun")
     g.add_argument("--sam-all-reduce-ascent", action="store_true",
                    help="under torchrun: SAM's ascent from the all-reduced (global batch) gradient; default: "
                         "each process's own batch gradient (m-sharpness, m = per-process batch)")
@@ -148,6 +165,11 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (speed only; falls back to uncompiled with a one-line warning "
                         "when unavailable or failing) [default: off]")
+    t.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA: capture the whole training step once as a CUDA graph and replay it (deep/graphed.py; "
+                        "speed only, the eager step's numbers up to kernel rounding; the last partial batch runs "
+                        "eagerly); falls back to eager with a one-line warning off CUDA, under several processes or "
+                        "when capture fails [default: off]")
     t.add_argument("--device", default=td.device, help="auto, cpu, cuda or cuda:N")
     t.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads for torch (0: torch's default) [default: {RUN_DEFAULTS['threads']}; "
@@ -175,6 +197,14 @@ def _evaluation_options(parser: argparse.ArgumentParser) -> None:
                         "images, stored under \"autoattack\" in each result: standard (APGD-CE, APGD-T, FAB-T, "
                         "Square) or cpu (APGD-CE + APGD-T with 3 target classes; deep/autoattack.py) [default: off]")
     e.add_argument("--aa-n", type=int, default=1000, help="test images for --autoattack")
+    e.add_argument("--curve-n", type=int, default=None,
+                   help="learning curves: clean accuracy on the whole test set after every epoch, and PGD-10 at "
+                        "--curve-attack on the first N test images after the first epoch, every third of the "
+                        f"budget and the last (0: clean only) [default: {RUN_DEFAULTS['curve_n']}]")
+    e.add_argument("--curve-attack", default=None,
+                   help="radius of the learning curves' PGD-10 [default: the protocol's headline radius: "
+                        f"{CIFAR_PROTOCOL['curve_attack']} for CIFAR, {FASHION_MNIST_PROTOCOL['curve_attack']} for "
+                        "fashion-mnist]")
     e.add_argument("--probe-n", type=int, default=None,
                    help="images per probe variant (synthetic only) "
                         f"[default: {RUN_DEFAULTS['probe_n']}; {QUICK['probe_n']} with --quick]")
@@ -241,9 +271,9 @@ def _apply_profile(parser, args) -> None:
 
 def _check_ranges(parser, args) -> None:
     for name in ("epochs", "width", "batch_size", "attack_steps", "at_steps", "restarts", "eval_batch_size",
-                 "probe_n", "n_train", "n_test", "n_robust", "threads", "aa_n"):
+                 "probe_n", "n_train", "n_test", "n_robust", "threads", "aa_n", "curve_n", "jobs"):
         val = getattr(args, name)
-        lo = 0 if name in ("attack_steps", "at_steps", "threads") else 1
+        lo = 0 if name in ("attack_steps", "at_steps", "threads", "curve_n") else 1
         if val is not None and val < lo:
             parser.error(f"--{name.replace('_', '-')} must be >= {lo}, got {val}")
     if not args.lr > 0:
@@ -277,6 +307,9 @@ def _parse_values(parser, args, epss: List[float]):
     one (l_inf radii of 1 or more are refused with a hint: samrobust.attacks.check_linf_eps)."""
     try:
         attacks = tuple(parse_attack(a) for a in _csv(args.eval_attacks))
+        curve = parse_attack(args.curve_attack)
+        if parse_norm(curve.norm) is Norm.LINF:
+            check_linf_eps(curve.eps, f"--curve-attack {args.curve_attack}")
         at_step = parse_eps(args.at_step_size) if args.at_step_size is not None else None
         synthetic = SyntheticSpec(robust_amplitude=args.robust_amplitude, robust_spread=args.robust_spread,
                                   nonrobust_amplitude=parse_eps(args.nonrobust_amplitude),
@@ -295,7 +328,7 @@ def _parse_values(parser, args, epss: List[float]):
     if dup:
         parser.error(f"--eval-attacks: {', '.join(dict.fromkeys(dup))} given more than once (linf: and inf: "
                      f"are the same norm); each attack once")
-    return attacks, at_step, synthetic, device
+    return attacks, at_step, synthetic, device, curve
 
 
 def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunSpec:
@@ -308,17 +341,20 @@ def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> R
     epss = _float_list(parser, args.eps, "eps")
     seeds = _seeds(parser, args.seeds)
     _check_ranges(parser, args)
-    attacks, at_step, synthetic, device = _parse_values(parser, args, epss)
+    at_seeds = _seeds(parser, args.at_seeds) if args.at_seeds is not None else seeds
+    attacks, at_step, synthetic, device, curve = _parse_values(parser, args, epss)
     base = dataclasses.replace(
         TRAIN_DEFAULTS, dataset=args.dataset, norm=normalize_norm(args.norm), attack_step_size=at_step,
         synthetic=synthetic.to_dict(), **{field: getattr(args, opt) for field, opt in TRAIN_OPTIONS.items()})
     ev = EvalSettings(attacks=attacks, steps=args.attack_steps, restarts=args.restarts, loss=args.attack_loss,
                       n_robust=args.n_robust, batch_size=args.eval_batch_size, probe_n=args.probe_n,
-                      autoattack=args.autoattack, aa_n=args.aa_n)
+                      autoattack=args.autoattack, aa_n=args.aa_n, curve_n=args.curve_n, curve_attack=curve)
     return RunSpec(base=base, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds, eval=ev,
-                   device=device, out_dir=Path(args.out) / ("quick" if args.profile == "quick" else args.dataset),
+                   at_seeds=at_seeds, jobs=args.jobs, plateau_check=args.plateau_check,
+                   device=device, out_dir=Path(args.out) / PROFILE_FOLDERS.get(args.profile, args.dataset),
                    threads=args.threads, profile=args.profile, data_dir=args.data_dir, download=args.download,
-                   resume=args.resume, force=args.force, progress=not args.no_progress, compile=args.compile)
+                   resume=args.resume, force=args.force, progress=not args.no_progress, compile=args.compile,
+                   cuda_graph=args.cuda_graph)
 
 
 # ------------------------------------------------------------------------------------ the runs
@@ -339,12 +375,16 @@ def run_id(cfg: TrainConfig) -> str:
 
 def make_configs(spec: RunSpec) -> List[TrainConfig]:
     """One TrainConfig per run of the grid (seeds, then architectures, then methods and their radii): the
-    spec's shared settings (spec.base) with the run's method, radius, seed and architecture replaced."""
+    spec's shared settings (spec.base) with the run's method, radius, seed and architecture replaced. AT and
+    its cheap variants take the seeds of spec.at_seeds (default: spec.seeds)."""
+    at_seeds = spec.seeds if spec.at_seeds is None else spec.at_seeds
     cfgs = []
-    for seed in spec.seeds:
+    for seed in list(dict.fromkeys(list(spec.seeds) + list(at_seeds))):
         for arch in spec.archs:
             run = dict(seed=seed, arch=arch)
             for m in spec.methods:
+                if seed not in (at_seeds if m not in ("st", "sam") else spec.seeds):
+                    continue
                 if m == "st":
                     cfgs.append(dataclasses.replace(spec.base, method="st", **run))
                 elif m == "sam":
@@ -355,6 +395,34 @@ def make_configs(spec: RunSpec) -> List[TrainConfig]:
                     cfgs.extend(dataclasses.replace(spec.base, **run, **at_variant_config(m, eps))
                                 for eps in spec.epss)
     return cfgs
+
+
+PLATEAU_FOLDER = "plateau"
+
+
+def make_jobs(spec: RunSpec) -> List[Tuple[TrainConfig, Path]]:
+    """(configuration, results folder) of every run: the grid (:func:`make_configs`) in spec.out_dir and,
+    with spec.plateau_check, one run per method configuration at twice the epochs with the first seed in
+    spec.out_dir / "plateau" (the plateau test, docs/protocol.md)."""
+    cfgs = make_configs(spec)
+    jobs = [(c, spec.out_dir) for c in cfgs]
+    if spec.plateau_check:
+        import fnmatch
+        pats = _csv(spec.plateau_check) or ["*"]
+        first: Dict[str, TrainConfig] = {}
+        for c in cfgs:
+            if any(fnmatch.fnmatchcase(run_id(c), p) for p in pats):
+                first.setdefault(run_id(dataclasses.replace(c, seed=0)), c)
+        jobs += [(dataclasses.replace(c, epochs=2 * c.epochs), spec.out_dir / PLATEAU_FOLDER)
+                 for c in first.values()]
+    return jobs
+
+
+def job_cost(cfg: TrainConfig) -> float:
+    """Relative training cost of a run, for ordering parallel jobs (longest first) and the ETA: epochs x
+    forward-backward passes per step (ST 1, SAM 2, AT attack steps + 1) x width^2 (roughly the FLOPs)."""
+    passes = {"st": 1, "sam": 2}.get(cfg.method, cfg.attack_steps + 1)
+    return float(cfg.epochs * passes * cfg.width ** 2 * (cfg.n_train or 60000))
 
 
 def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, is_main: bool = True,
@@ -374,7 +442,7 @@ def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, 
         ckpt.unlink()
     t0 = time.perf_counter()
     world = ctx.world_size if ctx is not None else 1
-    res = _train_run(cfg, train, spec, ckpt, is_main, ctx)
+    res = _train_run(cfg, train, spec, ckpt, is_main, ctx, test)
     device = train.x.device
     channels_last = runtime_flags(cfg, device)[1]
     ev = evaluate(res.model, test, spec.attacks, steps=spec.eval.steps, restarts=spec.eval.restarts,
@@ -402,14 +470,36 @@ def _finished_run(path: Path, cfg: TrainConfig, spec: RunSpec) -> Dict:
     raise ValueError(f"{path} exists with a different configuration; use another --out or --force{hint}")
 
 
+def learning_curve(spec: RunSpec, cfg: TrainConfig, test: ImageData):
+    """The epoch_eval of :class:`deep.train.FitOptions` for one run: after every epoch the clean accuracy on
+    all of ``test`` ("test_clean_acc"), and at spec.eval.curve_epochs also PGD-10 (best iterate, one
+    restart, fp32) at spec.eval.curve_attack on the first spec.eval.curve_n test images ("curve_robust":
+    {label: accuracy}, "curve_n"). Seeded by the run's seed: the same numbers on resume."""
+    ev_set = spec.eval
+    with_pgd = set(ev_set.curve_epochs(cfg.epochs)) if ev_set.curve_n and ev_set.curve_attack else set()
+    channels_last = runtime_flags(cfg, test.x.device)[1]
+
+    def epoch_eval(model: torch.nn.Module, epoch: int) -> Dict:
+        attacks = (ev_set.curve_attack,) if epoch in with_pgd else ()
+        ev = evaluate(model, test, attacks, steps=CURVE_STEPS, restarts=1, batch_size=ev_set.batch_size,
+                      seed=cfg.seed, channels_last=channels_last, progress=False, loss="ce",
+                      n_robust=ev_set.curve_n if attacks else None)
+        rec = {"test_clean_acc": ev["clean_acc"]}
+        if attacks:
+            rec.update(curve_robust=dict(ev["robust"]), curve_n=ev.get("n_robust"))
+        return rec
+    return epoch_eval
+
+
 def _train_run(cfg: TrainConfig, train: ImageData, spec: RunSpec, ckpt: Path, is_main: bool,
-               ctx: Optional[ddist.DistContext]) -> FitResult:
+               ctx: Optional[ddist.DistContext], test: Optional[ImageData] = None) -> FitResult:
     """deep.train.fit of one run with its checkpoint. Under several processes: DDP, the global batch
     split over them, and afterwards every rank takes rank 0's BatchNorm running statistics (each rank
     then evaluates its shard of the test set with the model rank 0 reports and saves)."""
     world = ctx.world_size if ctx is not None else 1
     opts = FitOptions(checkpoint=str(ckpt), resume=spec.resume, progress=spec.progress, desc=run_id(cfg),
-                      compile_model=spec.compile, is_main=is_main)
+                      compile_model=spec.compile, cuda_graph=spec.cuda_graph, is_main=is_main,
+                      epoch_eval=learning_curve(spec, cfg, test) if test is not None else None)
     if world > 1:
         opts = dataclasses.replace(opts, model_wrapper=lambda m: ddist.wrap_model(m, ctx),
                                    shard=ddist.shard_indices, rank=ctx.rank)
@@ -438,10 +528,12 @@ def _result_record(cfg: TrainConfig, spec: RunSpec, res: FitResult, ev: Dict, *,
         "total_time_s": total_s,
         "probes": probes(res.model, cfg.synthetic_spec, spec.eval.probe_n, synthetic_seeds(cfg)[1], device,
                          spec.eval.batch_size) if cfg.dataset == "synthetic" and is_main else None,
-        "history": res.history, "eval": spec.eval_record(), "config": cfg.to_dict(),
+        "history": res.history, "eval": spec.eval_record(), "curves": spec.eval.curves_record(),
+        "config": cfg.to_dict(),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "torch": torch.__version__, "world_size": world, "per_process_batch": cfg.batch_size // world,
-        "compile": bool(spec.compile), "train_precision": "bf16 autocast" if bf16 else "fp32",
+        "compile": bool(spec.compile), "cuda_graph": bool(spec.cuda_graph),
+        "train_precision": "bf16 autocast" if bf16 else "fp32",
         "bn_stats": cfg.bn_stats,
         "channels_last": channels_last, "threads": torch.get_num_threads(), "profile": spec.profile,
         "n_clean": ev.get("n_clean", len(test)), "n_robust": ev.get("n_robust", len(test)),
@@ -478,7 +570,11 @@ def _run_all(parser, spec: RunSpec) -> int:
 
 
 def _run_grid(parser, spec: RunSpec, ctx: ddist.DistContext) -> int:
-    cfgs = make_configs(spec)
+    jobs = make_jobs(spec)
+    cfgs = [c for c, _ in jobs]
+    if ctx.distributed and spec.jobs > 1:
+        parser.error("--jobs runs several single-process runs at once; under torchrun each run already uses "
+                     "every process: use --jobs 1")
     if ctx.distributed:
         spec = dataclasses.replace(spec, device=ctx.device)   # under torchrun on CUDA: cuda:LOCAL_RANK
     if spec.base.batch_size % ctx.world_size:
@@ -488,9 +584,15 @@ def _run_grid(parser, spec: RunSpec, ctx: ddist.DistContext) -> int:
     say = print if ctx.is_main else (lambda *a, **k: None)
     _announce(say, spec, cfgs, train, test, ctx)
     t0 = time.perf_counter()
-    rc, results = _run_configs(parser, spec, cfgs, train, test, ctx, say)
+    if spec.jobs > 1:
+        del train, test         # each job process loads its own copy
+        rc, results = _run_parallel(parser, spec, jobs)
+    else:
+        rc, results = _run_configs(parser, spec, jobs, train, test, ctx, say)
     if rc is not None or not ctx.is_main:
         return rc or 0
+    if any(d != spec.out_dir for _, d in jobs):
+        write_summary(spec.out_dir / PLATEAU_FOLDER)
     summary = write_summary(spec.out_dir)
     print()
     print(results_table(results))
@@ -535,14 +637,15 @@ def _announce(say, spec: RunSpec, cfgs: List[TrainConfig], train: ImageData, tes
         f"{min(ev.n_robust or len(test), len(test))} test images", flush=True)
 
 
-def _run_configs(parser, spec: RunSpec, cfgs: List[TrainConfig], train: ImageData, test: ImageData,
-                 ctx: ddist.DistContext, say) -> Tuple[Optional[int], List[Dict]]:
+def _run_configs(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]], train: ImageData,
+                 test: ImageData, ctx: ddist.DistContext, say) -> Tuple[Optional[int], List[Dict]]:
     """Every run in turn: (None, results), or (exit status, results so far) when a run diverged (1) or
     was interrupted (130); a run that cannot start (ValueError) exits with status 2."""
     results = []
-    for cfg in cfgs:
+    for cfg, out_dir in jobs:
         try:
-            res = run_one(cfg, train, test, spec, is_main=ctx.is_main, ctx=ctx)
+            res = run_one(cfg, train, test, dataclasses.replace(spec, out_dir=out_dir), is_main=ctx.is_main,
+                          ctx=ctx)
         except DivergenceError as err:
             print(f"{parser.prog}: {run_id(cfg)}: {err}", file=sys.stderr)
             return 1, results
@@ -553,9 +656,70 @@ def _run_configs(parser, spec: RunSpec, cfgs: List[TrainConfig], train: ImageDat
         except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         if res.get("skipped"):
-            say(f"{run_id(cfg)}: finished earlier, skipped ({spec.out_dir / (run_id(cfg) + '.json')})")
+            say(f"{run_id(cfg)}: finished earlier, skipped ({out_dir / (run_id(cfg) + '.json')})")
         results.append(res)
     return None, results
+
+
+# ------------------------------------------------------------------- --jobs K: runs in K processes
+
+_JOB_DATA: Dict[str, Tuple[ImageData, ImageData]] = {}
+
+
+def _job_init(spec: RunSpec, threads: int) -> None:
+    """Initializer of a --jobs process: its torch threads and its copy of the data."""
+    torch.set_num_threads(threads)
+    _JOB_DATA["data"] = load_data(spec.base, spec.device, spec.data_dir, False)
+
+
+def _job_run(task: Tuple[TrainConfig, Path, RunSpec]) -> Dict:
+    """One run in a --jobs process: its result, or {"error": kind, "message": ...} (kind: diverged,
+    invalid, interrupted)."""
+    cfg, out_dir, spec = task
+    train, test = _JOB_DATA["data"]
+    try:
+        return run_one(cfg, train, test, dataclasses.replace(spec, out_dir=out_dir, progress=False))
+    except DivergenceError as err:
+        return {"error": "diverged", "message": f"{run_id(cfg)}: {err}"}
+    except ValueError as err:
+        return {"error": "invalid", "message": str(err)}
+    except KeyboardInterrupt:
+        return {"error": "interrupted", "message": run_id(cfg)}
+
+
+def _run_parallel(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]]) -> Tuple[Optional[int], List[Dict]]:
+    """The runs of ``jobs`` in spec.jobs processes (deep/jobs.py), one progress line per finished run;
+    (exit status or None, results in grid order). A diverged run gives status 1 and a run that cannot
+    start status 2, after the other runs have finished."""
+    import os
+    from .jobs import run_pool
+    threads = spec.threads if spec.threads > 0 else max(1, (os.cpu_count() or 1) // spec.jobs)
+    print(f"deep.run: {len(jobs)} run(s) in {spec.jobs} processes x {threads} thread(s), longest first",
+          flush=True)
+    failures: List[Dict] = []
+
+    def on_done(i, res, line):
+        if "error" in res:
+            failures.append(res)
+            line += f" FAILED ({res['error']}: {res['message']})"
+        elif res.get("skipped"):
+            line += " (finished earlier, skipped)"
+        else:
+            line += f"; clean {100 * res['clean_acc']:.2f}%"
+        print(line, flush=True)
+    try:
+        out = run_pool([(c, d, spec) for c, d in jobs], [job_cost(c) for c, _ in jobs], _job_run, _job_init,
+                       (spec, threads), min(spec.jobs, len(jobs)), on_done, names=[run_id(c) for c, _ in jobs])
+    except KeyboardInterrupt:
+        print(f"\n{parser.prog}: interrupted; every run's last finished epoch is checkpointed, rerun the same "
+              f"command with --resume to continue", file=sys.stderr)
+        return 130, []
+    results = [out[i] for i in range(len(jobs)) if "error" not in out[i]]
+    for f in failures:
+        print(f"{parser.prog}: {f['message']}", file=sys.stderr)
+    if any(f["error"] == "invalid" for f in failures):
+        return 2, results
+    return (1 if failures else None), results
 
 
 if __name__ == "__main__":

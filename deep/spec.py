@@ -20,27 +20,34 @@ from .robustness import Attack
 from .train import TrainConfig
 
 __all__ = ["TRAIN_DEFAULTS", "RUN_DEFAULTS", "CIFAR_PROTOCOL", "FASHION_MNIST_PROTOCOL", "PROTOCOLS",
-           "PROFILES", "QUICK", "TRAIN_OPTIONS", "EvalSettings", "RunSpec"]
+           "PROFILES", "PROFILE_FOLDERS", "CURVE_STEPS", "QUICK", "TRAIN_OPTIONS", "EvalSettings", "RunSpec"]
+
+#: PGD steps of the learning curves' robust accuracy (PGD-10, best iterate, one restart).
+CURVE_STEPS = 10
 
 #: TrainConfig's defaults: the reference training settings (docs/protocol.md); every run starts from them.
 TRAIN_DEFAULTS = TrainConfig()
 
 #: Defaults of the grid options that TrainConfig does not hold.
-RUN_DEFAULTS = dict(dataset="cifar10", seeds="0", probe_n=2000, threads=0)
+RUN_DEFAULTS = dict(dataset="cifar10", seeds="0", probe_n=2000, threads=0, curve_n=200, curve_attack="linf:2/255")
 
 # Per-data-set protocol (docs/protocol.md): the grid and the evaluation used unless options say otherwise;
 # training settings not named here (epochs, width, batch size, lr) are TRAIN_DEFAULTS'.
+# curve_attack: the headline radius of the learning curves (PGD-10 on --curve-n images at a few epochs): the
+# small l_inf radius at which the paper's claim (a), SAM more robust than ST, is judged.
 CIFAR_PROTOCOL = dict(methods="st,sam,at", rho="0.1,0.2,0.4", eps="8/255",
-                      eval_attacks="linf:1/255,linf:2/255,linf:8/255,l2:16/255,l2:32/255,l2:0.5")
+                      eval_attacks="linf:1/255,linf:2/255,linf:8/255,l2:16/255,l2:32/255,l2:0.5",
+                      curve_attack="linf:2/255")
 FASHION_MNIST_PROTOCOL = dict(CIFAR_PROTOCOL, rho="0.05,0.1,0.2,0.4", eps="0.1", epochs=30,
-                              eval_attacks="linf:0.01,linf:0.02,linf:0.05,linf:0.1,l2:0.25,l2:0.5,l2:1.0")
+                              eval_attacks="linf:0.01,linf:0.02,linf:0.05,linf:0.1,l2:0.25,l2:0.5,l2:1.0",
+                              curve_attack="linf:0.02")
 PROTOCOLS = {
     "cifar10": CIFAR_PROTOCOL, "cifar100": CIFAR_PROTOCOL,
     "synthetic": dict(CIFAR_PROTOCOL, n_train=10000, n_test=2000),
     "fashion-mnist": FASHION_MNIST_PROTOCOL,
     # digits: the small real set of the test suite; 8x8 images with 17 grey levels
     "digits": dict(FASHION_MNIST_PROTOCOL, epochs=10, width=8, batch_size=64, lr=0.05,
-                   eval_attacks="linf:0.05,linf:0.1,l2:0.5"),
+                   eval_attacks="linf:0.05,linf:0.1,l2:0.5", curve_attack="linf:0.1"),
 }
 
 # Presets: replacements of the defaults (explicit options still win). The cpu preset fits the whole
@@ -54,6 +61,18 @@ PROFILES = {
     "cpu": dict(dataset="fashion-mnist", seeds="0,1,2", width=16, n_train=10000, epochs=6, batch_size=128,
                 lr=0.1, bf16=True, channels_last=True, n_robust=2000),
 }
+# converged: the Fashion-MNIST protocol trained to the plateau on two CPU cores (issue 18; docs/protocol.md,
+# "Converged protocol"): all 60,000 training images, the same 6 epochs for every method, width 8 (the largest
+# that fits: measured on one core with bf16, width 8 trains ST / SAM / AT at 2,460 / 1,219 / 284 images/s,
+# width 16 at 1,267 / 627 / 162, so the grid below takes ~85 min on two cores at width 8 and ~160 at 16);
+# ST and SAM rho 0.05 / 0.1 / 0.2 with 3 seeds, AT l_inf 0.1 (PGD-10) with 2; --plateau-check adds one run
+# per method at twice the epochs (seed 0) under <out>/fashion-mnist-converged/plateau/.
+PROFILES["converged"] = dict(dataset="fashion-mnist", methods="st,sam,at", rho="0.05,0.1,0.2", eps="0.1",
+                             seeds="0,1,2", at_seeds="0,1", width=8, n_train=None, epochs=6, batch_size=128,
+                             lr=0.1, bf16=True, channels_last=True, n_robust=1000,
+                             eval_attacks="linf:0.02,linf:0.05,l2:0.5", curve_n=200)
+#: results folder under --out of the presets that must not mix with the data set's own folder
+PROFILE_FOLDERS = {"quick": "quick", "converged": "fashion-mnist-converged"}
 QUICK = PROFILES["quick"]
 
 #: TrainConfig field -> the deep.run option (argparse dest) that sets it for every run of the grid.
@@ -76,6 +95,8 @@ class EvalSettings:
     probe_n: int                    # images per probe variant (generated data only)
     autoattack: str                 # off | cpu | standard
     aa_n: int
+    curve_n: int = 0                # learning curves: PGD-10 on the first curve_n test images (0: clean only)
+    curve_attack: Optional[Attack] = None   # the curves' radius (the protocol's curve_attack)
 
     def record(self, dataset: str, n_test: Optional[int]) -> Dict:
         """The "eval" entry of a result JSON (a finished run is reused only when it matches)."""
@@ -85,6 +106,21 @@ class EvalSettings:
                 "loss": self.loss, "n_robust": self.n_robust, "best_iterate": True,
                 **({"autoattack": {"version": self.autoattack, "n": self.aa_n}} if self.autoattack != "off"
                    else {})}
+
+    def curves_record(self) -> Optional[Dict]:
+        """The "curves" entry of a result JSON: how the learning curves in its history were measured (not
+        part of "eval", so that finished runs of earlier versions still match)."""
+        out = {"clean": "all test images, every epoch"}
+        if self.curve_n and self.curve_attack is not None:
+            out.update(n=self.curve_n, attack=self.curve_attack.label, steps=CURVE_STEPS, restarts=1,
+                       best_iterate=True)
+        return out
+
+    def curve_epochs(self, epochs: int) -> List[int]:
+        """Epochs (from 1) whose learning-curve record has the PGD number: the first, every third of the
+        budget, and the last; clean test accuracy is in every epoch's record."""
+        step = max(1, epochs // 3)
+        return sorted({1, epochs} | set(range(step, epochs + 1, step)))
 
 
 @dataclass(frozen=True)
@@ -107,6 +143,11 @@ class RunSpec:
     force: bool
     progress: bool
     compile: bool
+    cuda_graph: bool = False        # replay a CUDA graph of the training step (deep/graphed.py; speed only)
+    at_seeds: Optional[List[int]] = None   # seeds of AT and its variants (None: seeds)
+    jobs: int = 1                   # runs at once, one process each (deep.run --jobs)
+    plateau_check: Optional[str] = None   # run-id globs of the doubled-budget runs of the plateau test
+                                          # (<out_dir>/plateau; "*": every method configuration; None: none)
 
     @property
     def dataset(self) -> str:

@@ -36,12 +36,13 @@ import torch.nn.functional as F
 
 from samrobust.attacks import check_linf_eps, normalize_norm, pgd
 from samrobust.files import write_atomic
-from samrobust.sam import SAM, frozen_bn_stats
+from samrobust.sam import SAM, bn_freezer
 from samrobust.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 
 from . import distributed as ddist
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
+from .graphed import graphed_step_for
 from .archs import ARCHS, DEFAULT_ARCH, build_arch
 from .model import normalization_for
 
@@ -260,10 +261,6 @@ def runtime_flags(cfg: TrainConfig, device: torch.device):
     return bf16, channels_last, augment
 
 
-#: the old private name, for deep/bench.py only (issue 19 splits that file and imports runtime_flags there)
-_flags = runtime_flags
-
-
 def autocast_ctx(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
@@ -367,21 +364,28 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                opt: torch.optim.Optimizer, generator: Optional[torch.Generator] = None,
-               bf16: bool = False):
+               bf16: bool = False, start_noise: Optional[Tuple[torch.Tensor, ...]] = None):
     """One step of cfg.method on the batch (x in [0,1], float). Returns device tensors
     (summed loss, number correct, non-finite flag) measured on the first forward pass (ST/SAM: at w on
-    clean x; AT: at w on x_adv). No ``.item()``: nothing here waits for the device."""
+    clean x; AT: at w on x_adv). No ``.item()``: nothing here waits for the device, so the same function
+    is the body of the CUDA-graphed step (deep/graphed.py). ``start_noise``: AT's PGD random-start numbers
+    drawn beforehand (samrobust.attacks.draw_start_noise; the graphed step's static buffers); else they are
+    drawn from ``generator``.
+
+    Speed (issue 19): the BatchNorm layers to freeze are found once per model (samrobust.sam.bn_freezer),
+    freezing switches their running-stat tracking off instead of saving and restoring buffers, and SAM's
+    ascent and restore are multi-tensor operations (samrobust/sam.py); the numbers are unchanged
+    (tests/test_deep_step_ops.py compares with the former step in float64)."""
     device = x.device
     raw = ddist.unwrap(model)
-    bn_guard = frozen_bn_stats if cfg.bn_stats == "first" else (lambda m: contextlib.nullcontext())
+    bn_guard = bn_freezer(raw) if cfg.bn_stats == "first" else _NO_GUARD
     if cfg.method == "at":
-        with bn_guard(raw), autocast_ctx(device, bf16):
+        with bn_guard, autocast_ctx(device, bf16):
             x = pgd(raw, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
                     step_size=cfg.attack_step_size, random_start=cfg.attack_random_start,
-                    generator=generator)
+                    generator=generator, start_noise=start_noise)
     opt.zero_grad(set_to_none=True)
-    ascent = ddist.ascent_sync(model, cfg.sam_all_reduce_ascent) if cfg.method == "sam" \
-        else contextlib.nullcontext()
+    ascent = ddist.ascent_sync(model, cfg.sam_all_reduce_ascent) if cfg.method == "sam" else _NO_GUARD
     with ascent:
         with autocast_ctx(device, bf16):
             logits = model(x)
@@ -389,7 +393,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
         loss.backward()
     if cfg.method == "sam":
         opt.first_step(zero_grad=True)
-        with bn_guard(raw):
+        with bn_guard:
             with autocast_ctx(device, bf16):
                 logits2 = model(x)
             F.cross_entropy(logits2.float(), y).backward()
@@ -400,6 +404,9 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     n = y.shape[0]
     correct = (logits.detach().argmax(1) == y).sum()
     return loss * n, correct, ~torch.isfinite(loss)
+
+
+_NO_GUARD = contextlib.nullcontext()     # re-usable "no context" (nullcontext instances may be re-entered)
 
 
 def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int, salt: int) -> torch.Generator:
@@ -423,12 +430,15 @@ def batch_bounds(n: int, batch_size: int) -> List[Tuple[int, int]]:
 def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageData, cfg: TrainConfig,
                 epoch: int, indices: Optional[torch.Tensor] = None, rank: int = 0,
                 bf16: bool = False, channels_last: bool = False, augment: bool = False,
-                on_step: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
+                on_step: Optional[Callable[[int], None]] = None, cuda_graph: bool = False,
+                graph_backend=None) -> Dict[str, torch.Tensor]:
     """One epoch over ``indices`` (default: the whole permutation of epoch ``epoch``; under
     torch.distributed pass this rank's shard). Full batches of cfg.batch_size; a last partial batch is
     kept, except that a last batch of one image is folded into the batch before it (:func:`batch_bounds`).
     Returns device tensors {loss_sum, correct, count, nonfinite}; raises DivergenceError when a
-    non-finite loss is seen on any rank (checked every cfg.check_every steps and at the end)."""
+    non-finite loss is seen on any rank (checked every cfg.check_every steps and at the end).
+    ``cuda_graph``: full batches replay a CUDA graph of the step (deep/graphed.py; eager where graphs do
+    not apply, with a one-line warning); ``graph_backend`` replaces CUDA graphs in tests."""
     device = data.x.device
     if indices is None:
         indices = ddist.epoch_permutation(len(data), cfg.seed, epoch)
@@ -437,32 +447,50 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageD
     steps = len(bounds)
     g_aug = _epoch_generator(device, cfg.seed, epoch, rank, 1)
     g_pgd = _epoch_generator(device, cfg.seed, epoch, rank, 2)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+    graphed = None
+    if cuda_graph:
+        graphed = graphed_step_for(model, opt, cfg, bf16, step_fn=train_step, backend=graph_backend)
+    if graphed is not None:
+        graphed.begin_epoch()
+        totals = None
+    else:
+        totals = {"loss_sum": torch.zeros((), device=device),
+                  "correct": torch.zeros((), device=device, dtype=torch.long),
+                  "nonfinite": torch.zeros((), device=device, dtype=torch.bool)}
     model.train()
-    for i in range(steps):
-        _set_lr(opt, lr_at(cfg, epoch + (i + 1) / steps))
-        idx = indices[bounds[i][0]:bounds[i][1]]
-        x = to_float(data.x[idx])
-        y = data.y[idx]
-        if augment:
-            info = DATASETS[cfg.dataset]
-            x = augment_batch(x, g_aug, pad=info.crop_pad, flip=info.flip)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ls, c, bad = train_step(model, x, y, cfg, opt, generator=g_pgd, bf16=bf16)
-        loss_sum += ls
-        correct += c
-        nonfinite |= bad
-        if on_step is not None:
-            on_step(i)
-        if (i + 1) % cfg.check_every == 0 and _any_rank(nonfinite):
-            _diverged(cfg, epoch, i)
-    if _any_rank(nonfinite):
+    try:
+        for i in range(steps):
+            lr = lr_at(cfg, epoch + (i + 1) / steps)
+            idx = indices[bounds[i][0]:bounds[i][1]]
+            x = to_float(data.x[idx])
+            y = data.y[idx]
+            if augment:
+                info = DATASETS[cfg.dataset]
+                x = augment_batch(x, g_aug, pad=info.crop_pad, flip=info.flip)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if graphed is not None:
+                graphed.set_lr(lr)
+                graphed.step(x, y, generator=g_pgd)
+                nonfinite = graphed.nonfinite
+            else:
+                _set_lr(opt, lr)
+                ls, c, bad = train_step(model, x, y, cfg, opt, generator=g_pgd, bf16=bf16)
+                totals["loss_sum"] += ls
+                totals["correct"] += c
+                totals["nonfinite"] |= bad
+                nonfinite = totals["nonfinite"]
+            if on_step is not None:
+                on_step(i)
+            if (i + 1) % cfg.check_every == 0 and _any_rank(nonfinite):
+                _diverged(cfg, epoch, i)
+    finally:
+        if graphed is not None:
+            totals = graphed.end_epoch()
+    if _any_rank(totals["nonfinite"]):
         _diverged(cfg, epoch, steps - 1)
-    return {"loss_sum": loss_sum, "correct": correct, "count": torch.tensor(indices.shape[0]),
-            "nonfinite": nonfinite}
+    return {"loss_sum": totals["loss_sum"], "correct": totals["correct"], "count": torch.tensor(indices.shape[0]),
+            "nonfinite": totals["nonfinite"]}
 
 
 def _any_rank(flag: torch.Tensor) -> bool:
@@ -570,11 +598,16 @@ class FitOptions:
     progress: bool = True               # a tqdm bar over the steps (only when is_main)
     desc: str = ""                      # the bar's label (default: the method)
     compile_model: bool = False         # torch.compile the model (:func:`maybe_compile`; speed only)
+    cuda_graph: bool = False            # replay a CUDA graph of the step (deep/graphed.py; speed only)
     # under torch.distributed (deep/distributed.py):
     is_main: bool = True                # this process writes the checkpoint and shows progress
     model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None  # e.g. DDP
     shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # epoch permutation -> this process's indices
     rank: int = 0                       # seeds this process's augmentation and PGD starts
+    # learning curves: called as epoch_eval(model, epoch) after every epoch (epoch counted from 1, the model
+    # the plain one in train mode); the dict it returns is merged into that epoch's history record before the
+    # checkpoint is written. Not training time. It must leave the model's mode and weights as it found them.
+    epoch_eval: Optional[Callable[[torch.nn.Module, int], Dict]] = None
 
 
 @dataclass
@@ -624,8 +657,11 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
     try:
         for epoch in range(state.epoch, end_epoch):
             rec = _fit_epoch(loop, epoch, state, on_step=(lambda i: bar.update(1)) if bar is not None else None)
+            if opts.epoch_eval is not None:
+                rec.update(opts.epoch_eval(model, rec["epoch"]))
             if bar is not None:
-                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
+                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}",
+                                **({"test": f"{rec['test_clean_acc']:.3f}"} if "test_clean_acc" in rec else {}))
             if opts.checkpoint is not None and opts.is_main:
                 _save_fit_checkpoint(loop, state)
             if state.stopped is not None:
@@ -685,7 +721,7 @@ def _fit_epoch(loop: _FitLoop, epoch: int, state: _FitState, on_step: Optional[C
     _cuda_sync(device)
     t0 = time.perf_counter()
     m = train_epoch(loop.net, loop.opt, loop.train, cfg, epoch, indices=idx, rank=loop.opts.rank, bf16=bf16,
-                    channels_last=channels_last, augment=augment, on_step=on_step)
+                    channels_last=channels_last, augment=augment, on_step=on_step, cuda_graph=loop.opts.cuda_graph)
     loss_sum, correct = ddist.all_reduce_sum(m["loss_sum"].clone()), \
         ddist.all_reduce_sum(m["correct"].clone().float())
     count = ddist.all_reduce_sum(m["count"].to(device).float())

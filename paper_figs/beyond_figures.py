@@ -270,7 +270,7 @@ def beyond_section(ctx: FigureContext, report_path, number: int = 1) -> BeyondSe
     cost = _load_cost(ctx.results_dir)
     base = Path(report_path).parent.resolve()
     sec = BeyondSection()
-    lines = ["## Beyond the paper (Fashion-MNIST, CPU preset)", "",
+    lines = ["## Beyond the paper (Fashion-MNIST, CPU preset; short training, not converged)", "",
              "Four questions the paper leaves open, on the settings of the real-data grid (PreActResNet-18 "
              "width 16, 10,000 training images, 6 epochs, bf16 training; PGD-10 best iterate on 2,000 test "
              "images; AutoAttack cpu subset on the first 50). Commands: " +

@@ -132,6 +132,44 @@ def _beyond(ctx, report_path, res: BuildResult, log) -> None:
         _log_figure(fr, log)
 
 
+#: (folder under results/, title, figure name) of the converged-protocol sections, the report's headline
+CONVERGED = (("converged/cpu", "Converged Fashion-MNIST on two CPU cores (width 8)", "converged_cpu_curves"),
+             ("converged/gpu", "Converged Fashion-MNIST on one GPU at full width (64)", "converged_gpu_curves"))
+
+
+def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res: BuildResult, log) -> str:
+    """The converged-protocol sections (paper_figs.converged) of the folders that exist, joined; a folder
+    whose runs are unreadable goes to ``res.errors``."""
+    import json
+
+    from . import converged as cv
+    cost = None
+    cost_path = results_dir / "beyond" / "cost.json"
+    if cost_path.exists():
+        try:
+            cost = json.loads(cost_path.read_text())
+        except (OSError, ValueError):
+            cost = None
+    parts = []
+    for sub, title, fig in CONVERGED:
+        folder = results_dir / sub
+        try:
+            text = cv.section(folder, title, out_dir / f"{fig}.png", Path(report_path).parent, cost=cost)
+        except ValueError as exc:
+            res.errors.append(f"converged results unreadable: {exc}")
+            log(res.errors[-1])
+            continue
+        if text:
+            inputs.append(f"converged: `{folder}` ({len(cv.load_runs(folder))} runs)")
+            parts.append(text)
+            log(f"{fig}: {out_dir / (fig + '.png')}")
+    short = cv.verdicts_only(results_dir / "deep" / "fashion-mnist",
+                             "The same verdict rule on the short CPU preset (not converged)", cost=cost)
+    if parts and short:
+        parts.append(short)
+    return "\n".join(parts)
+
+
 def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=("png", "pdf"),
           command: str = "python -m paper_figs", log=print) -> BuildResult:
     """Draw all figures into ``out_dir`` (default ``<results_dir>/figures``) and write the report.
@@ -156,8 +194,9 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
     _figures(ctx, res, log)
     _real(ctx, report_path, res, log)
     _beyond(ctx, report_path, res, log)
+    conv = _converged(results_dir, out_dir, report_path, inputs, res, log)
     render_report(report_path, res.figures, [s for s in res.skipped if "skipped:" in s],
-                  res.errors, sim, deep, command, inputs, real=res.real, beyond=res.beyond)
+                  res.errors, sim, deep, command, inputs, real=res.real, beyond=res.beyond, converged=conv)
     res.report = Path(report_path)
     log(f"report: {report_path}")
     return res

@@ -307,7 +307,7 @@ def real_section(ctx: FigureContext, report_path) -> RealSection:
         raise SkipFigure(f"real-data section skipped: {why}; produce it with: {REAL_COMMAND}")
     base = Path(report_path).parent.resolve()
     sec = RealSection()
-    lines = ["## Real data: the paper's claims", "", _INTRO, ""]
+    lines = ["## Real data: the paper's claims (short training, not converged)", "", _INTRO, ""]
     for ds, runs in real.items():
         figs, more, skipped = _dataset_lines(ctx, ds, runs, base, len(sec.figures) + 1)
         sec.figures += figs

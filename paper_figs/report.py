@@ -109,7 +109,7 @@ def masking_section(runs) -> str:
 
 
 def render_report(report_path, figures, skipped, errors, sim, deep, command: str,
-                  inputs: list, real=None, beyond=None) -> str:
+                  inputs: list, real=None, beyond=None, converged: str = "") -> str:
     """Write the report atomically; returns its text. ``figures``: FigureResult list; ``real``:
     the real-data section (:class:`paper_figs.real_figures.RealSection`: ``figures`` listed in the
     verdicts table, ``text`` placed before the deep result tables) or None."""
@@ -122,6 +122,12 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
     lines += [f"* {x}" for x in inputs]
     if skipped or errors:
         lines += ["", "Skipped:", ""] + [f"* {s}" for s in list(errors) + list(skipped)]
+    if converged:
+        lines += ["", "## Deep networks trained to convergence (the headline deep evidence)", "",
+                  "These runs train until the learning curves flatten (plateau test below) and attack with PGD-10 "
+                  "and AutoAttack on the same images; the short-preset sections further down (\"short training, "
+                  "not converged\") stopped while every method was still learning and are kept for the record.",
+                  "", converged]
     lines += ["", "## Verdicts at a glance", "", "| figure | theory vs practice |", "|---|---|"]
     for f in list(figures) + (list(real.figures) if real else []) + (list(beyond.figures) if beyond else []):
         lines.append(f"| [{f.title}](#{f.name.replace('_', '-')}) | {f.verdict.text} |")
@@ -137,7 +143,7 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
         lines += [real.text, ""]
     if beyond is not None and beyond.text:
         lines += [beyond.text, ""]
-    lines += ["## Deep results", ""]
+    lines += ["## Deep results (short training, not converged)", ""]
     lines.append(deep_tables(deep) if deep else "Not available (see Skipped above).")
     text = "\n".join(lines).rstrip() + "\n"
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,14 +22,14 @@ Losses: cross-entropy (default) or the margin (CW) loss  max_{j != y} z_j - z_y 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from samrobust.threat import normalize_norm  # "inf" / "l2" from any accepted spelling
 
-__all__ = ["pgd", "normalize_norm", "default_step_size", "check_linf_eps", "margin_loss", "LOSSES"]
+__all__ = ["pgd", "draw_start_noise", "start_from_noise", "normalize_norm", "default_step_size", "check_linf_eps", "margin_loss", "LOSSES"]
 
 Norm = Union[str, int, float]
 
@@ -70,18 +70,32 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * factor
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str,
-                  generator: Optional[torch.Generator]) -> torch.Tensor:
-    if norm == "inf":
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return (2.0 * u - 1.0) * eps
-    # uniform in the l2 ball: Gaussian direction, radius eps * U^(1/dim)
+def draw_start_noise(x: torch.Tensor, norm: Norm, generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, ...]:
+    """The random numbers of PGD's random start for inputs shaped like ``x``, drawn from ``generator`` in
+    the order :func:`pgd` draws them (l_inf: one uniform tensor; l2: a Gaussian tensor, then one uniform
+    per example). Drawn outside a CUDA graph into static buffers, they make the start graph-safe."""
+    if normalize_norm(norm) == "inf":
+        return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype),)
     g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    u = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
+    return g, u
+
+
+def start_from_noise(noise: Tuple[torch.Tensor, ...], eps: float, norm: str, x: torch.Tensor) -> torch.Tensor:
+    """The random start delta from :func:`draw_start_noise`'s numbers (l_inf: uniform in the cube;
+    l2: uniform in the ball, Gaussian direction and radius eps * U^(1/dim))."""
+    if norm == "inf":
+        (u,) = noise
+        return (2.0 * u - 1.0) * eps
+    g, u = noise
     g = g / (_per_example_l2(g) + 1e-12)
     dim = x[0].numel()
-    u = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator,
-                   device=x.device, dtype=x.dtype)
     return g * eps * u.pow(1.0 / dim)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str,
+                  generator: Optional[torch.Generator]) -> torch.Tensor:
+    return start_from_noise(draw_start_noise(x, norm, generator), eps, norm, x)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,7 +127,9 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         random_start: bool = True,
         loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
         clamp: Optional[Tuple[float, float]] = (0.0, 1.0),
-        generator: Optional[torch.Generator] = None, best_iterate: bool = False) -> torch.Tensor:
+        generator: Optional[torch.Generator] = None, best_iterate: bool = False,
+        start_noise: Optional[Tuple[torch.Tensor, ...]] = None,
+        buckets: Optional[Sequence[int]] = None) -> torch.Tensor:
     """PGD attack maximising ``loss_fn(forward(x_adv), y)`` over the eps ball (docs/theory.md L1).
 
     Args:
@@ -131,6 +147,12 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         best_iterate: return, for each example, the first iterate that ``forward`` misclassifies
             (argmax != y; random start included), else the last iterate; broken examples stop being
             attacked. For class labels and logits only (evaluation).
+        start_noise: the random start's numbers drawn beforehand (:func:`draw_start_noise`, e.g. into
+            the static buffers of a CUDA graph); then ``generator`` is not used. Same start as drawing here.
+        buckets: with ``best_iterate``, the batch sizes the surviving examples are padded to (the next
+            size up; e.g. (B, B/2, B/4, B/8) of the evaluation batch B) instead of a new shape at every
+            iteration (speed on CUDA: cuDNN plans and graphs need few shapes). Padding rows repeat a
+            surviving example and are discarded; every example's computation is unchanged.
 
     Returns:
         ``x_adv`` detached, with ``||x_adv - x|| <= eps`` (per example) and inside ``clamp``.
@@ -143,12 +165,13 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     if eps == 0.0 or (steps == 0 and not random_start):
         return x.clone()
     if random_start:
-        delta = _clamp_box(x, _random_start(x, eps, norm_, generator), clamp)
+        noise = start_noise if start_noise is not None else draw_start_noise(x, norm_, generator)
+        delta = _clamp_box(x, start_from_noise(noise, eps, norm_, x), clamp)
     else:
         delta = torch.zeros_like(x)
     step = _Step(forward, loss_fn, eps, norm_, step_size, clamp)
     if best_iterate:
-        return _pgd_best_iterate(step, x, y, delta, int(steps))
+        return _pgd_best_iterate(step, x, y, delta, int(steps), buckets)
     for _ in range(int(steps)):
         delta, _ = step(x, y, delta)
     return (x + delta).detach()
@@ -192,10 +215,22 @@ class _Step:
         return _clamp_box(x, _project(delta, self.eps, self.norm), self.clamp), logits.detach()
 
 
-def _pgd_best_iterate(step: _Step, x, y, delta, steps: int) -> torch.Tensor:
-    """PGD keeping, per example, the first misclassified iterate; only unbroken examples are attacked."""
+def _bucket(k: int, buckets: Optional[Sequence[int]]) -> int:
+    """The smallest size of ``buckets`` that holds ``k`` examples (``k`` itself without buckets or when
+    none does)."""
+    if not buckets:
+        return k
+    fits = [b for b in buckets if b >= k]
+    return min(fits) if fits else k
+
+
+def _pgd_best_iterate(step: _Step, x, y, delta, steps: int, buckets: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """PGD keeping, per example, the first misclassified iterate; only unbroken examples are attacked.
+    With ``buckets`` the survivors are padded to a few fixed batch sizes (see :func:`pgd`)."""
     out = (x + delta).detach().clone()
     active = torch.arange(x.shape[0], device=x.device)
+    if buckets:
+        return _pgd_best_iterate_padded(step, x, y, delta, steps, buckets, out, active)
     xa, ya, da = x, y, delta
     for it in range(steps + 1):
         if it < steps:
@@ -209,4 +244,32 @@ def _pgd_best_iterate(step: _Step, x, y, delta, steps: int) -> torch.Tensor:
         if not bool(keep.any()):
             break
         active, xa, ya, da = active[keep], xa[keep], ya[keep], new_delta[keep]
+    return out
+
+
+def _pgd_best_iterate_padded(step: _Step, x, y, delta, steps: int, buckets, out, active) -> torch.Tensor:
+    """:func:`_pgd_best_iterate` on padded batches: the ``k`` survivors (their indices ``active`` into x)
+    plus ``size - k`` copies of the first survivor, ``size`` the bucket of k. Only the first k rows of each
+    result are used, so the numbers are those of the unpadded loop wherever a kernel's result per example
+    does not depend on the batch size (tests/test_deep_step_ops.py compares)."""
+    da = delta.detach()
+    if x.shape[0] == 0:
+        return out
+    for it in range(steps + 1):
+        k = active.shape[0]
+        size = _bucket(k, buckets)
+        idx = active if size == k else torch.cat([active, active[:1].expand(size - k)])
+        xa, ya, dp = x[idx], y[idx], da if size == k else torch.cat([da, da[:1].expand(size - k, *da.shape[1:])])
+        if it < steps:
+            new_delta, logits = step(xa, ya, dp)
+        else:
+            with torch.no_grad():
+                logits, new_delta = step.forward(xa + dp), dp
+        logits, new_delta = logits[:k], new_delta[:k]
+        broken = logits.argmax(1) != y[active]
+        out[active] = (x[active] + da).detach()
+        keep = ~broken
+        if not bool(keep.any()):
+            break
+        active, da = active[keep], new_delta[keep]
     return out

@@ -18,18 +18,26 @@ caller puts an explicit L2 penalty into its loss, it is of course part of g; our
 **BatchNorm in the second pass.** The gradient at w + e is computed on the same mini-batch with BatchNorm in
 training mode (normalising by that batch's statistics, as in the first pass), but the running mean/variance
 are updated only once per step, by the first pass at w: wrap the second forward in
-:func:`frozen_bn_stats` (our training loop does), which sets BN momentum to 0 for its duration and restores
-``num_batches_tracked``. The running statistics used at test time therefore belong to the weights w.
+:func:`frozen_bn_stats` / :class:`BNStatsFreezer` (our training loop does), which switches the layers'
+``track_running_stats`` off for its duration. The running statistics used at test time therefore belong to
+the weights w.
+
+**Operations per step** (speed; issue 19). On a GPU the step is limited by the host issuing kernels, so the
+ascent and the restore use multi-tensor (``torch._foreach_*``) operations: one ``_foreach_norm`` for the
+per-tensor norms, one ``_foreach_mul`` for e, one ``_foreach_add_`` for w + e, and one ``_foreach_copy_``
+each into and out of a weight backup that is allocated once and reused (also what a CUDA graph needs:
+static memory). The numbers are those of :func:`sam_perturbation` (tests/test_deep_step_ops.py compares).
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["sam_perturbation", "SAM", "frozen_bn_stats"]
+__all__ = ["sam_perturbation", "SAM", "frozen_bn_stats", "BNStatsFreezer", "bn_freezer"]
 
 
 def sam_perturbation(grads: Sequence[Optional[torch.Tensor]], rho: float, adaptive: bool = False,
@@ -111,24 +119,55 @@ class SAM(torch.optim.Optimizer):
         self.rho = float(rho)
         self.adaptive = bool(adaptive)
         self.perturb_eps = float(perturb_eps)
-        self._w_backup: Optional[List[torch.Tensor]] = None
+        # Persistent backup of w (allocated on the first ascent, reused every step; see the module docstring)
+        self._backup: List[torch.Tensor] = []
+        self._backup_of: List[int] = []          # id() of the parameters the backup belongs to
         self._perturbed: List[torch.Tensor] = []
+        self._is_perturbed = False
 
     def _params_with_grad(self) -> List[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
 
+    def _ascent(self, params: List[torch.Tensor], grads: List[torch.Tensor]) -> List[torch.Tensor]:
+        """e of :func:`sam_perturbation` with multi-tensor kernels (same operations per tensor, same order;
+        speed: a fixed handful of launches instead of several per parameter tensor)."""
+        if self.adaptive:
+            absw = torch._foreach_abs(params)
+            scaled = torch._foreach_mul(absw, grads)              # |w| g
+        else:
+            scaled = grads
+        acc = torch.float64 if any(s.dtype == torch.float64 for s in scaled) else torch.float32
+        norms = torch._foreach_norm(scaled, 2, dtype=acc)
+        norm = torch.linalg.vector_norm(torch.stack(norms))
+        scale = self.rho / (norm + self.perturb_eps)              # a device scalar: no host sync
+        if self.adaptive:
+            e = torch._foreach_mul(absw, scaled)                  # |w| (|w| g), then * scale as before
+            torch._foreach_mul_(e, scale)
+        else:
+            e = torch._foreach_mul(scaled, scale)
+        return e
+
+    def _save(self, params: List[torch.Tensor]) -> None:
+        """Copy w into the persistent backup (re-allocated only when the parameter set changes)."""
+        ids = [id(p) for p in params]
+        if ids != self._backup_of:
+            self._backup = [torch.empty_like(p) for p in params]
+            self._backup_of = ids
+        torch._foreach_copy_(self._backup, params)
+
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> List[torch.Tensor]:
         """Ascent: w -> w + e(w) from the current ``.grad``; keeps w for ``second_step``. Returns e."""
-        if self._w_backup is not None:
+        if self._is_perturbed:
             raise RuntimeError("first_step called twice without second_step")
         params = self._params_with_grad()
-        grads = [p.grad for p in params]
-        e = sam_perturbation(grads, self.rho, self.adaptive, params=params, eps=self.perturb_eps)
-        self._w_backup = [p.detach().clone() for p in params]
-        self._perturbed = params
+        e: List[torch.Tensor] = []
         if params:
+            e = self._ascent(params, [p.grad for p in params])
+            self._save(params)
             torch._foreach_add_(params, e)
+        self._perturbed = params
+        self._is_perturbed = True
         if zero_grad:
             self.zero_grad(set_to_none=True)
         return e
@@ -136,11 +175,11 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def restore(self) -> None:
         """Put back the weights saved by ``first_step`` (exact copy, no rounding)."""
-        if self._w_backup is None:
+        if not self._is_perturbed:
             raise RuntimeError("second_step/restore called without first_step")
         if self._perturbed:
-            torch._foreach_copy_(self._perturbed, self._w_backup)
-        self._w_backup = None
+            torch._foreach_copy_(self._perturbed, self._backup)
+        self._is_perturbed = False
         self._perturbed = []
 
     @torch.no_grad()
@@ -179,21 +218,48 @@ class SAM(torch.optim.Optimizer):
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
+class BNStatsFreezer:
+    """Context (re-usable): BatchNorm layers still normalise with batch statistics (train mode), but their
+    running mean/var and ``num_batches_tracked`` are left unchanged. Used for SAM's second pass and for the
+    PGD inner loop of adversarial training (bn_stats="first").
+
+    The BatchNorm layers are found once, when the freezer is built (not per step), and freezing switches
+    their ``track_running_stats`` off: in train mode torch's BatchNorm then passes no running buffers to
+    the kernel, so nothing is updated and nothing needs saving or restoring (speed: no per-step clones of
+    ``num_batches_tracked``, no running-stat kernels; the normalisation and its gradient are unchanged).
+    Exiting restores the flags as they were on entry, so nesting is safe."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+        self._saved: List[List[bool]] = []
+
+    def __enter__(self):
+        self._saved.append([m.track_running_stats for m in self.layers])
+        for m in self.layers:
+            m.track_running_stats = False
+        return self
+
+    def __exit__(self, *exc):
+        for m, flag in zip(self.layers, self._saved.pop()):
+            m.track_running_stats = flag
+        return False
+
+
+_FREEZERS: "weakref.WeakKeyDictionary[nn.Module, BNStatsFreezer]" = weakref.WeakKeyDictionary()
+
+
+def bn_freezer(model: nn.Module) -> BNStatsFreezer:
+    """The :class:`BNStatsFreezer` of ``model``, built on the first call and cached per model (the layer
+    list of a model is assumed not to change after its first training step)."""
+    f = _FREEZERS.get(model)
+    if f is None:
+        f = _FREEZERS[model] = BNStatsFreezer(model)
+    return f
+
+
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module):
-    """Context: BatchNorm layers still normalise with batch statistics (train mode), but their running
-    mean/var and ``num_batches_tracked`` are left unchanged. Used for SAM's second pass and for the
-    PGD inner loop of adversarial training."""
-    saved = []
-    for m in model.modules():
-        if isinstance(m, _BN_TYPES) and m.track_running_stats:
-            nbt = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None
-            saved.append((m, m.momentum, nbt))
-            m.momentum = 0.0
-    try:
+    """Context: :class:`BNStatsFreezer` of ``model`` (cached per model): BatchNorm in train mode normalises
+    with batch statistics but leaves its running statistics and ``num_batches_tracked`` unchanged."""
+    with bn_freezer(model):
         yield model
-    finally:
-        for m, mom, nbt in saved:
-            m.momentum = mom
-            if nbt is not None:
-                m.num_batches_tracked.copy_(nbt)

@@ -1,4 +1,4 @@
-"""deep/bench.py: FLOP counts against the architecture's closed form, the reference-style data path, and a
+"""deep/bench/ (python -m deep.bench): FLOP counts against the architecture's closed form, the reference-style data path, and a
 tiny end-to-end CPU run of ``python -m deep.bench`` (speed itself is never asserted here)."""
 import json
 
@@ -84,7 +84,8 @@ def test_reference_pgd_stays_in_the_box_and_raises_the_loss():
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "b.json"
     rc = bench.main(["--device", "cpu", "--dataset", "cifar10", "--steps", "1", "--warmup", "0", "--batch-size", "8",
-                     "--width", "4", "--workers", "1", "--threads", "1", "--out", str(out), "--quiet"])
+                     "--width", "4", "--workers", "1", "--threads", "1", "--concurrency", "off", "--out", str(out),
+                     "--quiet"])   # the former name of --no-progress still works
     assert rc == 0
     return out
 
@@ -109,6 +110,10 @@ def test_tiny_cpu_run_writes_consistent_results(tiny_run):
     assert rows["ours", "at"]["flops_per_image"] == 10 * 2 * fwd + st
     assert rows["reference", "at"]["flops_per_image"] == 10 * 3 * fwd + st
     assert rows["ours", "eval"]["flops_per_image"] == 10 * 2 * fwd + 2 * fwd   # attack + clean + adv fwd
+    # operations per step: SAM's two passes issue more than ST's one, AT's PGD-10 more than SAM
+    ops = {k: r["ops_per_step"] for k, r in rows.items()}
+    assert 0 < ops["ours", "st"] < ops["ours", "sam"] < ops["ours", "at"]
+    assert 0 < ops["reference", "st"] < ops["reference", "sam"] < ops["reference", "at"]
     rt = res["ratios"]
     ips = {k: r["images_per_s"] for k, r in rows.items()}
     assert rt["st_ours_vs_ref"] == pytest.approx(ips["ours", "st"] / ips["reference", "st"])
@@ -186,7 +191,7 @@ def test_threads_default_to_the_cores_this_process_may_use(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_defaults_are_the_fast_path_on_the_fashion_mnist_shape(monkeypatch, native):
-    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(bench.config, "cpu_has_native_bf16", lambda: native)
     c = bench.BenchConfig(device="cpu").resolved(torch.device("cpu"))
     assert (c.dataset, c.width, c.batch_size) == ("fashion-mnist", 16, 128)
     assert c.bf16 is native and c.channels_last is native
@@ -238,13 +243,13 @@ def tiny_fashion_run(tmp_path_factory):
     (a wrapper module: the real compile takes minutes) and a tiny accuracy check (width 2, 1 epoch)."""
     out = tmp_path_factory.mktemp("bench") / "f.json"
     mp = pytest.MonkeyPatch()
-    mp.setattr(bench, "compile_for", lambda model, *a: torch.nn.Sequential(model))
+    mp.setattr(bench.harness, "compile_for", lambda model, *a: torch.nn.Sequential(model))
     try:
         rc = bench.main(["--device", "cpu", "--steps", "1", "--warmup", "0", "--batch-size", "8", "--width", "4",
                          "--workers", "0", "--threads", "1", "--phases", "st,sam,eval", "--compile",
                          "--accuracy-check", "--accuracy-width", "2", "--accuracy-epochs", "1",
                          "--accuracy-seeds", "0", "--accuracy-n-train", "96", "--accuracy-n-test", "40",
-                         "--out", str(out), "--quiet"])
+                         "--concurrency", "off", "--out", str(out), "--no-progress"])
     finally:
         mp.undo()
     assert rc == 0
@@ -295,3 +300,60 @@ def test_accuracy_check_fp32_runs_repeat_exactly():
     assert "| ST | 3 |" in text and "Largest |bf16 - fp32|" in text
     with pytest.raises(ValueError, match="digits or fashion-mnist"):
         bench.AccuracyCheckConfig(dataset="cifar10")
+
+
+# ------------------------------------------------------- CUDA graph loop, concurrent processes, presets
+
+def test_ratios_of_the_graphed_loop_and_of_concurrent_processes():
+    rows = _rows({("ours", "st"): 400.0, ("ours-graphed", "st"): 1000.0, ("reference", "st"): 250.0,
+                  ("ours", "sam"): 200.0, ("ours-graphed", "sam"): 450.0, ("reference", "sam"): 100.0})
+    conc = {"aggregate_vs_one": {"1": 1.0, "2": 1.8, "8": 4.5}}
+    rt = bench.compute_ratios(rows, conc)
+    assert rt["st_ours_vs_ref"] == pytest.approx(4.0) and rt["st_eager_vs_ref"] == pytest.approx(1.6)
+    assert rt["st_graphed_vs_eager"] == pytest.approx(2.5) and rt["sam_graphed_vs_ref"] == pytest.approx(4.5)
+    assert rt["sam_cost_vs_st"] == pytest.approx(1000 / 450) and rt["eager_sam_cost_vs_st"] == pytest.approx(2.0)
+    assert rt["concurrent_2_vs_1"] == 1.8 and rt["concurrent_8_vs_1"] == 4.5
+    gpu = bench.judge_targets(rt, "cuda")
+    assert gpu["concurrent_8_vs_1"]["met"] and gpu["st_ours_vs_ref"]["met"] and not gpu["sam_cost_vs_st"]["met"]
+    cpu = bench.judge_targets(rt, "cpu")
+    assert cpu["concurrent_2_vs_1"]["met"] and cpu["concurrent_2_vs_1"]["target"] == ">= 1.7"
+    assert cpu["sam_cost_vs_st"]["target"] == "<= 2.0"
+
+
+def test_aggregate_counts_the_union_window():
+    a = bench.aggregate([{"images": 100, "t0": 10.0, "t1": 12.0}, {"images": 100, "t0": 11.0, "t1": 14.0}])
+    assert a["k"] == 2 and a["wall_s"] == 4.0 and a["aggregate_images_per_s"] == 50.0
+    assert a["per_process_images_per_s"] == [50.0, pytest.approx(100 / 3)]
+
+
+def test_two_concurrent_worker_processes_on_cpu(tmp_path):
+    """K = 1, 2 real worker processes (tiny model): the aggregate table, ratios and targets are filled in."""
+    out = tmp_path / "c.json"
+    rc = bench.main(["--device", "cpu", "--dataset", "cifar10", "--steps", "1", "--warmup", "0", "--batch-size",
+                     "8", "--width", "2", "--workers", "0", "--threads", "1", "--phases", "st", "--loops", "ours",
+                     "--concurrency", "2", "--concurrency-steps", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    conc = res["concurrency"]
+    assert [r["k"] for r in conc["runs"]] == [1, 2] and conc["pinned_to_cores"]
+    assert all(r["images"] == r["k"] * 2 * 8 and r["aggregate_images_per_s"] > 0 for r in conc["runs"])
+    assert res["ratios"]["concurrent_2_vs_1"] == pytest.approx(
+        conc["runs"][1]["aggregate_images_per_s"] / conc["runs"][0]["aggregate_images_per_s"])
+    assert res["targets"]["concurrent_2_vs_1"]["measured"] == res["ratios"]["concurrent_2_vs_1"]
+    md = out.with_suffix(".md").read_text()
+    assert "| K | aggregate images/s | x one process |" in md and "2 concurrent processes / one process" in md
+    ceil = conc["spin_ceiling"]
+    assert set(ceil) == {"1", "2"} and ceil["1"] == 1.0 and 0 < ceil["2"] <= 2.5 and "busy loops" in md
+    assert "CUDA only, not measured" not in md       # graphed was not asked for
+
+
+def test_gpu_quick_preset_and_help(monkeypatch):
+    p = bench.build_parser()
+    args = p.parse_args(["--gpu-quick", "--steps", "7"])
+    bench.cli._apply_preset(p, args)
+    assert args.device == "cuda" and args.steps == 7 and args.concurrency == "1,2,4,8"       # explicit wins
+    assert args.out.endswith("deep_bench_h200_quick.json") and args.no_progress is False
+    assert p.parse_args(["--quiet"]).no_progress and p.parse_args(["--no-progress"]).no_progress
+    text = p.format_help()
+    assert "--gpu-quick" in text and "--no-progress" in text and "--quiet" not in text and "989.4" in text
+    assert "--gpu-quick" in bench.__doc__ and "90 s" in bench.__doc__

@@ -1,0 +1,495 @@
+"""The converged Fashion-MNIST evidence (issue 18; docs/protocol.md, "Converged protocol"): data, verdicts,
+figure and report section in one module.
+
+Reads the runs of ``deep.run --profile converged`` (result JSONs, copied under ``results/converged/<device>/``;
+the doubled-budget runs of the plateau test in its ``plateau/`` subfolder) and their worst-case evaluations
+(``deep.evaluate --attacks worst:cpu`` / ``worst:standard``: per image, PGD-10 best iterate and AutoAttack
+both failed to break it).
+
+Verdicts follow the statistics: each claim is judged on the paired-by-seed difference (SAM - ST, AT - SAM)
+with a two-sided 95% interval, mean +- t_{0.975, n-1} sd / sqrt(n) over the n seeds both runs have:
+
+* holds when the whole interval is on the claim's side of its threshold, fails when the whole interval is on
+  the other side, undecided when it covers the threshold (or n < 2);
+* (a) SAM - ST robust accuracy at the small radius (l_inf 0.02) > 0 points;
+* (b) "no clean cost": SAM - ST clean accuracy > -0.5 points;
+* (c) AT - SAM robust accuracy at the larger radius (l_inf 0.05) > 0 and AT - SAM clean accuracy < 0;
+* (d) SAM's measured step cost relative to ST's is below AT's (``python -m deep.cost``: median of interleaved
+  rounds; no interval over seeds, the cost does not depend on the seed).
+
+Robust numbers are the per-image worst case where every run of the comparison has one, else PGD-10. A
+gradient-masking flag (PGD-10 minus the worst case, in points, mean over the runs involved) larger than the
+effect a verdict rests on makes that verdict undecided.
+
+The plateau test: with the epoch budget doubled (one seed), the final clean accuracy moves by less than
+PLATEAU_CLEAN points and the robust accuracy at the headline radius by less than PLATEAU_ROBUST points.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "Verdict",
+           "claims", "plateau_rows", "plateau_epoch", "summary_rows", "curves_figure", "section",
+           "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
+
+PLATEAU_CLEAN = 0.5         # points
+PLATEAU_ROBUST = 2.0        # points
+CLEAN_TOL = -0.5            # claim (b): SAM - ST clean accuracy above this (points)
+SMALL = "linf_0.02"         # claim (a)'s radius and the learning curves' headline radius
+LARGE = "linf_0.05"         # claim (c)'s radius
+WORST_KEYS = ("worst-cpu", "worst-standard")
+
+
+@dataclass
+class Run:
+    """One finished run: what the tables and verdicts read from its result JSON (accuracies as fractions)."""
+    run_id: str
+    method: str                 # st | sam | at
+    rho: Optional[float]
+    eps: Optional[float]
+    seed: int
+    epochs: int
+    width: int
+    n_train: Optional[int]
+    clean: float
+    pgd: Dict[str, float]       # PGD-10 (deep.run's evaluation) on n_robust images
+    n_robust: Optional[int]
+    history: List[dict]
+    worst: Dict[str, dict] = field(default_factory=dict)   # extra_evals' worst-case entries by key
+    device: str = ""
+    train_s: float = 0.0
+
+    def robust(self, label: str, prefer: str = "worst-cpu") -> Tuple[Optional[float], str]:
+        """(accuracy, source) at ``label``: the worst case of ``prefer`` when stored, else PGD-10."""
+        w = self.worst.get(prefer)
+        if w and label in (w.get("robust") or {}):
+            return w["robust"][label], f"worst case n={w.get('n')}"
+        if label in self.pgd:
+            return self.pgd[label], f"PGD-10 n={self.n_robust or 'all'}"
+        return None, "missing"
+
+    def gap(self, label: str, key: str = "worst-cpu") -> Optional[float]:
+        """PGD-10 minus worst case at ``label``, in points, on the worst case's images (None if absent)."""
+        w = self.worst.get(key)
+        return None if not w or label not in (w.get("gap_points") or {}) else float(w["gap_points"][label])
+
+
+def _run(raw: dict, path: Path) -> Run:
+    cfg = raw.get("config") or {}
+    extra = raw.get("extra_evals") or {}
+    return Run(run_id=raw.get("run_id", path.stem), method=raw["method"], rho=raw.get("rho"), eps=raw.get("eps"),
+               seed=int(raw["seed"]), epochs=int(raw["epochs"]), width=int(cfg.get("width", 0)),
+               n_train=cfg.get("n_train"), clean=float(raw["clean_acc"]), pgd=dict(raw.get("robust") or {}),
+               n_robust=(raw.get("eval") or {}).get("n_robust"), history=list(raw.get("history") or []),
+               worst={k: v for k, v in extra.items() if k in WORST_KEYS}, device=str(raw.get("device", "")),
+               train_s=float(raw.get("wall_time_s") or 0.0))
+
+
+def load_runs(folder) -> List[Run]:
+    """Every run JSON directly in ``folder`` (sorted by name); ValueError naming a file that is not a
+    readable run."""
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            raw = json.loads(p.read_text())
+            if not isinstance(raw, dict) or "clean_acc" not in raw:
+                raise ValueError("not a deep.run result")
+            out.append(_run(raw, p))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{p}: {err}") from None
+    return out
+
+
+def config_key(r: Run) -> Tuple:
+    """Runs that differ in the seed only share this key (method, radius, width, epochs, training images)."""
+    return (r.method, r.rho, r.eps, r.width, r.epochs, r.n_train)
+
+
+def config_label(r: Run) -> str:
+    if r.method == "sam":
+        return f"SAM rho {r.rho:g}"
+    if r.method == "at":
+        return f"AT l_inf {r.eps:g}"
+    return "ST"
+
+
+def _groups(runs: Sequence[Run]) -> Dict[Tuple, List[Run]]:
+    order = {"st": 0, "sam": 1, "at": 2}
+    out: Dict[Tuple, List[Run]] = {}
+    for r in sorted(runs, key=lambda r: (order.get(r.method, 9), r.rho or 0, r.eps or 0, r.seed)):
+        out.setdefault(config_key(r), []).append(r)
+    return out
+
+
+# ------------------------------------------------------------------------------------- statistics
+
+def t_quantile(df: int, p: float = 0.975) -> float:
+    """Student-t quantile (scipy.special.stdtrit)."""
+    from scipy.special import stdtrit
+    return float(stdtrit(df, p))
+
+
+def interval(diffs: Sequence[float]) -> Tuple[float, float, float, int]:
+    """(mean, low, high, n): the two-sided 95% t interval of the mean of ``diffs`` (low = high = mean for
+    n = 1: no interval)."""
+    n = len(diffs)
+    m = statistics.mean(diffs)
+    if n < 2:
+        return m, m, m, n
+    half = t_quantile(n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    return m, m - half, m + half, n
+
+
+def judge(low: float, high: float, threshold: float, above: bool, n: int) -> str:
+    """holds / fails / undecided for the claim "difference above (or below) threshold"."""
+    if n < 2:
+        return "undecided"
+    if above:
+        return "holds" if low > threshold else "fails" if high < threshold else "undecided"
+    return "holds" if high < threshold else "fails" if low > threshold else "undecided"
+
+
+def paired(a: Sequence[Run], b: Sequence[Run], value) -> List[float]:
+    """value(run_a) - value(run_b) in points for every seed both have (value None: seed left out)."""
+    bs = {r.seed: r for r in b}
+    out = []
+    for r in a:
+        if r.seed in bs:
+            va, vb = value(r), value(bs[r.seed])
+            if va is not None and vb is not None:
+                out.append(100 * (va - vb))
+    return out
+
+
+@dataclass
+class Verdict:
+    claim: str
+    scope: str
+    measure: str
+    n: int
+    mean: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+    threshold: str
+    verdict: str
+    note: str = ""
+
+
+def _source(runs: Sequence[Run], label: str) -> str:
+    """"worst" when every run has the worst case at ``label``, else "pgd"."""
+    return "worst" if all(r.robust(label)[1].startswith("worst") for r in runs) else "pgd"
+
+
+def _rob(src: str, label: str):
+    if src == "worst":
+        return lambda r: r.robust(label)[0]
+    return lambda r: r.pgd.get(label)
+
+
+def _mask_gap(runs: Sequence[Run], label: str) -> Optional[float]:
+    gaps = [g for g in (r.gap(label) for r in runs) if g is not None]
+    return statistics.mean(gaps) if gaps else None
+
+
+def _diff_verdict(cid, scope, measure, diffs, thr, above, thr_text, gap=None) -> Verdict:
+    if not diffs:
+        return Verdict(cid, scope, measure, 0, None, None, None, thr_text, "undecided", "no paired seeds")
+    m, lo, hi, n = interval(diffs)
+    v = judge(lo, hi, thr, above, n)
+    note = ""
+    if gap is not None and gap > abs(m - thr):
+        v, note = "undecided", f"masking flag: PGD-10 - worst case = {gap:.1f} points > effect {abs(m - thr):.1f}"
+    elif gap is not None:
+        note = f"PGD-10 - worst case {gap:.1f} points"
+    return Verdict(cid, scope, measure, n, m, lo, hi, thr_text, v, note)
+
+
+def claims(runs: Sequence[Run], cost: Optional[dict] = None) -> List[Verdict]:
+    """The paper's claims (a)-(d) on the runs of one protocol (module docstring)."""
+    groups = _groups(runs)
+    st = next((g for k, g in groups.items() if k[0] == "st"), [])
+    sams = [g for k, g in groups.items() if k[0] == "sam"]
+    ats = [g for k, g in groups.items() if k[0] == "at"]
+    out = []
+    for sam in sams:
+        scope = f"{config_label(sam[0])} vs ST"
+        src = _source(list(sam) + list(st), SMALL)
+        out.append(_diff_verdict("a", scope, f"robust {SMALL} ({'worst case' if src == 'worst' else 'PGD-10'})",
+                                 paired(sam, st, _rob(src, SMALL)), 0.0, True, "> 0",
+                                 gap=_mask_gap(sam, SMALL)))
+        out.append(_diff_verdict("b", scope, "clean", paired(sam, st, lambda r: r.clean), CLEAN_TOL, True,
+                                 f"> {CLEAN_TOL}"))
+    for at in ats:
+        for sam in sams:
+            scope = f"{config_label(at[0])} vs {config_label(sam[0])}"
+            src = _source(list(at) + list(sam), LARGE)
+            out.append(_diff_verdict("c", scope, f"robust {LARGE} ({'worst case' if src == 'worst' else 'PGD-10'})",
+                                     paired(at, sam, _rob(src, LARGE)), 0.0, True, "> 0",
+                                     gap=_mask_gap(list(sam), LARGE)))
+            out.append(_diff_verdict("c", scope, "clean", paired(at, sam, lambda r: r.clean), 0.0, False, "< 0"))
+    if cost and "relative" in cost:
+        rel = cost["relative"]
+        if "sam" in rel and "at" in rel:
+            holds = rel["sam"] < rel["at"]
+            out.append(Verdict("d", "SAM vs AT", "step cost / ST's (deep.cost, median of interleaved rounds)", 0,
+                               rel["sam"], None, rel["at"], "SAM < AT", "holds" if holds else "fails",
+                               f"SAM x{rel['sam']:.2f}, AT x{rel['at']:.2f} ST's step ({_cost_where(cost)})"))
+    return out
+
+
+def _cost_where(cost: dict) -> str:
+    s = cost.get("settings") or {}
+    return ", ".join(f"{k} {s[k]}" for k in ("dataset", "width", "threads", "rounds") if k in s)
+
+
+# ---------------------------------------------------------------------------------------- plateau
+
+def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
+    """One row per doubled-budget run: its configuration's run of the same seed at the protocol's budget,
+    the changes of clean accuracy and of PGD-10 at the headline radius (points) and whether both are inside
+    the plateau tolerances."""
+    base = {(config_key(r)[0:4] + config_key(r)[5:], r.seed): r for r in runs}
+    rows = []
+    for d in doubled:
+        k = config_key(d)
+        r = base.get((k[0:4] + k[5:], d.seed))
+        if r is None:
+            continue
+        dc = 100 * (d.clean - r.clean)
+        dr = 100 * (d.pgd[SMALL] - r.pgd[SMALL]) if SMALL in d.pgd and SMALL in r.pgd else None
+        ok = abs(dc) < PLATEAU_CLEAN and dr is not None and abs(dr) < PLATEAU_ROBUST
+        rows.append(dict(label=config_label(d), seed=d.seed, epochs=(r.epochs, d.epochs), clean=(r.clean, d.clean),
+                         d_clean=dc, robust=(r.pgd.get(SMALL), d.pgd.get(SMALL)), d_robust=dr, plateau=ok))
+    return rows
+
+
+def plateau_epoch(group: Sequence[Run], tol: float = PLATEAU_CLEAN) -> Optional[int]:
+    """First epoch from which the seed-mean test clean accuracy stays within ``tol`` points of its final
+    value (learning curves; None without curves)."""
+    curves = [[h.get("test_clean_acc") for h in r.history] for r in group]
+    if not curves or any(c is None for cur in curves for c in cur):
+        return None
+    n = min(len(c) for c in curves)
+    mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
+    for i in range(n):
+        if all(abs(100 * (m - mean[-1])) < tol for m in mean[i:]):
+            return i + 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+def _pm(vals: Sequence[Optional[float]]) -> str:
+    vals = [100 * v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+
+def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
+    """Per configuration: seeds, clean, PGD-10 at each evaluated radius, and at SMALL and LARGE the
+    worst case with its PGD-only and AutoAttack-only numbers on the same images (mean ± sd over seeds)."""
+    rows = []
+    for _, g in _groups(runs).items():
+        labels = sorted({k for r in g for k in r.pgd})
+        row = [config_label(g[0]), str(len(g)), _pm([r.clean for r in g])]
+        row += [f"{lab}: {_pm([r.pgd.get(lab) for r in g])}" for lab in labels]
+        for lab in (SMALL, LARGE):
+            ws = [r.worst.get("worst-cpu") for r in g]
+            if all(w and lab in w.get("robust", {}) for w in ws):
+                row.append(f"{_pm([w['pgd'][lab] for w in ws])} / {_pm([w['autoattack'][lab] for w in ws])} / "
+                           f"**{_pm([w['robust'][lab] for w in ws])}** (n={ws[0]['n']}, {len(ws)} seeds)")
+            else:
+                row.append("not run")
+        plat = plateau_epoch(g)
+        row.append("-" if plat is None else str(plat))
+        rows.append(row)
+    return rows
+
+
+def standard_rows(runs: Sequence[Run]) -> List[List[str]]:
+    """Runs with the standard AutoAttack worst case: PGD / AA / worst at SMALL and LARGE, AA seconds."""
+    rows = []
+    for r in runs:
+        w = r.worst.get("worst-standard")
+        if not w:
+            continue
+        cells = [f"{100 * w['pgd'][lab]:.1f} / {100 * w['autoattack'][lab]:.1f} / **{100 * w['robust'][lab]:.1f}**"
+                 if lab in w.get("robust", {}) else "-" for lab in (SMALL, LARGE)]
+        secs = sum((w.get("seconds_per_attack") or {}).values())
+        rows.append([f"{config_label(r)} (seed {r.seed})", str(w.get("n"))] + cells + [f"{secs:.0f}"])
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def verdict_rows(vs: Sequence[Verdict]) -> List[List[str]]:
+    out = []
+    for v in vs:
+        if v.claim == "d":
+            out.append([v.claim, v.scope, v.measure, "-", "-", "-", v.threshold, f"**{v.verdict}**", v.note])
+            continue
+        ci = "-" if v.n < 2 or v.low is None else f"[{v.low:+.2f}, {v.high:+.2f}]"
+        out.append([v.claim, v.scope, v.measure, str(v.n), _fmt(v.mean), ci, v.threshold, f"**{v.verdict}**",
+                    v.note])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- figure
+
+def curves_figure(groups: Dict[str, List[Run]], path_png: Path, title: str) -> Optional[Path]:
+    """Learning curves: test clean accuracy every epoch and PGD-10 at SMALL on the curve images, mean ±
+    sd over seeds per configuration; doubled-budget runs dashed. Written to ``path_png`` (and .pdf)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from samrobust.files import write_atomic
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    colours = plt.get_cmap("tab10")
+    for i, (label, runs) in enumerate(groups.items()):
+        style = "--" if label.endswith("(2x epochs)") else "-"
+        base = label.replace(" (2x epochs)", "")
+        colour = colours(list(dict.fromkeys(lab.replace(" (2x epochs)", "") for lab in groups)).index(base))
+        for ax, key in ((axes[0], "test_clean_acc"), (axes[1], "curve_robust")):
+            pts: Dict[int, List[float]] = {}
+            for r in runs:
+                for h in r.history:
+                    v = h.get(key)
+                    if isinstance(v, dict):
+                        v = v.get(SMALL)
+                    if v is not None:
+                        pts.setdefault(int(h["epoch"]), []).append(100 * v)
+            if not pts:
+                continue
+            xs = sorted(pts)
+            m = [statistics.mean(pts[x]) for x in xs]
+            sd = [statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0 for x in xs]
+            ax.plot(xs, m, style, marker="o", ms=3, color=colour, label=f"{label} (n={len(runs)})")
+            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color=colour,
+                            alpha=0.15, lw=0)
+    axes[0].set(xlabel="epoch", ylabel="clean test accuracy (%)", title="clean, all 10,000 test images")
+    axes[1].set(xlabel="epoch", ylabel=f"robust accuracy (%)",
+                title=f"PGD-10 at {SMALL.replace('_', ' ')}, first 200 test images")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path_png = Path(path_png)
+    path_png.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        write_atomic(path_png.with_suffix("." + ext), lambda tmp: fig.savefig(tmp, format=ext, dpi=130))
+    plt.close(fig)
+    return path_png
+
+
+# ---------------------------------------------------------------------------------------- section
+
+def _settings_line(runs: Sequence[Run]) -> str:
+    r = runs[0]
+    seeds = {config_label(g[0]): len(g) for g in _groups(runs).values()}
+    hours = sum(x.train_s for x in runs) / 3600
+    return (f"PreActResNet-18 width {r.width}, {r.n_train or 'all 60,000'} training images, {r.epochs} epochs for "
+            f"every method (batch 128, lr 0.1 with x0.1 at 75% and 90%), bf16 training; device {r.device}; seeds: "
+            + ", ".join(f"{k} {v}" for k, v in seeds.items())
+            + f"; {hours:.2f} h of training in all (one process per run). Clean accuracy on all 10,000 test "
+              f"images; PGD-10 (best iterate, 1 restart) on the first {r.n_robust} test images.")
+
+
+def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional[dict] = None) -> Optional[str]:
+    """The report section of one converged-protocol folder (None when it holds no runs)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    runs = load_runs(folder)
+    if not runs:
+        return None
+    doubled = load_runs(folder / "plateau") if (folder / "plateau").is_dir() else []
+    groups = {config_label(g[0]): g for g in _groups(runs).values()}
+    groups.update({f"{config_label(g[0])} (2x epochs)": g for g in _groups(doubled).values()})
+    import os
+    png = curves_figure(groups, fig_path, title)
+    prow = plateau_rows(runs, doubled)
+    lines = [f"### {title}", "", _settings_line(runs), "",
+             "Mean ± sd over seeds, accuracies in %. Worst case = per image, PGD-10 best iterate and AutoAttack "
+             "(APGD-CE + APGD-T, 3 target classes, 100 iterations) both fail to break it, on the first n test "
+             "images; shown as PGD-10 / AutoAttack / **worst case** on those images. Plateau epoch: first epoch "
+             f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
+             "value.", "",
+             _table(["configuration", "seeds", "clean", "PGD-10 (per radius)", "", "", f"{SMALL} PGD / AA / worst",
+                     f"{LARGE} PGD / AA / worst", "plateau epoch"], [r[:3] + (r[3:-3] + ["", "", ""])[:3] + r[-3:]
+                                                                     for r in summary_rows(runs)]), ""]
+    lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
+              f"{PLATEAU_CLEAN} and PGD-10 at {SMALL} < {PLATEAU_ROBUST} points):", ""]
+    if prow:
+        lines.append(_table(["configuration", "seed", "epochs", "clean", "Δ clean", f"PGD-10 {SMALL}", "Δ robust",
+                             "plateau"],
+                            [[p["label"], str(p["seed"]), f"{p['epochs'][0]} → {p['epochs'][1]}",
+                              f"{100 * p['clean'][0]:.2f} → {100 * p['clean'][1]:.2f}", f"{p['d_clean']:+.2f}",
+                              "-" if p["robust"][0] is None else
+                              f"{100 * p['robust'][0]:.1f} → {100 * p['robust'][1]:.1f}",
+                              "-" if p["d_robust"] is None else f"{p['d_robust']:+.1f}",
+                              "**yes**" if p["plateau"] else "**no**"] for p in prow]))
+        missing = sorted({config_label(g[0]) for g in _groups(runs).values()}
+                         - {p["label"] for p in prow})
+        if missing:
+            lines += ["", "No doubled-budget run (plateau not tested): " + ", ".join(missing) + "."]
+    else:
+        lines.append("No doubled-budget runs: the plateau was not tested.")
+    std = standard_rows(runs)
+    if std:
+        lines += ["", "**Standard AutoAttack** (APGD-CE, APGD-T, FAB-T, Square) in the worst case, PGD-10 / AA / "
+                  "**worst case**:", "",
+                  _table(["run", "images", SMALL, LARGE, "AutoAttack seconds (both radii)"], std)]
+    vs = claims(runs, cost)
+    lines += ["", "**The paper's claims**, paired by seed (difference in points, 95% t interval over the n seeds "
+              "both configurations have; holds / fails only when the whole interval is on one side of the "
+              "threshold):", "",
+              _table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
+                     verdict_rows(vs))]
+    rel = os.path.relpath(Path(png).resolve(), Path(report_dir).resolve())
+    lines += ["", f"![learning curves]({rel})", "",
+              f"*Learning curves of the runs above (mean ± sd over seeds; dashed: the doubled-budget runs).*", ""]
+    return "\n".join(lines)
+
+
+def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[str]:
+    """The claims table alone (same rule as :func:`section`) for a folder of runs of another protocol, e.g. the
+    short CPU preset, so that the verdicts can be compared one to one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    runs = [r for r in load_runs_lenient(folder)]
+    if not runs:
+        return None
+    return "\n".join([f"### {title}", "", _settings_line(runs), "",
+                      _table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict",
+                              "note"], verdict_rows(claims(runs, cost))), ""])
+
+
+def load_runs_lenient(folder) -> List[Run]:
+    """The runs of ``folder`` whose JSON is a readable deep.run result (others skipped)."""
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            raw = json.loads(p.read_text())
+            if isinstance(raw, dict) and "clean_acc" in raw and raw.get("method") in ("st", "sam", "at") \
+                    and not (raw.get("config") or {}).get("adaptive") and "at_variant" not in \
+                    {k for k, v in raw.items() if v}:
+                out.append(_run(raw, p))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# One prepared GPU command (issues 18 and 19), sized for one 10-minute device call on one H200:
+#   1. python -m deep.bench's GPU preset, alone on the device (ratios: eager / graphed / reference, K-run
+#      aggregate, % of bf16 peak);
+#   2. the CUDA-graph tests on the device (graphed step against the eager step); the grid replays graphs only
+#      if they pass (the bench's "CIFAR-10 epoch" column gives the time per epoch per method on CIFAR-shaped
+#      data, from which deep.gridtime's projection of a whole grid follows);
+#   3. the converged Fashion-MNIST grid (deep.run --profile converged) at full width (64) with K runs at once on
+#      the one GPU, longest first, until its deadline; meanwhile the worst-case evaluation (PGD-10 + AutoAttack,
+#      per image) of the CPU-trained converged runs carried in .gpu/cpu-models;
+#   4. the worst-case evaluation of the GPU runs that finished;
+#   5. everything (result JSONs with their evaluations, summaries, timing tables, logs; no checkpoints) packed
+#      into $OUT/gpu_evidence.tgz, whatever finished.
+# Every phase has a deadline measured from the start (BUDGET seconds in all), so the pack step always runs.
+#
+# Carried (ignored by git, named in the device call's carry): .gpu/data/fashion-mnist/*.gz (the idx files),
+# .gpu/site/pyautoattack (AutoAttack's pure-Python package, without its example weights),
+# .gpu/cpu-models/<folder>/ (result JSONs + checkpoints of the CPU runs to evaluate).
+#
+# CPU dry run of the same script (tests/test_gpu_script.py runs it with tiny settings):
+#   DEVICE=cpu K=2 WIDTH=4 BUDGET=300 BENCH_CMD=true GRID_ARGS="--n-train 256 ..." scripts/gpu_evidence.sh
+set -u
+T0=$(date +%s)
+OUT=${OUT:-/tmp/gpu-out}
+WORK=${WORK:-/tmp/gpu-work}
+BUDGET=${BUDGET:-575}             # seconds for the whole script (the device call's limit is 600)
+DEVICE=${DEVICE:-cuda}
+K=${K:-8}                         # grid runs at once on the device
+WIDTH=${WIDTH:-64}
+N_AA=${N_AA:-500}                 # images of the worst case with AutoAttack's APGD-CE + APGD-T
+N_STD=${N_STD:-200}               # images of the worst case with the standard AutoAttack (with Square)
+RADII=${RADII:-linf:0.02,linf:0.05}
+PLATEAU=${PLATEAU:-st_*,sam_rho0.1_*}
+GRID_ARGS=${GRID_ARGS:-}          # extra deep.run options (dry runs: smaller data and epochs)
+BENCH_S=${BENCH_S:-80}
+BENCH_CMD=${BENCH_CMD:-python3 -m deep.bench --device cuda --gpu-quick --no-progress --out $WORK/deep_bench_h200_quick.json}
+GRAPH_TEST=${GRAPH_TEST:-python3 -m pytest -q -s -p no:cacheprovider tests/test_deep_graphed.py -k cuda}
+EVAL_TAIL_S=${EVAL_TAIL_S:-100}   # seconds kept after the grid's deadline for phase 4 and the pack
+CPU_MODELS=${CPU_MODELS:-.gpu/cpu-models}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+[ -d .gpu/site ] && export PYTHONPATH=$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}
+elapsed() { echo $(( $(date +%s) - T0 )); }
+left() { echo $(( BUDGET - $(elapsed) )); }
+phase() { echo "[$(elapsed) s] $*" | tee -a "$WORK/timing.txt"; }
+
+pack() {
+    phase "pack"
+    mkdir -p "$CPU_MODELS"
+    tar --exclude='*.pt' -czf "$OUT/gpu_evidence.tgz" -C "$WORK" . -C "$(cd "$CPU_MODELS/.." && pwd)" \
+        "$(basename "$CPU_MODELS")" && ls -la "$OUT"
+}
+trap pack EXIT
+
+phase "start: device $DEVICE, K $K, width $WIDTH, budget $BUDGET s"
+{ nvidia-smi 2>&1 | head -15; python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available())"; } > "$WORK/env.txt" 2>&1
+
+# 1. bench, alone on the device
+phase "bench ($BENCH_S s at most): $BENCH_CMD"
+timeout "$BENCH_S" $BENCH_CMD > "$WORK/bench.log" 2>&1; phase "bench exit $?"
+
+# 1b. the CUDA-graph step against the eager step on this GPU; the grid replays graphs only if that holds
+timeout 75 $GRAPH_TEST > "$WORK/graph_test.log" 2>&1; GT=$?; phase "graph test exit $GT"
+GRAPH_FLAG=""
+[ "$GT" -eq 0 ] && [ "$DEVICE" != cpu ] && GRAPH_FLAG="--cuda-graph"
+
+# 2. (the time per epoch per method on CIFAR-shaped data is the bench's "CIFAR-10 epoch" column; the projected
+#    time of a whole grid: python -m deep.gridtime, or epochs x runs x that column)
+
+# 3. the full-width converged grid (background, deadline) and the CPU runs' worst case beside it
+GRID_S=$(( $(left) - EVAL_TAIL_S ))
+phase "grid: $GRID_S s ${GRAPH_FLAG:-eager}"
+setsid -w timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
+    --plateau-check "$PLATEAU" --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
+    > "$WORK/grid.log" 2>&1 &
+GRID_PID=$!
+GRID_END=$(( $(date +%s) + GRID_S ))
+
+evaluate() {   # evaluate FOLDER ATTACKS N GLOBS DEADLINE LOGNAME: worst case of the matching runs until DEADLINE
+    local s=$(( $5 - $(date +%s) ))  # (seconds since the epoch); N = 0 skips
+    [ "$3" -gt 0 ] && [ "$s" -gt 3 ] || return 0
+    timeout -s INT -k 10 "$s" python3 -m deep.evaluate "$1" --attacks "$2" --n "$3" --runs "$4" --radii "$RADII" \
+        --no-sanity --device "$DEVICE" --no-progress >> "$WORK/eval-$6.log" 2>&1
+}
+CPU_DIR=$(ls -d "$CPU_MODELS"/*/ 2>/dev/null | head -1)
+if [ -n "$CPU_DIR" ]; then
+    phase "worst case of the CPU runs in $CPU_DIR"
+    ( evaluate "$CPU_DIR" worst:cpu "$N_AA" 'st_*,at_*' "$GRID_END" cpu1
+      evaluate "$CPU_DIR" worst:standard "$N_STD" '*_s0' "$GRID_END" cpu1 ) &
+    evaluate "$CPU_DIR" worst:cpu "$N_AA" 'sam_*' "$GRID_END" cpu2 &
+fi
+wait $GRID_PID; phase "grid exit $?"
+kill -9 -- "-$GRID_PID" 2>/dev/null   # the grid's own process group (setsid): no orphaned job processes
+wait
+
+# 4. the GPU runs' worst case (whatever finished), three processes
+G="$WORK/grid/fashion-mnist-converged"
+END4=$(( T0 + BUDGET - 15 ))
+phase "worst case of the GPU runs: $(( END4 - $(date +%s) )) s"
+if [ -d "$G" ]; then
+    evaluate "$G" worst:cpu "$N_AA" 'st_*,at_*' "$END4" gpu1 &
+    evaluate "$G" worst:cpu "$N_AA" 'sam_rho0.05_*,sam_rho0.2_*' "$END4" gpu2 &
+    ( evaluate "$G" worst:cpu "$N_AA" 'sam_rho0.1_*' "$END4" gpu3
+      evaluate "$G" worst:standard "$N_STD" 'st_s0,sam_rho0.1_s0' "$END4" gpu3 ) &
+    wait
+fi
+python3 -m deep.gridtime --table "$G" > "$WORK/grid_timing.md" 2>&1
+[ -d "$G/plateau" ] && python3 -m deep.gridtime --table "$G/plateau" >> "$WORK/grid_timing.md" 2>&1
+phase "done"

@@ -1,0 +1,115 @@
+"""paper_figs.converged: paired-by-seed verdicts with t intervals (against scipy.stats), the plateau test,
+the masking flag and the report section, on hand-made run JSONs."""
+import json
+
+import pytest
+
+import paper_figs.converged as C
+
+
+def _write(folder, run_id, method, seed, clean, pgd, rho=None, eps=None, epochs=6, worst=None, history=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = {"run_id": run_id, "method": method, "rho": rho, "eps": eps, "seed": seed, "epochs": epochs,
+           "clean_acc": clean, "robust": pgd, "eval": {"n_robust": 1000}, "wall_time_s": 10.0, "device": "cpu",
+           "config": {"width": 8, "n_train": None},
+           "history": history or [{"epoch": e + 1, "test_clean_acc": clean - 0.01 * (epochs - e - 1),
+                                   **({"curve_robust": {"linf_0.02": 0.5}} if e in (0, epochs - 1) else {})}
+                                  for e in range(epochs)]}
+    if worst:
+        raw["extra_evals"] = {"worst-cpu": worst}
+    (folder / f"{run_id}.json").write_text(json.dumps(raw))
+
+
+def _worst(pgd, aa, n=500):
+    return {"n": n, "robust": {k: min(pgd[k], aa[k]) for k in pgd}, "pgd": pgd, "autoattack": aa,
+            "gap_points": {k: 100 * (pgd[k] - min(pgd[k], aa[k])) for k in pgd}, "seconds_per_attack": {}}
+
+
+def test_interval_matches_scipy_t_interval():
+    stats = pytest.importorskip("scipy.stats")
+    import statistics
+    d = [1.0, 2.5, 0.5, 1.7]
+    m, lo, hi, n = C.interval(d)
+    want = stats.t.interval(0.95, len(d) - 1, loc=statistics.mean(d), scale=stats.sem(d))
+    assert n == 4 and m == pytest.approx(statistics.mean(d))
+    assert (lo, hi) == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("lo, hi, above, want", [(0.1, 2.0, True, "holds"), (-2.0, -0.1, True, "fails"),
+                                                  (-1.0, 1.0, True, "undecided"), (-2.0, -0.1, False, "holds"),
+                                                  (0.1, 2.0, False, "fails")])
+def test_judge(lo, hi, above, want):
+    assert C.judge(lo, hi, 0.0, above, 3) == want
+    assert C.judge(lo, hi, 0.0, above, 1) == "undecided"
+
+
+def test_claims_follow_the_intervals(tmp_path):
+    d = tmp_path / "runs"
+    for s, (c_st, c_sam, r_st, r_sam) in enumerate([(0.90, 0.905, 0.40, 0.50), (0.91, 0.90, 0.42, 0.55),
+                                                     (0.90, 0.902, 0.41, 0.52)]):
+        _write(d, f"st_s{s}", "st", s, c_st, {"linf_0.02": r_st, "linf_0.05": 0.05})
+        _write(d, f"sam_rho0.1_s{s}", "sam", s, c_sam, {"linf_0.02": r_sam, "linf_0.05": 0.10}, rho=0.1)
+    for s in (0, 1):
+        _write(d, f"at_linf_0.1_s{s}", "at", s, 0.80, {"linf_0.02": 0.78, "linf_0.05": 0.70}, eps=0.1)
+    vs = {(v.claim, v.measure.split(" (")[0]): v for v in C.claims(C.load_runs(d))}
+    a = vs[("a", "robust linf_0.02")]
+    assert a.n == 3 and a.mean == pytest.approx(100 * (0.10 + 0.13 + 0.11) / 3) and a.verdict == "holds"
+    b = vs[("b", "clean")]        # +0.5, -1.0, +0.2 points: the interval covers -0.5
+    assert b.n == 3 and b.verdict == "undecided" and b.low < -0.5 < b.high
+    c_rob = vs[("c", "robust linf_0.05")]
+    assert c_rob.n == 2 and c_rob.verdict == "holds"       # +60 points on both AT seeds
+    c_clean = vs[("c", "clean")]
+    assert c_clean.verdict == "holds" and c_clean.mean < 0
+
+
+def test_no_clean_cost_fails_when_the_interval_is_below(tmp_path):
+    d = tmp_path / "runs"
+    for s, gap in enumerate([0.02, 0.021, 0.019]):
+        _write(d, f"st_s{s}", "st", s, 0.90, {"linf_0.02": 0.4})
+        _write(d, f"sam_rho0.2_s{s}", "sam", s, 0.90 - gap, {"linf_0.02": 0.5}, rho=0.2)
+    b = [v for v in C.claims(C.load_runs(d)) if v.claim == "b"][0]
+    assert b.verdict == "fails" and b.high < -0.5
+
+
+def test_worst_case_numbers_and_masking_flag(tmp_path):
+    d = tmp_path / "runs"
+    for s in range(3):
+        _write(d, f"st_s{s}", "st", s, 0.9, {"linf_0.02": 0.40},
+               worst=_worst({"linf_0.02": 0.40, "linf_0.05": 0.0}, {"linf_0.02": 0.40, "linf_0.05": 0.0}))
+        # PGD says +10 points for SAM, AutoAttack breaks all of it: the worst case shows no gain, and the
+        # gap (10 points) is larger than the effect, so (a) is undecided rather than "holds" on PGD numbers
+        _write(d, f"sam_rho0.1_s{s}", "sam", s, 0.9, {"linf_0.02": 0.50}, rho=0.1,
+               worst=_worst({"linf_0.02": 0.50 + 0.001 * s, "linf_0.05": 0.0},
+                            {"linf_0.02": 0.40 + 0.002 * s, "linf_0.05": 0.0}))
+    a = [v for v in C.claims(C.load_runs(d)) if v.claim == "a"][0]
+    assert "worst case" in a.measure and a.verdict == "undecided" and "masking flag" in a.note
+
+
+def test_plateau_rows_and_epoch(tmp_path):
+    d = tmp_path / "runs"
+    _write(d, "st_s0", "st", 0, 0.900, {"linf_0.02": 0.40})
+    _write(d / "plateau", "st_s0", "st", 0, 0.903, {"linf_0.02": 0.41}, epochs=12)
+    _write(d, "sam_rho0.1_s0", "sam", 0, 0.880, {"linf_0.02": 0.50}, rho=0.1)
+    _write(d / "plateau", "sam_rho0.1_s0", "sam", 0, 0.895, {"linf_0.02": 0.50}, rho=0.1, epochs=12)
+    rows = {r["label"]: r for r in C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))}
+    assert rows["ST"]["plateau"] and rows["ST"]["d_clean"] == pytest.approx(0.3)
+    assert not rows["SAM rho 0.1"]["plateau"] and rows["SAM rho 0.1"]["d_clean"] == pytest.approx(1.5)
+    # curves rise 1 point per epoch until the last: the seed-mean stays within 0.5 of the final from epoch 6
+    assert C.plateau_epoch(C.load_runs(d)[:1]) == 6
+
+
+def test_section_renders_tables_and_figure(tmp_path):
+    d = tmp_path / "results" / "converged" / "cpu"
+    for s in range(2):
+        _write(d, f"st_s{s}", "st", s, 0.9, {"linf_0.02": 0.4, "linf_0.05": 0.0})
+        _write(d, f"sam_rho0.1_s{s}", "sam", s, 0.9, {"linf_0.02": 0.5, "linf_0.05": 0.1}, rho=0.1)
+    text = C.section(d, "Converged test", tmp_path / "fig" / "curves.png", tmp_path,
+                     cost={"relative": {"st": 1.0, "sam": 2.1, "at": 8.2}, "settings": {"width": 16}})
+    assert "### Converged test" in text and "| a | SAM rho 0.1 vs ST |" in text
+    assert "| d | SAM vs AT |" in text and "**holds**" in text
+    assert "No doubled-budget runs" in text
+    assert (tmp_path / "fig" / "curves.png").stat().st_size > 1000
+    assert C.section(tmp_path / "nothing", "x", tmp_path / "f.png", tmp_path) is None
+    (d / "bad.json").write_text("[1]")
+    with pytest.raises(ValueError, match="bad.json"):
+        C.load_runs(d)
