@@ -11,7 +11,7 @@ import torch
 
 from deep import graphed as G
 from deep.data import ImageData
-from deep.train import TrainConfig, _flags, build_model, build_optimizer, fit, train_epoch
+from deep.train import TrainConfig, runtime_flags, build_model, build_optimizer, fit, train_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -50,7 +50,7 @@ CASES = {"st": dict(method="st"), "sam": dict(method="sam", rho=0.3),
 def _train(cfg, data, epochs, device, **kw):
     """``epochs`` epochs of train_epoch with the flags fit would use (bf16, channels_last, augmentation)."""
     device = torch.device(device)
-    bf16, channels_last, augment = _flags(cfg, device)
+    bf16, channels_last, augment = runtime_flags(cfg, device)
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
     outs = [train_epoch(model, opt, data, cfg, e, bf16=bf16, channels_last=channels_last, augment=augment, **kw)
