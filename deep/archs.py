@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .byo import build_custom, is_custom_arch
 from .model import PreActResNet18
 
 __all__ = ["ARCHS", "DEFAULT_ARCH", "MLP", "SmallCNN", "ViT", "build_arch"]
@@ -142,7 +143,10 @@ ARCHS: Dict[str, Callable[..., nn.Module]] = {
 
 def build_arch(arch: str, num_classes: int, width: int, mean, std, image_size: int,
                final_bn: bool = True) -> nn.Module:
-    """The model ``arch`` (a key of ARCHS) for images of ``len(mean)`` channels and side ``image_size``."""
+    """The model ``arch`` (a key of ARCHS, or a user's ``module:callable``: deep/byo.py, which gets
+    num_classes and in_channels only) for images of ``len(mean)`` channels and side ``image_size``."""
+    if is_custom_arch(arch):
+        return build_custom(arch, num_classes, in_channels=len(mean))
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
     return ARCHS[arch](num_classes, width, mean, std, image_size, final_bn=final_bn)

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 
 from .train import (AT_VARIANTS, TrainConfig, runtime_flags, at_variant_config, build_model, build_optimizer,
@@ -87,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="batch size")
     p.add_argument("--steps", type=int, default=5, help="steps per method per round")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as the grids)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1, as the grids)")
     p.add_argument("--no-bf16", action="store_true", help="fp32 instead of bf16 autocast + channels_last")
-    p.add_argument("--out", default="results/beyond/cost.json", help="JSON written atomically")
-    return p
+    p.add_argument("--out", default="runs/cost.json",
+                   help="JSON written atomically (the shipped numbers: --out results/beyond/cost.json)")
+    return add_common(p, (
+        "python -m deep.cost                               # ST, SAM, fgsm-rs, pgd1, pgd2, AT -> runs/cost.json",
+        "python -m deep.cost --methods st,sam --rounds 3",
+        "python -m deep.cost --out results/beyond/cost.json   # regenerate the shipped numbers"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -268,5 +268,10 @@ def load_data(cfg, device, data_dir: str = "data", download: bool = False) -> Tu
             train, test = load_digits_split()
         else:
             train, test = load_cifar(cfg.dataset, data_dir, download=download)
+        for option, n, data, part in (("--n-train", cfg.n_train, train, "training"),
+                                      ("--n-test", cfg.n_test, test, "test")):
+            if n is not None and n > len(data):
+                raise DataError(f"{option} {n} is larger than the {len(data)} {part} images of {cfg.dataset}; "
+                                f"give at most {len(data)} (or leave it out for all)")
         train, test = train.subset(cfg.n_train), test.subset(cfg.n_test)
     return train.to(device), test.to(device)

@@ -22,8 +22,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from samrobust.cli import DefaultsHelpFormatter
-from samrobust.files import write_json_atomic
+from samrobust.attacks import check_linf_eps
+from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
+from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_json_atomic
 
 from .autoattack import VERSIONS, run_autoattack
 from .data import DataError
@@ -32,7 +33,7 @@ from .masking import SANITY_RADII, label_attack, sanity_attacks
 from .robustness import Attack, evaluate, parse_attack, parse_eps  # noqa: F401  (parse_eps: deep/bench.py)
 from .spec import PROTOCOLS
 from .summary import write_summary
-from .train import TrainConfig, build_model, load_checkpoint, resolve_device, runtime_flags
+from .train import TrainConfig, build_model, first_nonfinite, load_checkpoint, resolve_device, runtime_flags
 from .worstcase import worst_case
 
 __all__ = ["AttackSet", "parse_attack_set", "RunRef", "read_run_json", "find_runs", "build_parser", "main"]
@@ -81,12 +82,14 @@ class RunRef:
 
 
 def read_run_json(p: Path) -> Optional[Dict]:
-    """A deep.run result (a dict with clean_acc and config) read from ``p``, or None (unreadable or not a result)."""
+    """A deep.run result (a dict with clean_acc and config) read from ``p``, or None: not a result, or
+    unreadable (corrupt JSON, not an object), which is also said in one line on stderr naming the file."""
     try:
-        res = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        res = read_json_object(p)
+    except JsonFileError as err:
+        warn_unreadable(err, "deep.evaluate")
         return None
-    return res if isinstance(res, dict) and "clean_acc" in res and "config" in res else None
+    return res if "clean_acc" in res and "config" in res else None
 
 
 def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Sequence[str] = ()) -> List[RunRef]:
@@ -94,6 +97,8 @@ def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Seque
     (every run JSON with a checkpoint; also one level of data-set subfolders). Filtered by seed and by
     run-id glob patterns. ValueError when ``path`` is missing."""
     path = Path(path)
+    if path.is_file() and path.suffix != ".pt":
+        raise ValueError(f"{path}: not a checkpoint (a .pt file) or a results folder")
     if path.is_file():
         js = path.parent.parent / f"{path.stem}.json"
         refs = [RunRef(path.stem, path, js if js.exists() else None, read_run_json(js) if js.exists() else None)]
@@ -121,9 +126,7 @@ def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Seque
 def load_run_model(ref: RunRef, device: torch.device):
     """(model in eval mode, TrainConfig) from the run's checkpoint; ValueError for an unfinished run or a
     checkpoint whose configuration is not the one in the run's JSON."""
-    ck = load_checkpoint(ref.checkpoint, device)
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise ValueError(f"{ref.checkpoint}: not a deep.run checkpoint")
+    ck = load_checkpoint(ref.checkpoint, device)     # CheckpointError (a ValueError) naming the file
     if ref.result is not None and ref.result.get("config") != ck["config"]:
         raise ValueError(f"{ref.checkpoint}: configuration differs from {ref.json_path}")
     try:
@@ -133,7 +136,14 @@ def load_run_model(ref: RunRef, device: torch.device):
     if ck.get("epoch", 0) < cfg.epochs and ck.get("stopped_early") is None:
         raise ValueError(f"{ref.checkpoint}: unfinished run (epoch {ck.get('epoch')} of {cfg.epochs})")
     model = build_model(cfg, device)
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"{ref.checkpoint}: weights do not fit the stored configuration "
+                         f"({str(err).splitlines()[0]})") from None
+    bad = first_nonfinite(model)
+    if bad is not None:
+        raise ValueError(f"{ref.checkpoint}: non-finite weights ({bad}); not evaluated")
     return model.eval(), cfg
 
 
@@ -198,7 +208,7 @@ def merge_entry(old: Optional[Dict], new: Dict, replace: bool) -> Dict:
 def store_entry(json_path: Path, key: str, entry: Dict, replace: bool) -> Dict:
     """Merge ``entry`` into ``extra_evals[key]`` of the JSON at ``json_path``, re-read just before the atomic
     rewrite (other keys untouched). Returns the stored entry."""
-    res = json.loads(json_path.read_text())
+    res = read_json_object(json_path)
     extra = res.setdefault("extra_evals", {})
     extra[key] = merge_entry(extra.get(key), entry, replace)
     write_json_atomic(json_path, res)
@@ -213,9 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-evaluate saved deep.run models with stronger attacks (PGD with more steps, restarts or "
                     "the CW loss; AutoAttack) and merge the numbers into each run's JSON under "
                     "extra_evals[<attack set>]; attack sets and radii already stored are skipped. Prints a "
-                    "table and rewrites summary.md with the gradient-masking checks (docs/protocol.md).",
-        epilog="example: python -m deep.evaluate results/deep/fashion-mnist --attacks pgd:50x5,autoattack:cpu "
-               "--n 500 --seeds 0")
+                    "table and rewrites summary.md with the gradient-masking checks (docs/protocol.md).")
     p.add_argument("path", help="a checkpoint (<out>/<dataset>/checkpoints/<run_id>.pt) or a results folder "
                                 "(<out>/<dataset>, or <out> with data-set subfolders): every finished run with "
                                 "a JSON and a checkpoint")
@@ -241,15 +249,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation batch size (AutoAttack: at most 250)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0: torch's default) (default: %(default)s)")
+                   help="CPU threads for torch (0: torch's default)")
     p.add_argument("--data-dir", default="data",
                    help="folder with the data set files, as for deep.run")
     p.add_argument("--no-progress", action="store_true", help="no PGD progress bars")
-    return p
+    return add_common(p, (
+        "python -m deep.evaluate runs/deep/fashion-mnist --attacks pgd:50x5,autoattack:cpu --n 500 --seeds 0",
+        "python -m deep.evaluate runs/deep/quick --attacks autoattack:cpu --n 100",
+        "python -m deep.evaluate runs/deep/fashion-mnist/checkpoints/sam_rho0.1_s0.pt --attacks pgd-cw:20x1"))
 
 
 def _fail(parser, msg: str):
     parser.exit(2, f"{parser.prog}: error: {msg}\n")
+
+
+def _radius(text: str) -> Attack:
+    """One --radii entry, with deep.run's l_inf unit check (radii of 1 or more are refused: images are in
+    [0, 1], so linf:8 means 8/255); ValueError naming the entry."""
+    try:
+        attack = parse_attack(text)
+        if attack.norm == "inf":
+            check_linf_eps(attack.eps, f"--radii {text.strip()}")
+    except ValueError as err:
+        msg = str(err)
+        raise ValueError(msg if msg.startswith("--radii") else f"--radii {text.strip()}: {msg}") from None
+    return attack
 
 
 def _options(parser, args) -> Dict:
@@ -257,7 +281,9 @@ def _options(parser, args) -> Dict:
     try:
         sets = list({s.key: s for s in map(parse_attack_set, [t for t in args.attacks.split(",") if t.strip()])}
                     .values())
-        radii = [parse_attack(t) for t in args.radii.split(",") if t.strip()] if args.radii else None
+        radii = [_radius(t) for t in args.radii.split(",") if t.strip()] if args.radii else None
+        if args.radii is not None and not radii:
+            raise ValueError(f"--radii is empty ({args.radii!r}); give at least one norm:eps")
         seeds = [int(t) for t in args.seeds.split(",") if t.strip()] if args.seeds else None
         device = resolve_device(args.device)
     except ValueError as err:
@@ -267,6 +293,8 @@ def _options(parser, args) -> Dict:
     for name, lo in (("n", 1), ("batch_size", 1), ("threads", 0)):
         if getattr(args, name) is not None and getattr(args, name) < lo:
             _fail(parser, f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
+    if threads_error(args.threads) is not None:
+        _fail(parser, threads_error(args.threads))
     try:
         import pyautoattack  # noqa: F401
     except ImportError:

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 
 from .train import TrainConfig, runtime_flags, build_model, build_optimizer, resolve_device, train_step
@@ -93,9 +93,7 @@ def project(grid: Grid, epoch_s: Dict[str, float]) -> Dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deep.gridtime", formatter_class=DefaultsHelpFormatter,
-                                description=__doc__.split("\n\n")[0].replace("``", ""),
-                                epilog="examples:\n  python -m deep.gridtime --device cuda\n"
-                                       "  python -m deep.gridtime --device cpu --steps 3 --width 8")
+                                description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (after 5 warm-up steps)")
     p.add_argument("--width", type=int, default=64, help="PreActResNet-18 width (the protocol's 64)")
@@ -103,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--table", default=None, metavar="DIR",
                    help="instead: print the timing table (markdown) of the finished deep.run runs in DIR")
-    return p
+    return add_common(p, ("python -m deep.gridtime --device cuda",
+                          "python -m deep.gridtime --device cpu --steps 3 --width 8"))
 
 
 def timing_table(folder) -> str:

@@ -233,8 +233,8 @@ class _Counts:
 def _progress_bar(progress: bool, total: int):
     if not (progress and ddist.is_main()):
         return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc="eval", unit="pass", leave=False, dynamic_ncols=True)
+    from samrobust.progress import progress_bar
+    return progress_bar(total, desc="eval", unit="pass", leave=False)   # plain lines off a terminal
 
 
 def _tick(bar) -> None:

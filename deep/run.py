@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,8 +36,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter
-from samrobust.files import write_json_atomic
+from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
+from samrobust.files import (JsonFileError, check_output_dir, read_json_object, remove_stale_temp_files,
+                             warn_unreadable, write_json_atomic, write_text_atomic)
+from samrobust.lock import RunLock
 from samrobust.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
 
 from . import distributed as ddist
@@ -46,10 +49,23 @@ from .robustness import EvalOptions, format_eps, parse_attack, parse_eps, evalua
 from .archs import ARCHS, DEFAULT_ARCH
 from .autoattack import run_autoattack
 from .summary import results_table, write_summary
+from .byo import ArchError, arch_tag, is_custom_arch
+from .logs import GridProgress, write_history_csv
 from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
                    CURVE_STEPS, PROFILE_FOLDERS, TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
 from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitOptions, FitResult, TrainConfig,
-                    at_variant, at_variant_config, config_matches, fit, resolve_device, runtime_flags)
+                    at_variant, at_variant_config, build_model, check_finite_weights, config_matches, fit,
+                    resolve_device, runtime_flags)
+
+
+RUN_EXAMPLES = (
+    "python -m deep.run --quick                        # one-minute smoke run on generated data -> runs/deep/quick/",
+    "python -m deep.run --profile cpu                  # Fashion-MNIST ST / SAM / AT, 3 seeds, about 90 min on 2 cores",
+    "python -m deep.run --profile cpu --archs mynets:small --methods st,sam --rho 0.1   # your own model",
+    "python -m deep.run --dataset synthetic --epochs 30 --seeds 0,1,2",
+    "python -m deep.run --profile cpu --out results/deep   # regenerate the shipped results",
+    "torchrun --nproc_per_node=4 -m deep.run --data-dir data   # each run on 4 GPUs (DDP)",
+)
 
 
 def _csv(text: str) -> List[str]:
@@ -70,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluation_options(p)
     _synthetic_options(p)
     _file_options(p)
-    return p
+    return add_common(p, RUN_EXAMPLES)
 
 
 def _grid_options(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +115,10 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
                         "random start), which train at the --eps radii with a catastrophic-overfitting check "
                         f"[default: {CIFAR_PROTOCOL['methods']}]")
     g.add_argument("--archs", default=td.arch,
-                   help="comma list of architectures: " + ", ".join(ARCHS) + " (deep/archs.py)")
+                   help="comma list of architectures: " + ", ".join(ARCHS) + " (deep/archs.py), or your own "
+                        "model as module:callable (or file.py:callable), called with num_classes and "
+                        "in_channels keywords, returning an nn.Module that takes images in [0, 1] "
+                        "(deep/byo.py; --width does not apply)")
     g.add_argument("--rho", default=None,
                    help=f"comma list of SAM radii [default: {CIFAR_PROTOCOL['rho']}; fashion-mnist, digits: {fm['rho']}]")
     g.add_argument("--adaptive", action="store_true", help="adaptive SAM (ASAM): e = rho w^2 g / ||w g||")
@@ -232,11 +251,14 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("files")
     o.add_argument("--data-dir", default="data", help="folder with the CIFAR archives or extracted folders")
     o.add_argument("--download", action="store_true", help="download CIFAR (md5-verified) if missing")
-    o.add_argument("--out", default="results/deep", help="results root; runs go to <out>/<dataset>/")
+    o.add_argument("--out", default="runs/deep",
+                   help="results root; runs go to <out>/<dataset>/ (untracked runs/ by default; the shipped "
+                        "results are regenerated only with an explicit --out results/deep)")
     o.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last epoch checkpoint")
     o.add_argument("--force", action="store_true", help="rerun and overwrite finished runs")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (off a terminal progress is one plain line every 30 s)")
 
 
 # ------------------------------------------------------------------------- options -> RunSpec
@@ -276,6 +298,11 @@ def _check_ranges(parser, args) -> None:
         lo = 0 if name in ("attack_steps", "at_steps", "threads", "curve_n") else 1
         if val is not None and val < lo:
             parser.error(f"--{name.replace('_', '-')} must be >= {lo}, got {val}")
+    for name in ("lr", "weight_decay", "momentum"):
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} must be finite, got {getattr(args, name)}")
+    if threads_error(args.threads) is not None:
+        parser.error(threads_error(args.threads))
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     if not args.weight_decay >= 0:
@@ -292,6 +319,26 @@ def _names(parser, text: str, option: str, known, what: str) -> List[str]:
     return names
 
 
+def _arch_names(parser, text: str) -> List[str]:
+    """--archs: built-in names (deep/archs.py) and user models ``module:callable`` (deep/byo.py)."""
+    names = _csv(text)
+    builtin = [n for n in names if not is_custom_arch(n)]
+    if builtin or not names:        # unknown built-in names (or none at all): parser.error listing the choices
+        _names(parser, ",".join(builtin), "archs", tuple(ARCHS), "architecture")
+    return names
+
+
+def _check_custom_archs(parser, base: TrainConfig, archs: Sequence[str]) -> None:
+    """Build each user model (``module:callable``) once before any run: a failing import or call exits
+    with status 2 and one line saying why."""
+    for name in archs:
+        if is_custom_arch(name):
+            try:
+                build_model(dataclasses.replace(base, arch=name), torch.device("cpu"))
+            except ArchError as err:
+                parser.exit(2, f"{parser.prog}: error: --archs: {err}\n")
+
+
 def _seeds(parser, text: str) -> List[int]:
     try:
         seeds = [int(s) for s in _csv(text)]
@@ -302,12 +349,20 @@ def _seeds(parser, text: str) -> List[int]:
     return seeds
 
 
+def _attack(text: str, option: str):
+    """parse_attack with the option named in its ValueError."""
+    try:
+        return parse_attack(text)
+    except ValueError as err:
+        raise ValueError(f"{option} {text}: {err}") from None
+
+
 def _parse_values(parser, args, epss: List[float]):
     """(eval attacks, AT step size, generated-data spec, device) from the options; parser.error on a bad
     one (l_inf radii of 1 or more are refused with a hint: samrobust.attacks.check_linf_eps)."""
     try:
-        attacks = tuple(parse_attack(a) for a in _csv(args.eval_attacks))
-        curve = parse_attack(args.curve_attack)
+        attacks = tuple(_attack(a, "--eval-attacks") for a in _csv(args.eval_attacks))
+        curve = _attack(args.curve_attack, "--curve-attack")
         if parse_norm(curve.norm) is Norm.LINF:
             check_linf_eps(curve.eps, f"--curve-attack {args.curve_attack}")
         at_step = parse_eps(args.at_step_size) if args.at_step_size is not None else None
@@ -324,6 +379,8 @@ def _parse_values(parser, args, epss: List[float]):
                 check_linf_eps(a.eps, f"--eval-attacks {text}")
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
+    if not attacks:
+        parser.error(f"--eval-attacks is empty ({args.eval_attacks!r}); give at least one norm:eps")
     dup = [a.label for i, a in enumerate(attacks) if a.label in [b.label for b in attacks[:i]]]
     if dup:
         parser.error(f"--eval-attacks: {', '.join(dict.fromkeys(dup))} given more than once (linf: and inf: "
@@ -336,7 +393,7 @@ def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> R
     (:func:`_apply_profile`); a bad option exits through ``parser.error`` (status 2)."""
     _apply_profile(parser, args)
     methods = _names(parser, args.methods, "methods", METHOD_NAMES, "method")
-    archs = _names(parser, args.archs, "archs", tuple(ARCHS), "architecture")
+    archs = _arch_names(parser, args.archs)
     rhos = _float_list(parser, args.rho, "rho")
     epss = _float_list(parser, args.eps, "eps")
     seeds = _seeds(parser, args.seeds)
@@ -349,12 +406,19 @@ def resolve_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> R
     ev = EvalSettings(attacks=attacks, steps=args.attack_steps, restarts=args.restarts, loss=args.attack_loss,
                       n_robust=args.n_robust, batch_size=args.eval_batch_size, probe_n=args.probe_n,
                       autoattack=args.autoattack, aa_n=args.aa_n, curve_n=args.curve_n, curve_attack=curve)
-    return RunSpec(base=base, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds, eval=ev,
+    _check_custom_archs(parser, base, archs)
+    spec = RunSpec(base=base, methods=methods, archs=archs, rhos=rhos, epss=epss, seeds=seeds, eval=ev,
                    at_seeds=at_seeds, jobs=args.jobs, plateau_check=args.plateau_check,
                    device=device, out_dir=Path(args.out) / PROFILE_FOLDERS.get(args.profile, args.dataset),
                    threads=args.threads, profile=args.profile, data_dir=args.data_dir, download=args.download,
                    resume=args.resume, force=args.force, progress=not args.no_progress, compile=args.compile,
                    cuda_graph=args.cuda_graph)
+    try:
+        check_run_ids(make_configs(spec))
+        check_model_memory(make_configs(spec)[0], archs)
+    except ValueError as err:
+        parser.error(str(err))
+    return spec
 
 
 # ------------------------------------------------------------------------------------ the runs
@@ -366,11 +430,68 @@ def run_id(cfg: TrainConfig) -> str:
     if cfg.method == "st":
         base = "st"
     elif cfg.method == "sam":
-        base = f"{'asam' if cfg.adaptive else 'sam'}_rho{cfg.rho:g}"
+        base = f"{'asam' if cfg.adaptive else 'sam'}_rho{format_rho(cfg.rho)}"
     else:
         base = f"{at_variant(cfg) or 'at'}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
-    arch = "" if cfg.arch == DEFAULT_ARCH else f"{cfg.arch}_"
+    arch = "" if cfg.arch == DEFAULT_ARCH else f"{arch_tag(cfg.arch)}_"
     return f"{arch}{base}_s{cfg.seed}"
+
+
+def format_rho(rho: float) -> str:
+    """rho as written in run ids: the short form (0.1, 0.05) when it reads back as the same float, else
+    the exact repr (0.1000001), so that two different radii never share a run id."""
+    short = f"{rho:g}"
+    return short if float(short) == float(rho) else repr(float(rho))
+
+
+def check_run_ids(cfgs: Sequence[TrainConfig]) -> None:
+    """ValueError naming the run id that two runs of the grid would share (the same radius given twice,
+    or two AT radii that print alike), since the second would fail against the first's result file."""
+    seen: Dict[str, TrainConfig] = {}
+    for cfg in cfgs:
+        rid = run_id(cfg)
+        if rid in seen:
+            raise ValueError(f"two runs of the grid get the run id {rid} (rho {seen[rid].rho!r} / {cfg.rho!r}, "
+                             f"eps {seen[rid].eps!r} / {cfg.eps!r}); give each radius once")
+        seen[rid] = cfg
+
+
+#: Bytes of memory per model parameter in training (weights, gradient, momentum, SAM's saved weights,
+#: checkpoint copy), a lower bound used to refuse impossible widths before anything is allocated.
+TRAIN_BYTES_PER_PARAM = 4 * 5
+
+
+def count_parameters(cfg: TrainConfig, arch: str) -> int:
+    """Parameters of ``arch`` at cfg's width for cfg's data set, counted on the meta device (nothing is
+    allocated)."""
+    from .archs import build_arch
+    from .datasets import dataset_info
+    from .model import normalization_for
+
+    mean, std = normalization_for(cfg.dataset)
+    size = cfg.synthetic_spec.image_size if cfg.dataset == "synthetic" else dataset_info(cfg.dataset).image_size
+    with torch.device("meta"):
+        model = build_arch(arch, cfg.num_classes, cfg.width, mean, std, size, final_bn=cfg.final_bn)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM of this machine (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_model_memory(cfg: TrainConfig, archs: Sequence[str]) -> None:
+    """ValueError naming --width when the model alone would need more memory to train than this machine
+    has (:data:`TRAIN_BYTES_PER_PARAM` per parameter), before any allocation."""
+    ram = _physical_memory()
+    for arch in archs:
+        need = count_parameters(cfg, arch) * TRAIN_BYTES_PER_PARAM
+        if ram and need > ram:
+            raise ValueError(f"--width {cfg.width}: {arch} would need at least {need / 2**30:.1f} GiB to train, "
+                             f"more than the {ram / 2**30:.1f} GiB of memory here; choose a smaller --width")
 
 
 def make_configs(spec: RunSpec) -> List[TrainConfig]:
@@ -443,6 +564,7 @@ def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, 
     t0 = time.perf_counter()
     world = ctx.world_size if ctx is not None else 1
     res = _train_run(cfg, train, spec, ckpt, is_main, ctx, test)
+    check_trained(cfg, res)
     device = train.x.device
     channels_last = runtime_flags(cfg, device)[1]
     ev = evaluate(res.model, test, spec.attacks, steps=spec.eval.steps, restarts=spec.eval.restarts,
@@ -456,13 +578,23 @@ def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, 
                                               batch_size=min(spec.eval.batch_size, 250))
     if is_main:
         write_json_atomic(path, result)
+        write_history_csv(path, result["history"])
     return result
+
+
+def check_trained(cfg: TrainConfig, res: FitResult) -> None:
+    """DivergenceError before any evaluation when the trained (or resumed) model has a non-finite weight or
+    its last recorded loss is not finite, naming the first epoch whose loss went non-finite."""
+    check_finite_weights(res.model, cfg, res.epochs_done)
+    bad = [h["epoch"] for h in res.history if not math.isfinite(h.get("train_loss", 0.0))]
+    if bad:
+        raise DivergenceError(f"training diverged: non-finite loss in epoch {bad[0]}; no result written")
 
 
 def _finished_run(path: Path, cfg: TrainConfig, spec: RunSpec) -> Dict:
     """The stored result at ``path`` marked "skipped" when it has cfg's configuration and the spec's
     evaluation; ValueError otherwise (another --out or --force is needed)."""
-    old = json.loads(path.read_text())
+    old = read_json_object(path)        # JsonFileError (a ValueError) naming the file
     if config_matches(old.get("config"), cfg) and old.get("eval") == spec.eval_record():
         return old | {"skipped": True}
     hint = "; to add AutoAttack to finished runs: python -m deep.evaluate " + \
@@ -580,6 +712,48 @@ def _run_grid(parser, spec: RunSpec, ctx: ddist.DistContext) -> int:
     if spec.base.batch_size % ctx.world_size:
         parser.error(f"--batch-size {spec.base.batch_size} must be divisible by the number of processes "
                      f"{ctx.world_size}")
+    lock, err = _claim_out_dir(spec, cfgs) if ctx.is_main else (None, None)
+    err = ddist.broadcast_object(err)       # under torchrun every rank stops when rank 0 cannot write
+    if err is not None:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    try:
+        return _run_locked(parser, spec, ctx, jobs)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def estimate_out_bytes(cfgs: Sequence[TrainConfig]) -> int:
+    """About what the grid writes: per run a checkpoint (weights and momentum, 8 bytes per parameter) and
+    its JSON, plus one more checkpoint for the temporary file of the atomic rewrite."""
+    per_arch = {a: count_parameters(cfgs[0], a) * 8 + 2**18 for a in dict.fromkeys(c.arch for c in cfgs)}
+    return sum(per_arch[c.arch] for c in cfgs) + max(per_arch.values()) + 2**20
+
+
+def _claim_out_dir(spec: RunSpec, cfgs: Sequence[TrainConfig]) -> Tuple[Optional[RunLock], Optional[str]]:
+    """Before any training: the output folder exists and is writable, has room for what the grid writes
+    (:func:`estimate_out_bytes`), and is locked for this process (one writer per folder; a second process
+    is refused naming the holder). Leftover temporary files of killed processes are removed.
+    Returns (the lock, None) or (None, the one-line error)."""
+    try:
+        check_output_dir(spec.out_dir, estimate_out_bytes(cfgs))
+        lock = RunLock(spec.out_dir).acquire()
+    except OSError as err:
+        return None, f"output folder {spec.out_dir}: {err.strerror or err}"
+    except ValueError as err:
+        return None, str(err)
+    if lock.taken_over is not None:
+        print(f"{spec.out_dir}: taking over the lock of process {lock.taken_over}, which no longer runs")
+    for folder in (spec.out_dir, spec.out_dir / "checkpoints"):
+        for p in remove_stale_temp_files(folder) if folder.is_dir() else []:
+            print(f"removed {p}, a temporary file of a process that no longer runs")
+    return lock, None
+
+
+def _run_locked(parser, spec: RunSpec, ctx: ddist.DistContext, jobs: List[Tuple[TrainConfig, Path]]) -> int:
+    """:func:`_run_grid` once the output folder is claimed: load the data, run every job, write the
+    summary."""
+    cfgs = [c for c, _ in jobs]
     train, test = _load_on_every_rank(parser, spec, ctx)
     say = print if ctx.is_main else (lambda *a, **k: None)
     _announce(say, spec, cfgs, train, test, ctx)
@@ -642,7 +816,9 @@ def _run_configs(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]], tr
     """Every run in turn: (None, results), or (exit status, results so far) when a run diverged (1) or
     was interrupted (130); a run that cannot start (ValueError) exits with status 2."""
     results = []
+    grid = GridProgress(len(jobs), say=lambda line: say(line, flush=True))
     for cfg, out_dir in jobs:
+        grid.start(run_id(cfg))
         try:
             res = run_one(cfg, train, test, dataclasses.replace(spec, out_dir=out_dir), is_main=ctx.is_main,
                           ctx=ctx)
@@ -655,6 +831,11 @@ def _run_configs(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]], tr
             return 130, results
         except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
+        except OSError as err:          # a full disk or a vanished folder while writing: one line, status 1
+            print(f"{parser.prog}: {run_id(cfg)}: cannot write {err.filename or spec.out_dir}: "
+                  f"{err.strerror or err}; finished runs are kept", file=sys.stderr)
+            return 1, results
+        grid.finish(skipped=bool(res.get("skipped")))
         if res.get("skipped"):
             say(f"{run_id(cfg)}: finished earlier, skipped ({out_dir / (run_id(cfg) + '.json')})")
         results.append(res)
@@ -683,6 +864,9 @@ def _job_run(task: Tuple[TrainConfig, Path, RunSpec]) -> Dict:
         return {"error": "diverged", "message": f"{run_id(cfg)}: {err}"}
     except ValueError as err:
         return {"error": "invalid", "message": str(err)}
+    except OSError as err:              # a full disk while writing: one line, status 1 (as in _run_configs)
+        return {"error": "write", "message": f"{run_id(cfg)}: cannot write {err.filename or out_dir}: "
+                                             f"{err.strerror or err}; finished runs are kept"}
     except KeyboardInterrupt:
         return {"error": "interrupted", "message": run_id(cfg)}
 

@@ -20,7 +20,6 @@ The feature-perturbation view predicts ST < SAM < AT on both. The numbers and th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -28,11 +27,12 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from samrobust.cli import DefaultsHelpFormatter
-from samrobust.files import write_json_atomic
+from samrobust.cli import DefaultsHelpFormatter, add_common
+from samrobust.files import read_json_object, write_json_atomic
 
 from .data import DataError, to_float
 from .evaluate import find_runs, load_run_model, run_test_data
+from .train import resolve_device
 
 __all__ = ["OBJECT_THRESHOLD", "input_gradients", "saliency_metrics", "saliency_entry", "build_parser", "main"]
 
@@ -102,16 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="", help="comma list of run-id glob patterns (default: all)")
     p.add_argument("--data-dir", default="data", help="folder with the data set files")
     p.add_argument("--force", action="store_true", help="recompute runs that have an entry")
-    return p
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no line per finished run")
+    return add_common(p, (
+        "python -m deep.saliency runs/deep/fashion-mnist            # every run of a deep.run folder",
+        "python -m deep.saliency runs/deep/quick --n 200 --runs 'sam_*'",
+        "python -m deep.saliency results/deep/fashion-mnist results/beyond/rho-sweep/fashion-mnist   # the shipped maps"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.n < 1 or args.maps < 0:
-        parser.error("--n must be >= 1 and --maps >= 0")
+    if args.n < 1 or args.maps < 0 or args.threads < 0:
+        parser.error("--n must be >= 1, --maps >= 0 and --threads >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     patterns = [t.strip() for t in args.runs.split(",") if t.strip()]
-    device, cache, done = torch.device("cpu"), {}, 0
+    cache, done, failed = {}, 0, []
     try:
         refs = [r for path in args.paths for r in find_runs(Path(path), patterns=patterns)]
     except ValueError as err:
@@ -123,17 +135,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             model, cfg = load_run_model(ref, device)
             test = run_test_data(cfg, args.data_dir, device, cache)
-        except (ValueError, DataError) as err:
+        except DataError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
+        except ValueError as err:           # a corrupt or planted checkpoint: the other runs still go on
+            if len(refs) == 1:
+                parser.exit(2, f"{parser.prog}: error: {err}\n")
+            print(f"{parser.prog}: {ref.run_id} skipped: {err}", file=sys.stderr, flush=True)
+            failed.append(ref.run_id)
+            continue
         entry = saliency_entry(model, test, args.n, args.maps)
-        res = json.loads(ref.json_path.read_text())
+        try:
+            res = read_json_object(ref.json_path)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
         res["saliency"] = entry
         write_json_atomic(ref.json_path, res)
         done += 1
-        print(f"{ref.run_id}: object mass {entry['object_mass']:.3f} (area {entry['object_area']:.3f}), "
-              f"image corr {entry['image_corr']:.3f} on {entry['n']} images", flush=True)
-    print(f"{done} run(s) updated of {len(refs)}")
-    return 0
+        if not args.no_progress:
+            print(f"{ref.run_id}: object mass {entry['object_mass']:.3f} (area {entry['object_area']:.3f}), "
+                  f"image corr {entry['image_corr']:.3f} on {entry['n']} images", flush=True)
+    print(f"{done} run(s) updated of {len(refs)}" + (f"; skipped for errors: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

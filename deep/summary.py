@@ -11,9 +11,9 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from samrobust.files import write_text_atomic
+from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_text_atomic
 
 from .archs import DEFAULT_ARCH
 from .masking import masking_markdown
@@ -200,15 +200,35 @@ def _summary_header(results: Sequence[Dict]) -> List[str]:
     return lines
 
 
+def result_problem(res: Dict) -> Optional[str]:
+    """Why a stored run result cannot go into the tables (e.g. a radius stored as null: an inf that older
+    versions accepted), or None when it can (or when it is not a run result at all)."""
+    if "clean_acc" not in res:
+        return None
+    for key in ("clean_acc", "seed"):
+        if not isinstance(res.get(key), (int, float)):
+            return f"{key} is {json.dumps(res.get(key))}, not a number"
+    need = {"sam": "rho", "at": "eps"}.get(res.get("method"))
+    if need and not isinstance(res.get(need), (int, float)):
+        return f"{need} is {json.dumps(res.get(need))}, not a number (an inf or nan radius?)"
+    if not isinstance(res.get("robust"), dict):
+        return "robust is not an object"
+    return None
+
+
 def write_summary(out_dir: Path) -> Path:
     """summary.md from every run JSON in ``out_dir`` (accuracies in %)."""
     results = []
     for p in sorted(out_dir.glob("*.json")):
         try:
-            res = json.loads(p.read_text())
-        except json.JSONDecodeError:
+            res = read_json_object(p)
+        except JsonFileError as err:        # one line naming the file, the other runs are still summarised
+            warn_unreadable(err, "summary")
             continue
-        if isinstance(res, dict) and "clean_acc" in res:
+        problem = result_problem(res)
+        if problem is not None:
+            warn_unreadable(JsonFileError(f"{p}: {problem}"), "summary")
+        elif "clean_acc" in res:
             results.append(res)
     order = {"st": 0, "sam": 1, "asam": 2, "fgsm-rs": 3, "pgd1": 4, "pgd2": 5, "at": 6}
     results.sort(key=lambda x: ((x.get("config") or {}).get("arch", DEFAULT_ARCH) != DEFAULT_ARCH,

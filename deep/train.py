@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
+import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 
 from samrobust.attacks import check_linf_eps, normalize_norm, pgd
 from samrobust.files import write_atomic
+from samrobust.progress import progress_bar
 from samrobust.sam import SAM, bn_freezer
 from samrobust.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 
@@ -44,9 +48,11 @@ from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
 from .graphed import graphed_step_for
 from .archs import ARCHS, DEFAULT_ARCH, build_arch
+from .byo import is_custom_arch
 from .model import normalization_for
 
-__all__ = ["TrainConfig", "DivergenceError", "resolve_device", "build_model", "build_optimizer", "lr_at",
+__all__ = ["TrainConfig", "DivergenceError", "CheckpointError", "first_nonfinite", "check_finite_weights",
+           "resolve_device", "build_model", "build_optimizer", "lr_at",
            "train_step", "train_epoch", "fit", "FitOptions", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
            "config_matches", "BN_STATS", "batch_bounds", "AT_VARIANTS", "METHOD_NAMES", "at_variant",
            "at_variant_config", "pgd_check_acc"]
@@ -138,6 +144,9 @@ class TrainConfig:
         dataset_info(self.dataset)  # ValueError listing the data sets
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in ("rho", "eps", "lr", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
         if not self.rho >= 0:
             raise ValueError(f"rho must be >= 0, got {self.rho!r}")
         if not self.eps >= 0:
@@ -145,8 +154,8 @@ class TrainConfig:
         self.norm = normalize_norm(self.norm)
         if self.norm == "inf":
             check_linf_eps(self.eps, "eps")
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {self.arch!r}")
+        if self.arch not in ARCHS and not is_custom_arch(self.arch):
+            raise ValueError(f"arch must be one of {tuple(ARCHS)} or module:callable, got {self.arch!r}")
         if self.pgd_check < 0:
             raise ValueError(f"pgd_check must be >= 0, got {self.pgd_check!r}")
         if self.bn_stats not in BN_STATS:
@@ -511,12 +520,69 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int):
 # ---------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (atomic; samrobust.files.write_atomic)."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    """torch.save to a temporary file in the same folder, then os.replace (atomic; samrobust.files.write_atomic).
+    The state is serialised in memory first and written with a plain file write, so that a full disk raises
+    OSError (No space left on device) rather than torch's "basic_ios::clear: iostream error"."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, corrupt, or holding objects other than tensors and
+    plain data (refused unloaded, since unpickling them could run code); the message names the file."""
 
 
 def load_checkpoint(path, device) -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
+    """The checkpoint dict at ``path``, loaded with ``torch.load(weights_only=True)``: tensors, numbers,
+    strings, lists and dicts only (what :func:`save_checkpoint` writes, the RNG states included), so a
+    planted pickle payload is refused without running. CheckpointError (one line naming the file) for a
+    missing, truncated, corrupt or foreign file."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path}: not a checkpoint (torch.save's zip archive expected); it was not loaded")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused: holds objects other than tensors and plain data (not a "
+                              f"deep.run checkpoint, or a tampered one); it was not loaded") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {first})") from None
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise CheckpointError(f"{path}: not a deep.run checkpoint (no model and config)")
+    return ck
+
+
+def first_nonfinite(model: torch.nn.Module) -> Optional[str]:
+    """The name of the first parameter or floating buffer of ``model`` holding a NaN or inf, else None
+    (one host synchronisation)."""
+    named = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+             if t.is_floating_point()]
+    if not named:
+        return None
+    bad = torch.stack([~torch.isfinite(t.detach()).all() for _, t in named]).cpu()
+    hits = bad.nonzero()
+    return named[int(hits[0])][0] if hits.numel() else None
+
+
+def check_finite_weights(model: torch.nn.Module, cfg: TrainConfig, epoch: int) -> None:
+    """DivergenceError naming the epoch (1-based) and the first non-finite tensor when training left a NaN
+    or inf in the weights (the loss checks see the loss before each update, so they miss an update that
+    breaks the weights of the last step)."""
+    name = first_nonfinite(model)
+    if name is not None:
+        raise DivergenceError(
+            f"training diverged: non-finite weights ({name}) after epoch {epoch} (method {cfg.method}, "
+            f"lr {cfg.lr}, rho {cfg.rho}, eps {cfg.eps:.4g}); no result written. Try a smaller --lr (or --rho).")
 
 
 def _rng_state() -> dict:
@@ -604,6 +670,9 @@ class FitOptions:
     model_wrapper: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None  # e.g. DDP
     shard: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # epoch permutation -> this process's indices
     rank: int = 0                       # seeds this process's augmentation and PGD starts
+    # bring your own model: trained in place instead of build_model(cfg) (any nn.Module taking images in
+    # [0, 1] and returning logits; cfg.arch and cfg.width are then not used)
+    model: Optional[torch.nn.Module] = None
     # learning curves: called as epoch_eval(model, epoch) after every epoch (epoch counted from 1, the model
     # the plain one in train mode); the dict it returns is merged into that epoch's history record before the
     # checkpoint is written. Not training time. It must leave the model's mode and weights as it found them.
@@ -638,13 +707,15 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
     ``options`` (:class:`FitOptions`) or its fields as keywords (``fit(cfg, data, checkpoint=path,
     resume=True)``; keywords override ``options``). With ``checkpoint`` the state is written atomically
     after every epoch; with ``resume`` an existing checkpoint of the same config is continued (a checkpoint
-    of a different config raises ValueError). Returns the trained (unwrapped) model and per-epoch history.
+    of a different config raises ValueError). With ``model`` (an nn.Module taking images in [0, 1]) that
+    model is trained in place instead of the architecture cfg names. Returns the trained (unwrapped) model
+    and per-epoch history.
     """
     opts = dataclasses.replace(options or FitOptions(), **kw)
     device = train.x.device
     setup_device(device)
     flags = runtime_flags(cfg, device)
-    model = build_model(cfg, device)
+    model = build_model(cfg, device) if opts.model is None else _own_model(opts.model, cfg, device)
     opt = build_optimizer(cfg, model)
     state = _resume(cfg, model, opt, opts, device)
     net = compile_for(model, train, flags[0], flags[1]) if opts.compile_model else model
@@ -677,6 +748,14 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
                      stopped_early=state.stopped)
 
 
+def _own_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """A user's model (FitOptions.model) on ``device``, in channels_last when cfg asks for it."""
+    model = model.to(device)
+    if runtime_flags(cfg, device)[1]:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _resume(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, opts: FitOptions,
             device: torch.device) -> _FitState:
     """With ``opts.resume`` and an existing checkpoint: its weights, optimizer and RNG states loaded and
@@ -695,14 +774,14 @@ def _resume(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer
 
 
 def _progress_bar(loop: _FitLoop, start_epoch: int):
-    """A tqdm bar over all steps of the run (None without progress or off the main process)."""
+    """A tqdm bar over all steps of the run, plain lines when stderr is no terminal
+    (samrobust.progress.progress_bar); None without progress or off the main process."""
     if not (loop.opts.progress and loop.opts.is_main):
         return None
-    from tqdm.auto import tqdm
     n = len(loop.train) if loop.opts.shard is None else loop.opts.shard(torch.arange(len(loop.train))).shape[0]
     steps_per_epoch = len(batch_bounds(n, loop.cfg.batch_size))
-    return tqdm(total=loop.cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                desc=loop.opts.desc or f"{loop.cfg.method}", unit="step", dynamic_ncols=True, leave=True)
+    return progress_bar(loop.cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                        desc=loop.opts.desc or f"{loop.cfg.method}", unit="step", leave=True)
 
 
 def _cuda_sync(device: torch.device) -> None:
@@ -722,6 +801,7 @@ def _fit_epoch(loop: _FitLoop, epoch: int, state: _FitState, on_step: Optional[C
     t0 = time.perf_counter()
     m = train_epoch(loop.net, loop.opt, loop.train, cfg, epoch, indices=idx, rank=loop.opts.rank, bf16=bf16,
                     channels_last=channels_last, augment=augment, on_step=on_step, cuda_graph=loop.opts.cuda_graph)
+    check_finite_weights(loop.model, cfg, epoch + 1)    # before the epoch is checkpointed
     loss_sum, correct = ddist.all_reduce_sum(m["loss_sum"].clone()), \
         ddist.all_reduce_sum(m["correct"].clone().float())
     count = ddist.all_reduce_sum(m["count"].to(device).float())

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from samrobust import threat
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter, add_common
 from samrobust.files import write_text_atomic
 
 from . import metrics
@@ -58,7 +58,24 @@ def _add_sam_norm_option(p):
                         "direction)")
 
 
+#: Bytes per non-robust feature that solving needs at least (a few float64 vectors of length d and the
+#: Monte-Carlo checks' samples); a --d beyond the machine's memory is refused before anything is allocated.
+BYTES_PER_FEATURE = 128
+
+
+def check_d(d: int) -> None:
+    """ValueError naming --d when ``d`` non-robust features cannot fit in this machine's memory."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if d * BYTES_PER_FEATURE > ram:
+        raise ValueError(f"--d {d} needs at least {d * BYTES_PER_FEATURE / 2**30:.1f} GiB, more than the "
+                         f"{ram / 2**30:.1f} GiB of memory here; choose a --d of at most {ram // BYTES_PER_FEATURE}")
+
+
 def _model_from_args(a):
+    check_d(a.d)
     if a.model == "tsipras":
         return TsiprasModel(p=a.p, d=a.d, eta=a.eta, sigma_n=a.sigma_n)
     return FeatureModel(k=a.k, mu_r=a.mu_r, sigma_r=a.sigma_r, d=a.d, eta=a.eta, sigma_n=a.sigma_n)
@@ -312,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _add_model_options(t)
     t.set_defaults(func=_cmd_tradeoff)
-    return p
+    return add_common(p, (
+        "python -m linear_theory derive --latex            # L1-L4, T1-T5 with their sympy expressions",
+        "python -m linear_theory solve --method sam-fixed-scale --strength 0.1 --tau 4 --checks",
+        "python -m linear_theory tradeoff --num 50 --out runs/linear_tradeoff.json"))
 
 
 def main(argv=None) -> int:

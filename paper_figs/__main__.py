@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter, add_common
 
 from .build import build
 
@@ -32,7 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="path of the markdown report, which embeds the PNGs by relative path")
     p.add_argument("--formats", default="png,pdf",
                    help="comma-separated figure formats among png, pdf, svg")
-    return p
+    p.add_argument("--runs", action="append", default=[], metavar="DIR",
+                   help="also draw your own deep.run results: a deep.run --out folder (e.g. runs/deep) with "
+                        "<dataset>/ subfolders; repeatable. Its data sets get their own panels, named "
+                        "'<dataset> (<folder>)'; smoke runs (--quick) never count in a verdict. With --runs "
+                        "the figures and report go to runs/figures and runs/REPORT.md unless --out/--report say "
+                        "otherwise, so the shipped ones stay as they are")
+    return add_common(p, (
+        "python -m paper_figs                              # results/ -> results/figures + REPORT.md",
+        "python -m paper_figs --runs runs/deep             # also your runs -> runs/figures + runs/REPORT.md",
+        "python -m paper_figs --formats png --out /tmp/figs --report /tmp/REPORT.md"), p.epilog)
+
+
+def _given(argv_list, option: str) -> bool:
+    """Whether ``option`` was typed on the command line (as ``--opt value`` or ``--opt=value``)."""
+    return any(a == option or a.startswith(option + "=") for a in argv_list)
 
 
 def main(argv=None) -> int:
@@ -46,7 +60,11 @@ def main(argv=None) -> int:
         formats.insert(0, "png")  # the report embeds PNGs
     argv_list = sys.argv[1:] if argv is None else list(argv)
     command = "python -m paper_figs" + ("" if not argv_list else " " + shlex.join(argv_list))
-    res = build(args.results, args.out, args.report, formats, command=command)
+    out, report = args.out, args.report
+    if args.runs:               # your own runs: keep the shipped figures and report as they are
+        out = out or "runs/figures"
+        report = report if _given(argv_list, "--report") else "runs/REPORT.md"
+    res = build(args.results, out, report, formats, command=command, extra_runs=args.runs)
     if res.errors:
         print(f"python -m paper_figs: error: {len(res.errors)} unreadable input(s): "
               + "; ".join(res.errors), file=sys.stderr)

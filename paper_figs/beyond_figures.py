@@ -62,6 +62,20 @@ def _cost_x(g, cost, st_time) -> float:
     return t.mean / st_time if t.n and st_time else float("nan")
 
 
+SAM_MARKERS = ("s", "p", "h", "*", "X", "d")
+
+
+def _equal_cost_styles(groups) -> dict:
+    """(colour, marker) per group: the method's, except that the SAM radii get shades of SAM's blue
+    (light: small rho) and markers of their own, so that each rho can be told apart."""
+    sams = [g for g in groups if g.label == "sam"]
+    shades = plt.cm.Blues(np.linspace(0.45, 0.95, max(len(sams), 1)))
+    out = {id(g): (COLORS.get(g.label, "grey"), MARKERS.get(g.label, "x")) for g in groups}
+    for i, g in enumerate(sorted(sams, key=lambda g: g.strength or 0)):
+        out[id(g)] = (shades[i], SAM_MARKERS[i % len(SAM_MARKERS)])
+    return out
+
+
 def fig_equal_cost(ctx: FigureContext, data: dict, cost) -> FigureResult:
     gs = bd.equal_cost_groups(data)
     if not any(g.label in ("fgsm-rs", "pgd1", "pgd2") for g in gs):
@@ -70,19 +84,20 @@ def fig_equal_cost(ctx: FigureContext, data: dict, cost) -> FigureResult:
     st = next((g for g in gs if g.label == "st"), None)
     st_time = bd.train_time(st).mean if st is not None else None
     holds, text = bd.equal_cost_verdict(data, cost)
+    styles = _equal_cost_styles(gs)
     fig, axes = plt.subplots(1, 2, figsize=(pal.COLUMN_WIDTH_IN * 1.6, 2.3), sharey=True)
     for ax, key in zip(axes, (bd.SMALL_EPS, bd.MID_EPS)):
         for g in gs:
             a = bd.acc(g, key)
             x = _cost_x(g, cost, st_time)
-            ax.errorbar(x, 100 * a.mean, yerr=100 * a.sd if a.n > 1 else None, color=COLORS.get(g.label, "grey"),
-                        marker=MARKERS.get(g.label, "x"), linestyle="none", markersize=4, capsize=2,
-                        label=g.name)
+            color, marker = styles[id(g)]
+            ax.errorbar(x, 100 * a.mean, yerr=100 * a.sd if a.n > 1 else None, color=color,
+                        marker=marker, linestyle="none", markersize=4, capsize=2, label=g.name)
         ax.set_xscale("log")
         ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
         ax.minorticks_off()
         ax.set_xlabel("training cost / ST" + (" (measured per step)" if cost else " (wall time)"))
-        ax.set_title(f"PGD-10 {key.replace('_', ' ')}", fontsize=7)
+        ax.set_title(f"PGD-10 robust accuracy at {key.replace('_', ' ')}", fontsize=7)
         ax.grid(alpha=0.25, linewidth=0.5)
     axes[0].set_ylabel("robust acc. (%)")
     handles, labels = axes[0].get_legend_handles_labels()
@@ -221,14 +236,26 @@ def _saliency_panels(rows) -> list:
         [(pick[k][0].replace(" rho=", "\n"), pick[k][1], "RdBu_r", -1.0) for k in order]
 
 
-def _map_grid(fig, gsp, panels, ncol: int) -> None:
+def _map_grid(fig, gsp, panels, ncol: int):
+    """The maps, one row per panel; returns the last gradient-map image (for the colour bar) or None."""
+    grad = None
     for i, (name, maps, cmap, vmin) in enumerate(panels):
         for j in range(ncol):
             ax = fig.add_subplot(gsp[i, j])
-            ax.imshow(np.asarray(maps[j]), cmap=cmap, vmin=vmin, vmax=1)
+            im = ax.imshow(np.asarray(maps[j]), cmap=cmap, vmin=vmin, vmax=1)
+            grad = im if cmap == "RdBu_r" else grad
             ax.set_xticks([]), ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name, fontsize=5, rotation=0, ha="right", va="center")
+    return grad
+
+
+def _map_colorbar(fig, cax, im) -> None:
+    """Colour bar of the gradient maps saying what red and blue mean."""
+    cb = fig.colorbar(im, cax=cax, ticks=[-1, 0, 1], orientation="horizontal")
+    cb.ax.tick_params(labelsize=5)
+    cb.set_label("-d loss / d pixel (each map scaled to max 1): red = brightening the pixel raises the "
+                 "true class's score, blue = lowers it", fontsize=5)
 
 
 def _mass_bars(ax, rows) -> None:
@@ -238,7 +265,7 @@ def _mass_bars(ax, rows) -> None:
     ax.axvline(float(np.mean([a.mean for _, _m, a, _c in rows])), color="grey", linestyle=":", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [g.name for g, *_ in rows], fontsize=5)
     ax.invert_yaxis()
-    ax.set_xlabel("gradient mass on object", fontsize=6)
+    ax.set_xlabel("fraction of |gradient| on the object\n(dotted: object area)", fontsize=6)
 
 
 def fig_saliency(ctx: FigureContext, data: dict) -> FigureResult:
@@ -248,11 +275,17 @@ def fig_saliency(ctx: FigureContext, data: dict) -> FigureResult:
                          "deep.saliency results/deep/fashion-mnist")
     panels = _saliency_panels(rows)
     ncol = min([6] + [len(p[1]) for p in panels])
-    fig = plt.figure(figsize=(pal.COLUMN_WIDTH_IN * 1.8, 0.55 * len(panels) + 0.6))
-    gsp = fig.add_gridspec(len(panels), ncol + 3)
-    _map_grid(fig, gsp, panels, ncol)
-    _mass_bars(fig.add_subplot(gsp[:, ncol + 1:]), rows)
+    n = len(panels)
+    fig = plt.figure(figsize=(pal.COLUMN_WIDTH_IN * 1.8, 0.55 * n + 1.0))
+    gsp = fig.add_gridspec(n + 1, ncol + 3, height_ratios=[1] * n + [0.6])   # last row: the colour bar
+    grad = _map_grid(fig, gsp, panels, ncol)
+    _mass_bars(fig.add_subplot(gsp[:n, ncol + 1:]), rows)
+    cax = fig.add_subplot(gsp[n, 1:ncol - 1]) if grad is not None else None
     fig.tight_layout()
+    if cax is not None:                 # a thin horizontal bar under the maps, its label below it
+        pos = cax.get_position()
+        cax.set_position([pos.x0, pos.y0 + 0.55 * pos.height, pos.width, 0.3 * pos.height])
+        _map_colorbar(fig, cax, grad)
     files = save(fig, ctx.out_dir, "beyond_saliency", ctx.formats)
     holds, text = bd.saliency_verdict(rows)
     return FigureResult("beyond_saliency", "What the models look at: input-gradient maps", files,

@@ -133,8 +133,8 @@ def _beyond(ctx, report_path, res: BuildResult, log) -> None:
 
 
 #: (folder under results/, title, figure name) of the converged-protocol sections, the report's headline
-CONVERGED = (("converged/cpu", "Converged Fashion-MNIST on two CPU cores (width 8)", "converged_cpu_curves"),
-             ("converged/gpu", "Converged Fashion-MNIST on one GPU at full width (64)", "converged_gpu_curves"))
+CONVERGED = (("converged/cpu", "Fashion-MNIST, all 60,000 images, on two CPU cores (width 8)", "converged_cpu_curves"),
+             ("converged/gpu", "Fashion-MNIST, all 60,000 images, on one GPU at full width (64)", "converged_gpu_curves"))
 
 
 def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res: BuildResult, log) -> str:
@@ -171,10 +171,11 @@ def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res:
 
 
 def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=("png", "pdf"),
-          command: str = "python -m paper_figs", log=print) -> BuildResult:
+          command: str = "python -m paper_figs", log=print, extra_runs=()) -> BuildResult:
     """Draw all figures into ``out_dir`` (default ``<results_dir>/figures``) and write the report.
 
-    Missing inputs skip what needs them (one line each via ``log``); corrupt inputs are collected
+    ``extra_runs``: further deep.run ``--out`` folders whose runs are drawn beside the shipped ones
+    (:func:`paper_figs.loaders.load_deep`). Missing inputs skip what needs them (one line each via ``log``); corrupt inputs are collected
     in ``BuildResult.errors`` (the CLI then exits with status 2) and the rest is still drawn.
     """
     results_dir = Path(results_dir)
@@ -182,7 +183,8 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
     pal.apply_paper_style()
     res, inputs = BuildResult(), []
     sim, sim_skip = _load_input("simulations", load_simulations, _describe_sim, results_dir, res, inputs)
-    deep, deep_skip = _load_input("deep", load_deep, _describe_deep, results_dir, res, inputs)
+    deep, deep_skip = _load_input("deep", lambda d: load_deep(d, extra_runs), _describe_deep, results_dir, res,
+                                  inputs)
     sim, settings, sim_points, sim_m, sim_skip = _sim_inputs(sim, sim_skip, results_dir, res)
     ctx = figures.FigureContext(
         settings=settings, out_dir=out_dir,

@@ -293,14 +293,25 @@ def _pm(vals: Sequence[Optional[float]]) -> str:
     return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
 
 
+#: PGD-10 columns of the summary table, in this order (others that the runs have follow)
+PGD_ORDER = (SMALL, LARGE, "l2_0.5")
+
+
+def pgd_labels(runs: Sequence[Run]) -> List[str]:
+    """The PGD-10 radii of ``runs``: PGD_ORDER first, then any other in sorted order."""
+    have = {k for r in runs for k in r.pgd}
+    return [k for k in PGD_ORDER if k in have] + sorted(have - set(PGD_ORDER))
+
+
 def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
-    """Per configuration: seeds, clean, PGD-10 at each evaluated radius, and at SMALL and LARGE the
-    worst case with its PGD-only and AutoAttack-only numbers on the same images (mean ± sd over seeds)."""
+    """Per configuration: seeds, clean, PGD-10 at each radius of :func:`pgd_labels`, and at SMALL and LARGE
+    the worst case with its PGD-only and AutoAttack-only numbers on the same images (mean ± sd over seeds),
+    and the plateau epoch."""
+    labels = pgd_labels(runs)
     rows = []
     for _, g in _groups(runs).items():
-        labels = sorted({k for r in g for k in r.pgd})
         row = [config_label(g[0]), str(len(g)), _pm([r.clean for r in g])]
-        row += [f"{lab}: {_pm([r.pgd.get(lab) for r in g])}" for lab in labels]
+        row += [_pm([r.pgd.get(lab) for r in g]) for lab in labels]
         for lab in (SMALL, LARGE):
             ws = [r.worst.get("worst-cpu") for r in g]
             if all(w and lab in w.get("robust", {}) for w in ws):
@@ -429,9 +440,9 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
              "images; shown as PGD-10 / AutoAttack / **worst case** on those images. Plateau epoch: first epoch "
              f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
              "value.", "",
-             _table(["configuration", "seeds", "clean", "PGD-10 (per radius)", "", "", f"{SMALL} PGD / AA / worst",
-                     f"{LARGE} PGD / AA / worst", "plateau epoch"], [r[:3] + (r[3:-3] + ["", "", ""])[:3] + r[-3:]
-                                                                     for r in summary_rows(runs)]), ""]
+             _table(["configuration", "seeds", "clean"] + [f"PGD-10 {lab}" for lab in pgd_labels(runs)]
+                    + [f"{SMALL}: PGD / AA / worst", f"{LARGE}: PGD / AA / worst", "plateau epoch"],
+                    summary_rows(runs)), ""]
     lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and PGD-10 at {SMALL} < {PLATEAU_ROBUST} points):", ""]
     if prow:
@@ -443,6 +454,13 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
                               f"{100 * p['robust'][0]:.1f} → {100 * p['robust'][1]:.1f}",
                               "-" if p["d_robust"] is None else f"{p['d_robust']:+.1f}",
                               "**yes**" if p["plateau"] else "**no**"] for p in prow]))
+        failed = [p for p in prow if not p["plateau"]]
+        if failed:
+            lines += ["", f"**Not at the plateau:** with twice the epochs, clean accuracy moved by "
+                      + ", ".join(f"{p['d_clean']:+.2f} ({p['label']})" for p in failed)
+                      + " points; the verdicts below hold for this budget, not for training to convergence."]
+        else:
+            lines += ["", "Every configuration tested passed the plateau test."]
         missing = sorted({config_label(g[0]) for g in _groups(runs).values()}
                          - {p["label"] for p in prow})
         if missing:

@@ -19,6 +19,7 @@ from . import palette as pal
 from . import theory as th
 from .aggregate import PROBE_KEYS, pick_attack, summarise_runs
 from .figures import FigureContext, FigureResult, SkipFigure, eval_label, save
+from .loaders import is_smoke
 from .verdicts import ordering_verdict
 
 __all__ = ["fig5_deep", "fig6_probes", "deep_ordering_checks", "probe_ordering_checks"]
@@ -145,7 +146,48 @@ def deep_ordering_checks(configs, attack: str, theory: dict, theory_key: str,
     return checks
 
 
+# Label placement of figure 5: candidate offsets (points) tried in turn until a label's box overlaps no
+# label placed before it in the panel; _PT_X / _PT_Y: a point as a fraction of the panel's data span (a
+# panel is about 110 x 95 points, the data spanning two thirds of it after the margins).
+_LABEL_TRIES = ((0, 0), (0, -10), (0, 10), (0, -20), (0, 20))
+_PT_X, _PT_Y = 1 / 75.0, 1 / 65.0
+
+
+def _label_box(x, y, off, text, ha):
+    """(x0, y0, x1, y1) of a label in panel-span units: anchor (x, y) already in span units."""
+    w, h = 3.0 * len(text) * _PT_X, 6.0 * _PT_Y
+    x0 = x + off[0] * _PT_X - (w if ha == "right" else 0.0)
+    y0 = y + off[1] * _PT_Y
+    return x0, y0, x0 + w, y0 + h
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _place_labels(points):
+    """Offsets (points) for labels [(x, y, method, text)] in data units, so that no two labels of a panel
+    overlap where avoidable (e.g. "rho=0.1" and "eps=8/255" at nearby points)."""
+    if not points:
+        return []
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    sx, sy = max(max(xs) - min(xs), 1.0), max(max(ys) - min(ys), 1.0)
+    placed, out = [], []
+    for x, y, method, text in points:
+        base = _LABEL_OFFSET[method]
+        ha = "left" if base[0] > 0 else "right"
+        for dx, dy in _LABEL_TRIES:
+            off = (base[0] + dx, base[1] + dy)
+            box = _label_box((x - min(xs)) / sx, (y - min(ys)) / sy, off, text, ha)
+            if not any(_overlaps(box, b) for b in placed):
+                break
+        placed.append(box)
+        out.append((off, ha))
+    return out
+
+
 def _scatter_configs(ax, configs, attack):
+    labels = []
     for c in configs:
         st = pal.style(c.method)
         r = c.robust.get(attack)
@@ -156,9 +198,10 @@ def _scatter_configs(ax, configs, attack):
                     yerr=100 * r.sd if r.n > 1 else None,
                     marker=st.marker, color=st.color, mfc="white", mew=1.0, linestyle="none",
                     elinewidth=0.8, markersize=5, zorder=5)
-        ax.annotate(c.label.replace(st.label, "").strip(), (100 * c.clean.mean, 100 * r.mean),
-                    xytext=_LABEL_OFFSET[c.method], textcoords="offset points", fontsize=5.5,
-                    color=st.color, ha="left" if _LABEL_OFFSET[c.method][0] > 0 else "right")
+        labels.append((100 * c.clean.mean, 100 * r.mean, c.method, c.label.replace(st.label, "").strip()))
+    for (x, y, method, text), (off, ha) in zip(labels, _place_labels(labels)):
+        ax.annotate(text, (x, y), xytext=off, textcoords="offset points", fontsize=5.5,
+                    color=pal.style(method).color, ha=ha)
 
 
 def _deep_panel(ax, ds, configs, attack):
@@ -183,7 +226,7 @@ def _deep_note(ds, attack, configs) -> str:
     return (f"{ds}: robust accuracy under PGD {attack}; seeds per configuration "
             f"{nseeds}; error bars = sd over seeds."
             + (" Smoke runs (deep.run --quick): not evidence about the methods."
-               if "(quick)" in ds else ""))
+               if is_smoke(ds) else ""))
 
 
 def _theory_panel(ax, theory, tkey):
@@ -244,6 +287,7 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
     height = 1.75 * nrows + 0.35
     fig, axes = plt.subplots(nrows, ncols, figsize=(pal.COLUMN_WIDTH_IN, height), squeeze=False)
     checks_all, notes = [], []
+    counted = _counted(datasets)
     theory = th.representative_points(ctx.settings)
     tkey = ctx.settings.eval_keys[0]
     for ax, ds in zip(axes.flat, datasets):
@@ -252,12 +296,13 @@ def fig5_deep(ctx: FigureContext) -> FigureResult:
         _deep_panel(ax, ds, configs, attack)
         if attack:
             checks = deep_ordering_checks(configs, attack, theory, tkey)
-            checks_all += [(f"{ds}: {c[0]}", *c[1:]) for c in checks]
+            if ds in counted:
+                checks_all += [(f"{ds}: {c[0]}", *c[1:]) for c in checks]
             notes.append(_deep_note(ds, attack, configs))
     _theory_panel(axes.flat[len(datasets)], theory, tkey)
     _deep_legend(fig, axes, n, height, _deep_legend_handles(ctx.deep))
     files = save(fig, ctx.out_dir, "fig5_deep", ctx.formats)
-    verdict = _smoke_prefix(ordering_verdict(checks_all, _UNIT), datasets)
+    verdict = _smoke_prefix(ordering_verdict(checks_all, _UNIT), counted)
     return FigureResult(
         "fig5_deep", "Deep networks vs the linear theory's ordering", files,
         "Clean vs robust accuracy of deep networks per method and dataset (mean, sd over seeds), "
@@ -316,9 +361,16 @@ def probe_ordering_checks(configs, theory: dict):
 _UNIT = "per-configuration comparisons"
 
 
+def _counted(datasets):
+    """The data sets whose comparisons count in a verdict: every one but smoke runs (deep.run --quick),
+    which count only when nothing else is there (and the verdict then says so: :func:`_smoke_prefix`)."""
+    real = [ds for ds in datasets if not is_smoke(ds)]
+    return real or list(datasets)
+
+
 def _smoke_prefix(verdict, datasets):
     """Flag verdicts that rest only on ``deep.run --quick`` smoke runs."""
-    if datasets and all("(quick)" in ds for ds in datasets):
+    if datasets and all(is_smoke(ds) for ds in datasets):
         return type(verdict)(verdict.agree, "Smoke runs only (deep.run --quick), not evidence: "
                              + verdict.text)
     return verdict
@@ -394,7 +446,8 @@ def fig6_probes(ctx: FigureContext) -> FigureResult:
     if not ctx.deep:
         raise SkipFigure(f"fig6_probes skipped: {ctx.deep_skip}")
     with_probes = _probe_configs(ctx)
-    ds, configs = next(iter(with_probes.items()))
+    ds = next((d for d in with_probes if not is_smoke(d)), next(iter(with_probes)))
+    configs = with_probes[ds]
     theory = th.representative_points(ctx.settings)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(pal.COLUMN_WIDTH_IN, 3.6), sharex=True)
     _deep_probe_bars(ax1, ds, configs, _chance(ctx.deep[ds]))

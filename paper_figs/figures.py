@@ -71,15 +71,21 @@ class FigureContext:
         return 0.0
 
 
+# No creation date in PDF / SVG files: rerunning paper_figs on the same results gives the same bytes, so
+# the committed figures show as changed only when a figure does.
+_STABLE_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def save(fig, out_dir: Path, name: str, formats=("png", "pdf")) -> list:
-    """Write ``fig`` as out_dir/name.<fmt> for each format; returns the paths."""
+    """Write ``fig`` as out_dir/name.<fmt> for each format (reproducible bytes: no creation date);
+    returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
         tmp = path.with_name(path.stem + ".tmp." + fmt)
-        fig.savefig(tmp, format=fmt)
+        fig.savefig(tmp, format=fmt, metadata=_STABLE_METADATA.get(fmt))
         tmp.replace(path)
         paths.append(path)
     plt.close(fig)

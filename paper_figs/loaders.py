@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = [
     "MissingInput", "CorruptInput", "SIM_COMMAND", "DEEP_COMMAND", "load_simulations",
-    "load_deep", "DeepRun",
+    "load_deep", "DeepRun", "is_smoke",
 ]
 
 SIM_COMMAND = "python -m simulations.run --out {results}"
@@ -100,19 +100,39 @@ def _opt_float(value):
     return None if math.isnan(value) else value
 
 
-def load_deep(results_dir) -> dict[str, list[DeepRun]]:
-    """All runs under ``<results_dir>/deep/<folder>/*.json``, keyed by folder (sorted).
+def is_smoke(dataset_key: str) -> bool:
+    """Whether a load_deep key names smoke runs (``deep.run --quick``), which never count in a verdict."""
+    return "(quick" in dataset_key
+
+
+def _run_files(results_dir, extra_roots) -> list[tuple[Path, str]]:
+    """(file, label) of every run JSON: ``<results_dir>/deep/<folder>/*.json`` (label "") and
+    ``<root>/<folder>/*.json`` of each extra root (label: the root's name, e.g. "deep" for runs/deep)."""
+    root = Path(results_dir) / "deep"
+    files = [(p, "") for p in sorted(root.glob("*/*.json"))] if root.is_dir() else []
+    for extra in extra_roots:
+        extra = Path(extra)
+        if not extra.is_dir():
+            raise MissingInput("deep runs (--runs)", extra, "python -m deep.run --out " + str(extra))
+        files += [(p, str(extra)) for p in sorted(extra.glob("*/*.json")) if p.name != "summary.json"]
+    return files
+
+
+def load_deep(results_dir, extra_roots=()) -> dict[str, list[DeepRun]]:
+    """All runs under ``<results_dir>/deep/<folder>/*.json`` (and ``<root>/<folder>/*.json`` of each of
+    ``extra_roots``, e.g. ``runs/deep``), keyed by folder (sorted).
 
     The key is the dataset name, or "<dataset> (<folder>)" when the folder is named otherwise
-    (``deep.run --quick`` writes to ``quick/``), so that smoke runs never pool with real ones.
+    (``deep.run --quick`` writes to ``quick/``), so that smoke runs never pool with real ones; runs of
+    an extra root are keyed "<dataset> (<folder>, <root>)" so that they never pool with shipped ones.
     MissingInput when no run file exists; CorruptInput for an unreadable run file.
     """
-    root = Path(results_dir) / "deep"
-    files = sorted(root.glob("*/*.json")) if root.is_dir() else []
+    files = _run_files(results_dir, extra_roots)
     if not files:
+        root = Path(results_dir) / "deep"
         raise MissingInput("deep results", root, DEEP_COMMAND.format(results=results_dir))
     out: dict[str, list[DeepRun]] = {}
-    for path in files:
+    for path, label in files:
         rec = _read_json(path)
         absent = [k for k in DEEP_KEYS if k not in rec]
         if absent:
@@ -122,6 +142,8 @@ def load_deep(results_dir) -> dict[str, list[DeepRun]]:
         folder = path.parent.name
         name = str(rec["dataset"])
         key = name if folder == name else f"{name} ({folder})"
+        if label:
+            key = f"{name} ({folder}, {label})"
         run = DeepRun(
             dataset=key, method=str(rec["method"]).lower(),
             norm=rec.get("norm"), rho=_opt_float(rec.get("rho")), eps=_opt_float(rec.get("eps")),

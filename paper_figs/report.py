@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .aggregate import PROBE_KEYS, robust_keys, summarise_runs
+from .loaders import is_smoke
 
 __all__ = ["claims_table", "deep_tables", "render_report", "markdown_table", "figure_block"]
 
@@ -74,7 +75,7 @@ def deep_tables(deep: dict) -> str:
         configs = summarise_runs(runs)
         keys = robust_keys(configs)
         out.append(f"### {ds}\n")
-        if "(quick)" in ds:
+        if is_smoke(ds):
             out.append("Smoke runs of `deep.run --quick` (tiny data, one epoch): these check the "
                        "pipeline, their accuracies say nothing about the methods.\n")
         out.append("Accuracies in %, mean ± sd over seeds (PGD evaluation as stored by deep.run).\n")
@@ -123,11 +124,12 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
     if skipped or errors:
         lines += ["", "Skipped:", ""] + [f"* {s}" for s in list(errors) + list(skipped)]
     if converged:
-        lines += ["", "## Deep networks trained to convergence (the headline deep evidence)", "",
-                  "These runs train until the learning curves flatten (plateau test below) and attack with PGD-10 "
-                  "and AutoAttack on the same images; the short-preset sections further down (\"short training, "
-                  "not converged\") stopped while every method was still learning and are kept for the record.",
-                  "", converged]
+        lines += ["", "## Deep networks on all the data, with the plateau test (the headline deep evidence)", "",
+                  "These runs train every method on all 60,000 Fashion-MNIST images with the same epoch budget, "
+                  "record learning curves, test whether the budget reached a plateau (a doubled-budget run of one "
+                  "seed; the table says whether it passed) and attack with PGD-10 and AutoAttack on the same "
+                  "images. The short-preset sections further down (\"short training, not converged\") stopped "
+                  "while every method was still learning and are kept for the record.", "", converged]
     lines += ["", "## Verdicts at a glance", "", "| figure | theory vs practice |", "|---|---|"]
     for f in list(figures) + (list(real.figures) if real else []) + (list(beyond.figures) if beyond else []):
         lines.append(f"| [{f.title}](#{f.name.replace('_', '-')}) | {f.verdict.text} |")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from fractions import Fraction
 from typing import Union
 
@@ -70,13 +71,16 @@ def dual(norm: NormLike) -> float:
 
 
 def parse_eps(text) -> float:
-    """'8/255' -> 0.0313..., '0.5' -> 0.5; ValueError naming eps when not a non-negative number."""
+    """'8/255' -> 0.0313..., '0.5' -> 0.5; ValueError naming eps when not a finite non-negative number
+    (inf and nan are refused: a radius is stored in JSON, where they do not exist)."""
     try:
         val = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
     if not val >= 0:
         raise ValueError(f"eps must be >= 0, got {text!r}")
+    if math.isinf(val):
+        raise ValueError(f"eps must be finite, got {text!r}")
     return val
 
 

@@ -57,7 +57,8 @@ phase "start: device $DEVICE, K $K, width $WIDTH, budget $BUDGET s"
 
 # 1. bench, alone on the device
 phase "bench ($BENCH_S s at most): $BENCH_CMD"
-timeout "$BENCH_S" $BENCH_CMD > "$WORK/bench.log" 2>&1; phase "bench exit $?"
+setsid -w timeout -k 5 "$BENCH_S" $BENCH_CMD > "$WORK/bench.log" 2>&1 &
+B=$!; wait $B; phase "bench exit $?"; kill -9 -- "-$B" 2>/dev/null   # its K processes too
 
 # 1b. the CUDA-graph step against the eager step on this GPU; the grid replays graphs only if that holds
 timeout 75 $GRAPH_TEST > "$WORK/graph_test.log" 2>&1; GT=$?; phase "graph test exit $GT"

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 import linear_theory as lt
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.cli import DefaultsHelpFormatter, add_common
 
 from .batched_ops import sam_gradient_batched
 from .experiments import ENGINES, PROFILES
@@ -152,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, default=2.0, help="seconds per SAM timing")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=None,
-                   help="--workers of the batched run (default: the run's default)")
-    return p
+                   help="--workers of the batched run [default: the run's default]")
+    return add_common(p, (
+        "python -m simulations bench                       # SAM forms' steps/s, then batched vs loop engine",
+        "python -m simulations bench --skip-run --min-time 1",
+        "python -m simulations bench --skip-sam --engines batched --profile quick"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -364,6 +364,28 @@ def shard_jobs(specs: Sequence[JobSpec], k: int) -> List[List[int]]:
     return [sorted(idx) for _, idx, _ in shards if idx]
 
 
+class _ScaledProgress:
+    """The progress of the first shard stretched to the whole group: the other shards train at the same
+    time in child processes that report nothing, so each row-epoch of the first shard stands for ``scale``
+    of the group (in whole units); :meth:`finish` adds what is left once all shards are done. Without this
+    the bar moved at a fraction of its real speed and jumped at the end of each group, and the ETA with it."""
+
+    def __init__(self, progress: Optional[Callable], scale: float):
+        self.progress, self.scale, self.raw, self.sent = progress, scale, 0, 0
+
+    def __call__(self, n: int) -> None:
+        self.raw += n
+        step = int(round(self.raw * self.scale)) - self.sent
+        if self.progress is not None and step > 0:
+            self.sent += step
+            self.progress(step)
+
+    def finish(self, total: int) -> None:
+        if self.progress is not None and total > self.sent:
+            self.progress(total - self.sent)
+            self.sent = total
+
+
 def train_sharded(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
                   progress: Optional[Callable] = None, workers: int = 1) -> List[np.ndarray]:
     """:func:`train_batched` with the jobs split into ``workers`` shards (:func:`shard_jobs`) trained at
@@ -378,14 +400,14 @@ def train_sharded(specs: Sequence[JobSpec], data: Callable, dtype=torch.float32,
     children = [Forked(train_batched, [specs[i] for i in idx], feed.reader(r), dtype)
                 for r, idx in enumerate(shards[1:])]
     feed.watch(children)
+    scaled = _ScaledProgress(progress, len(specs) / len(shards[0]))
     try:
-        first = train_batched([specs[i] for i in shards[0]], feed.producer(), dtype, progress)
+        first = train_batched([specs[i] for i in shards[0]], feed.producer(), dtype, scaled)
         results = [first] + [c.result() for c in children]
     finally:
         for c in children:
             c.cancel()
-    if progress is not None:
-        progress(sum(len(idx) for idx in shards[1:]) * specs[0].cfg.epochs)
+    scaled.finish(len(specs) * specs[0].cfg.epochs)
     out: List[Optional[np.ndarray]] = [None] * len(specs)
     for idx, weights in zip(shards, results):
         for i, W in zip(idx, weights):

@@ -24,7 +24,9 @@ import torch
 from tqdm import tqdm
 
 import linear_theory as lt
-from samrobust.cli import DefaultsHelpFormatter, exit_fast
+from samrobust.cli import DefaultsHelpFormatter, add_common, exit_fast, threads_error
+from samrobust.files import check_output_dir
+from samrobust.progress import progress_bar
 
 from . import experiments
 from .claims import CLAIM_FUNCS, OPT_TOL, precompute, prime_solutions
@@ -120,11 +122,19 @@ def _claims(claims, model, settings, results, progress, pre: Optional[Forked]):
         prime_solutions(done["solutions"])
         s1 = done["S1"]
     rows, extras = [], {"curves": {}, "sam_vs_m": []}
-    for c in _Bar(claims, desc="claims", disable=not progress, leave=False):
+    for c in _Bar(claims, desc="claims", disable=not progress or not sys.stderr.isatty(), leave=False):
         r, ex = s1 if c == "S1" and s1 is not None else CLAIM_FUNCS[c](model, settings, results)
         rows += r
         extras.update(ex)
     return rows, extras
+
+
+def _training_bar(total: int, enabled: bool):
+    """The training bar over job-epochs: tqdm on a terminal (smoothing 0: the ETA from the mean rate since
+    the start, steadier than tqdm's moving average), plain lines elsewhere (samrobust.progress), a silent
+    tqdm when not ``enabled``."""
+    bar = progress_bar(total, desc="training", unit="epoch", enabled=enabled, bar_class=_Bar, smoothing=0)
+    return bar if bar is not None else _Bar(total=total, disable=True)
 
 
 def _run(settings, claims, out, force, model, progress, engine, dtype, workers) -> dict:
@@ -134,8 +144,7 @@ def _run(settings, claims, out, force, model, progress, engine, dtype, workers) 
     jobs = jobs_for(claims, settings)
     pre = Forked(precompute, model, settings, claims) if workers > 1 and can_fork() else None
     try:
-        bar = _Bar(total=sum(j.cfg.epochs for j in jobs), desc="training", unit="epoch",
-                   disable=not progress or not jobs, dynamic_ncols=True)
+        bar = _training_bar(sum(j.cfg.epochs for j in jobs), progress and bool(jobs))
         try:
             results = _train_all(jobs, model, cache_dir, force, bar, engine, dtype, workers)
         finally:
@@ -200,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "3 quick / 5 default / 8 full")
     p.add_argument("--only", default=None, metavar="S2,S4",
                    help="comma-separated subset of claims S1..S5 (default: all)")
-    p.add_argument("--out", default="results", metavar="DIR",
-                   help="output folder for simulations.json, simulations.md, figures/ and cache/")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder for simulations.json, simulations.md, figures/ and cache/ "
+                        "[default: runs (untracked); the shipped results/ only with --publish or --out results]")
+    p.add_argument("--publish", action="store_true",
+                   help="= --out results: regenerate the shipped (committed) results")
     p.add_argument("--force", action="store_true",
                    help="retrain every job instead of reusing finished jobs from DIR/cache")
     p.add_argument("--threads", type=int, default=1, metavar="T",
@@ -217,8 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batched engine: processes that train at the same time (S1 and the theory "
                         f"optima are computed in another one meanwhile); default {DEFAULT_WORKERS} (this "
                         f"machine's cores, at most 2); the results do not depend on it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (off a terminal progress is one plain line every 30 s)")
+    return add_common(p, (
+        "python -m simulations.run                         # all claims S1-S5 -> runs/simulations.{json,md}",
+        "python -m simulations.run --quick                 # 3 seeds, small sizes, ~15 s",
+        "python -m simulations.run --only S2,S4 --seeds 8 --out /tmp/sim",
+        "python -m simulations.run --publish               # regenerate the shipped results/simulations.*"))
+
+
+#: About what a run writes under --out (JSON, markdown, the job cache), checked free beforehand.
+OUT_BYTES = 8 * 2**20
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -228,12 +249,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         claims = parse_claims(args.only)
     except ValueError as e:
         parser.error(str(e))
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if threads_error(args.threads, low=1) is not None:
+        parser.error(threads_error(args.threads, low=1))
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.engine == "loop" and args.dtype == "float32":
         parser.error("--dtype float32 needs --engine batched (the loop engine is float64 only)")
+    if args.publish and args.out not in (None, "results"):
+        parser.error(f"--publish writes to results/; it conflicts with --out {args.out}")
+    args.out = "results" if args.publish else (args.out or "runs")
+    try:                                # before any training: a file, read-only or full --out fails now
+        check_output_dir(args.out, OUT_BYTES)
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: --out {e}\n")
     settings = PROFILES["quick" if args.quick else "full" if args.full else "default"]
     if args.seeds is not None:
         if args.seeds < 2:

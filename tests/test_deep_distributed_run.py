@@ -31,7 +31,9 @@ def test_torchrun_trains_each_run_with_ddp_and_rank0_writes(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     out = tmp_path / "synthetic"
     runs = ["at_linf_2-255_s0", "sam_rho0.1_s0", "st_s0"]
-    assert sorted(f.name for f in out.iterdir()) == sorted(["checkpoints", "summary.md"] + [r + ".json" for r in runs])
+    # rank 0 alone writes: one result JSON and one per-epoch CSV per run, the summary, the checkpoints
+    assert sorted(f.name for f in out.iterdir()) == sorted(["checkpoints", "summary.md"] + [r + ".json" for r in runs]
+                                                           + [r + ".csv" for r in runs])
     assert sorted(f.name for f in (out / "checkpoints").iterdir()) == [r + ".pt" for r in runs]
     for name in (r + ".json" for r in runs):
         res = json.loads((out / name).read_text())

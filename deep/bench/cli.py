@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from samrobust.cli import DefaultsHelpFormatter
+from samrobust.attacks import check_linf_eps
+from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
 
 from ..robustness import parse_eps
 from ..train import resolve_device
@@ -108,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset for one GPU, about 90 s on an H200: " + ", ".join(
                        f"--{k.replace('_', '-')} {v}" for k, v in GPU_QUICK.items()) +
                         " (options given explicitly win) [default: off]")
-    return p
+    return add_common(p, (
+        "python -m deep.bench                              # ours vs reference loop -> runs/bench/deep_bench.{json,md}",
+        "python -m deep.bench --threads 1 --repeats 3 --accuracy-check",
+        "python -m deep.bench --out results/bench/deep_bench.json   # regenerate the shipped numbers"))
 
 
 # --gpu-quick: every phase and loop, short: ~30 s of phases + ~40 s of K = 1, 2, 4, 8 processes (their
@@ -143,6 +147,16 @@ def _concurrency(text: Optional[str]):
         raise ValueError(f"concurrency must be a comma list of process counts or 'off', got {text!r}") from None
 
 
+def check_bench_inputs(cfg, acfg) -> None:
+    """ValueError, before anything is measured, for l_inf radii of 1 or more (--eps 8 meant 8/255: the
+    benchmark's PGD is l_inf) and for --threads above samrobust.cli.max_threads."""
+    check_linf_eps(cfg.eps, "--eps")
+    if acfg is not None:
+        check_linf_eps(acfg.eps, "--accuracy-eps")
+    if threads_error(cfg.threads, low=1) is not None:
+        raise ValueError(threads_error(cfg.threads, low=1))
+
+
 def _configs(parser: argparse.ArgumentParser, args) -> tuple:
     """(BenchConfig, AccuracyCheckConfig or None) from the options; errors exit 2 with the option's name."""
     try:
@@ -158,6 +172,7 @@ def _configs(parser: argparse.ArgumentParser, args) -> tuple:
             seeds=tuple(int(v) for v in _csv(args.accuracy_seeds)), epochs=args.accuracy_epochs,
             width=args.accuracy_width, eps=parse_eps(args.accuracy_eps), n_train=args.accuracy_n_train,
             n_test=args.accuracy_n_test, data_dir=args.data_dir) if args.accuracy_check else None
+        check_bench_inputs(cfg, acfg)
         resolve_device(args.device)
     except (ValueError, RuntimeError) as err:
         msg = str(err)
