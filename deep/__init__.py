@@ -5,13 +5,16 @@ Modules (each importable on its own):
 * :mod:`deep.model` - ``PreActResNet18`` with input normalisation inside ``forward``.
 * :mod:`deep.data` - CIFAR-10/100 reader and md5-checked download, the generated robust / non-robust
   image dataset with its probe variants, batched augmentation on device tensors.
+* :mod:`deep.datasets` - the data-set registry, Fashion-MNIST and digits readers, ``load_data`` (the data of
+  one configuration).
 * :mod:`deep.train` - ``TrainConfig``, ``train_step``, ``train_epoch``, ``fit`` (resumable).
 * :mod:`deep.graphed` - the training step captured once as a CUDA graph and replayed (``--cuda-graph``).
-* :mod:`deep.evaluate` - clean and PGD robust accuracy on a grid, feature-reliance probes;
-  ``python -m deep.evaluate`` re-evaluates saved runs (:mod:`deep.reeval`).
+* :mod:`deep.robustness` - clean and PGD robust accuracy on a grid, feature-reliance probes.
 * :mod:`deep.autoattack` - AutoAttack (pyautoattack) robust accuracy, standard and a cheaper CPU subset.
 * :mod:`deep.masking` - gradient-masking checks on stored numbers (gap, monotonicity, large-eps sanity).
+* :mod:`deep.summary` - summary.md of a results folder (mean over seeds, one row per run, masking checks).
 * :mod:`deep.run` - ``python -m deep.run`` (``--quick`` for a one-minute CPU smoke run).
+* :mod:`deep.evaluate` - ``python -m deep.evaluate``: re-evaluates saved runs with stronger attacks.
 * :mod:`deep.spec` - ``RunSpec``: deep.run's command line resolved (grid, shared TrainConfig, evaluation),
   its presets and the per-data-set protocols.
 * :mod:`deep.distributed`, :mod:`deep.bench` - torch.distributed helpers and the speed benchmark (a

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .data import ImageData
-from .evaluate import evaluate, parse_attack
+from .datasets import load_data
+from .robustness import evaluate, parse_attack
 from .train import FitOptions, TrainConfig, fit, resolve_device
 
 __all__ = ["Data", "load", "train", "accuracy", "robust_accuracy", "autoattack"]
@@ -40,8 +41,6 @@ def load(dataset: str = "fashion-mnist", n_train: Optional[int] = None, n_test: 
          data_dir: str = "data", device: str = "auto") -> Data:
     """The first ``n_train`` / ``n_test`` images of ``dataset`` on ``device`` (as ``deep.run`` loads them;
     Fashion-MNIST from ``data_dir`` or Debian's dataset-fashion-mnist, CIFAR from ``data_dir``)."""
-    from .run import load_data
-
     cfg = TrainConfig(dataset=dataset, n_train=n_train, n_test=n_test)
     tr, te = load_data(cfg, resolve_device(device), data_dir)
     return Data(dataset, tr, te)

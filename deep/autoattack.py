@@ -28,7 +28,7 @@ import torch
 from samrobust.threat import Norm, parse_norm
 
 from .data import ImageData, to_float
-from .evaluate import Attack, no_cudnn_autotune
+from .robustness import Attack, no_cudnn_autotune
 
 __all__ = ["VERSIONS", "CPU_TARGET_CLASSES", "make_autoattack", "robust_flags", "run_autoattack"]
 
@@ -74,7 +74,7 @@ def robust_flags(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attac
     aa = make_autoattack(model, attack, version, device, seed)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     # fork_rng: AutoAttack's own draws leave the caller's RNG alone; no autotuning: it attacks only the
-    # points still robust, so its batch sizes change at every step (see deep.evaluate.no_cudnn_autotune)
+    # points still robust, so its batch sizes change at every step (see deep.robustness.no_cudnn_autotune)
     with torch.random.fork_rng(devices=devices), no_cudnn_autotune():
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     d = (x_adv - x).flatten(1)

@@ -19,7 +19,7 @@ import torch
 from samrobust.cli import DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 
-from .train import (AT_VARIANTS, TrainConfig, _flags, at_variant_config, build_model, build_optimizer,
+from .train import (AT_VARIANTS, TrainConfig, runtime_flags, at_variant_config, build_model, build_optimizer,
                     train_step)
 
 __all__ = ["METHOD_CONFIGS", "step_seconds", "measure", "build_parser", "main"]
@@ -34,7 +34,7 @@ def step_seconds(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, steps: int,
     """Seconds per training step of cfg.method over ``steps`` steps (model and optimiser built once per
     method and kept in ``state``, so later rounds measure warm steps)."""
     device = x.device
-    bf16, channels_last, _ = _flags(cfg, device)
+    bf16, channels_last, _ = runtime_flags(cfg, device)
     key = (cfg.method, cfg.attack_steps, cfg.attack_step_size, cfg.attack_random_start)
     if key not in state:
         model = build_model(cfg, device).train()

@@ -30,7 +30,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .data import DataError, ImageData
+from .data import DataError, ImageData, load_cifar, make_synthetic
 
 __all__ = ["DatasetInfo", "DATASETS", "dataset_info", "FASHION_MNIST_FILES", "load_fashion_mnist",
            "find_fashion_mnist", "read_idx", "load_digits_split", "DIGITS_TEST_PER_CLASS"]
@@ -242,3 +242,36 @@ def load_digits_split() -> Tuple[ImageData, ImageData]:
         idx = torch.from_numpy(rng.permutation(idx))
         out.append(ImageData(x[idx], y[idx], 10))
     return out[0], out[1]
+
+
+# ------------------------------------------------------------------- the data of one configuration
+
+def synthetic_seeds(cfg) -> Tuple[int, int]:
+    """Seeds of the generated training and test images (the test seed also draws the probe sets):
+    2s and 2s + 1 for the pattern seed s (--synthetic-seed)."""
+    s = cfg.synthetic_spec.pattern_seed
+    return 2 * s, 2 * s + 1
+
+
+def load_data(cfg, device, data_dir: str = "data", download: bool = False) -> Tuple[ImageData, ImageData]:
+    """(train, test) of cfg's data set on ``device``: the first cfg.n_train / cfg.n_test images (generated
+    data: that many images of cfg.synthetic, seeds of :func:`synthetic_seeds`)."""
+    if cfg.dataset == "synthetic":
+        spec = cfg.synthetic_spec
+        train_seed, test_seed = synthetic_seeds(cfg)
+        train = make_synthetic(cfg.n_train, train_seed, spec)
+        test = make_synthetic(cfg.n_test, test_seed, spec)
+    else:
+        if cfg.dataset == "fashion-mnist":
+            train, test = load_fashion_mnist(data_dir)
+        elif cfg.dataset == "digits":
+            train, test = load_digits_split()
+        else:
+            train, test = load_cifar(cfg.dataset, data_dir, download=download)
+        for option, n, data, part in (("--n-train", cfg.n_train, train, "training"),
+                                      ("--n-test", cfg.n_test, test, "test")):
+            if n is not None and n > len(data):
+                raise DataError(f"{option} {n} is larger than the {len(data)} {part} images of {cfg.dataset}; "
+                                f"give at most {len(data)} (or leave it out for all)")
+        train, test = train.subset(cfg.n_train), test.subset(cfg.n_test)
+    return train.to(device), test.to(device)

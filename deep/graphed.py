@@ -103,10 +103,9 @@ class GraphedStep:
     others run eagerly), then :meth:`end_epoch` for the device totals {loss_sum, correct, nonfinite}
     (:attr:`nonfinite` may be read in between for the divergence check)."""
 
-    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, cfg, bf16: bool,
-                 backend=None, warmup: int = WARMUP_STEPS):
-        from .train import train_step           # deep.train imports this module lazily
-        self._train_step = train_step
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, cfg, bf16: bool, *,
+                 step_fn: Callable, backend=None, warmup: int = WARMUP_STEPS):
+        self._train_step = step_fn             # deep.train.train_step, handed in (deep.train imports this module)
         self.model, self.opt, self.cfg, self.bf16 = model, opt, cfg, bool(bf16)
         self.device = next(model.parameters()).device
         self.backend = backend if backend is not None else CudaGraphs(self.device)
@@ -231,23 +230,24 @@ def start_noise_shapes(x: torch.Tensor, norm: str) -> Tuple[Tuple[int, ...], ...
     return tuple(x.shape), (x.shape[0],) + (1,) * (x.dim() - 1)
 
 
-_ATTR = "_deep_graphed_step"
+GRAPH_ATTR = "_deep_graphed_step"
 
 
-def graphed_step_for(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg, bf16: bool,
+def graphed_step_for(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg, bf16: bool, *, step_fn: Callable,
                      backend=None) -> Optional[GraphedStep]:
-    """The :class:`GraphedStep` of (model, opt), built on the first call and kept on the optimizer (one
-    capture per run, replayed in every epoch); None, after a one-line warning, where graphs do not apply."""
-    gs = opt.__dict__.get(_ATTR)
+    """The :class:`GraphedStep` of (model, opt) around ``step_fn`` (:func:`deep.train.train_step`), built on the
+    first call and kept on the optimizer (one capture per run, replayed in every epoch); None, after a one-line
+    warning, where graphs do not apply."""
+    gs = opt.__dict__.get(GRAPH_ATTR)
     if gs is not None and gs.model is model and gs.cfg is cfg and gs.bf16 == bool(bf16):
         return gs
     device = next(model.parameters()).device
     why = unsupported_reason(model, opt, device, backend)
     if why is not None:
-        if opt.__dict__.get(_ATTR + "_said") != why:          # the warning once per optimizer, not per epoch
+        if opt.__dict__.get(GRAPH_ATTR + "_said") != why:          # the warning once per optimizer, not per epoch
             _warn(f"--cuda-graph: {why}; training eagerly")
-            opt.__dict__[_ATTR + "_said"] = why
+            opt.__dict__[GRAPH_ATTR + "_said"] = why
         return None
-    gs = GraphedStep(model, opt, cfg, bf16, backend=backend)
-    opt.__dict__[_ATTR] = gs
+    gs = GraphedStep(model, opt, cfg, bf16, step_fn=step_fn, backend=backend)
+    opt.__dict__[GRAPH_ATTR] = gs
     return gs

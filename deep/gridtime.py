@@ -25,7 +25,7 @@ import torch
 from samrobust.cli import DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 
-from .train import TrainConfig, _flags, build_model, build_optimizer, resolve_device, train_step
+from .train import TrainConfig, runtime_flags, build_model, build_optimizer, resolve_device, train_step
 
 __all__ = ["Grid", "GRIDS", "step_seconds", "project", "main"]
 
@@ -58,7 +58,7 @@ def step_seconds(cfg: TrainConfig, device: torch.device, steps: int = 20, warmup
     info = dataset_info(cfg.dataset)
     size = info.image_size
     chans = info.channels
-    bf16, channels_last, _ = _flags(cfg, device)
+    bf16, channels_last, _ = runtime_flags(cfg, device)
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
     g = torch.Generator(device=device)

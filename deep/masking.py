@@ -25,7 +25,7 @@ import json
 import statistics
 from typing import Dict, List, Optional, Sequence
 
-from .evaluate import Attack, format_eps, parse_attack
+from .robustness import Attack, format_eps, parse_attack
 
 __all__ = ["GAP_FLAG", "MONOTONE_TOL", "SANITY_MAX", "SANITY_RADII", "sanity_attacks", "label_attack",
            "sources", "gap_points", "monotone_violations", "sanity_check", "masking_checks", "masking_markdown"]

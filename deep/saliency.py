@@ -31,6 +31,7 @@ from samrobust.cli import DefaultsHelpFormatter, add_common
 from samrobust.files import read_json_object, write_json_atomic
 
 from .data import DataError, to_float
+from .evaluate import find_runs, load_run_model, run_test_data
 from .train import resolve_device
 
 __all__ = ["OBJECT_THRESHOLD", "input_gradients", "saliency_metrics", "saliency_entry", "build_parser", "main"]
@@ -111,8 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .reeval import find_runs, load_run_model, run_test_data
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.n < 1 or args.maps < 0 or args.threads < 0:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .data import SyntheticSpec
-from .evaluate import Attack
+from .robustness import Attack
 from .train import TrainConfig
 
 __all__ = ["TRAIN_DEFAULTS", "RUN_DEFAULTS", "CIFAR_PROTOCOL", "FASHION_MNIST_PROTOCOL", "PROTOCOLS",

@@ -46,6 +46,7 @@ from samrobust.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 from . import distributed as ddist
 from .data import ImageData, SyntheticSpec, augment_batch, to_float
 from .datasets import DATASETS, dataset_info
+from .graphed import graphed_step_for
 from .archs import ARCHS, DEFAULT_ARCH, build_arch
 from .byo import is_custom_arch
 from .model import normalization_for
@@ -258,7 +259,7 @@ def _cpu_bf16(requested: bool) -> bool:
     return requested
 
 
-def _flags(cfg: TrainConfig, device: torch.device):
+def runtime_flags(cfg: TrainConfig, device: torch.device):
     """(bf16, channels_last, augment) actually used for ``cfg`` on ``device``."""
     on_cuda = device.type == "cuda"
     bf16 = on_cuda if cfg.bf16 is None else bool(cfg.bf16)
@@ -281,7 +282,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     mean, std = normalization_for(cfg.dataset)
     size = cfg.synthetic_spec.image_size if cfg.dataset == "synthetic" else dataset_info(cfg.dataset).image_size
     model = build_arch(cfg.arch, cfg.num_classes, cfg.width, mean, std, size, final_bn=cfg.final_bn).to(device)
-    if _flags(cfg, device)[1]:
+    if runtime_flags(cfg, device)[1]:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -457,8 +458,7 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ImageD
     g_pgd = _epoch_generator(device, cfg.seed, epoch, rank, 2)
     graphed = None
     if cuda_graph:
-        from .graphed import graphed_step_for
-        graphed = graphed_step_for(model, opt, cfg, bf16, backend=graph_backend)
+        graphed = graphed_step_for(model, opt, cfg, bf16, step_fn=train_step, backend=graph_backend)
     if graphed is not None:
         graphed.begin_epoch()
         totals = None
@@ -698,7 +698,7 @@ class _FitLoop:
     net: torch.nn.Module                # what trains: the model, compiled and/or wrapped
     opt: torch.optim.Optimizer
     opts: FitOptions
-    flags: Tuple[bool, bool, bool]      # (bf16, channels_last, augment) of :func:`_flags`
+    flags: Tuple[bool, bool, bool]      # (bf16, channels_last, augment) of :func:`runtime_flags`
 
 
 def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = None, **kw) -> FitResult:
@@ -714,7 +714,7 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
     opts = dataclasses.replace(options or FitOptions(), **kw)
     device = train.x.device
     setup_device(device)
-    flags = _flags(cfg, device)
+    flags = runtime_flags(cfg, device)
     model = build_model(cfg, device) if opts.model is None else _own_model(opts.model, cfg, device)
     opt = build_optimizer(cfg, model)
     state = _resume(cfg, model, opt, opts, device)
@@ -751,7 +751,7 @@ def fit(cfg: TrainConfig, train: ImageData, *, options: Optional[FitOptions] = N
 def _own_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     """A user's model (FitOptions.model) on ``device``, in channels_last when cfg asks for it."""
     model = model.to(device)
-    if _flags(cfg, device)[1]:
+    if runtime_flags(cfg, device)[1]:
         model = model.to(memory_format=torch.channels_last)
     return model
 

@@ -19,11 +19,11 @@ from samrobust.seeds import mix_seed
 
 from .autoattack import VERSIONS, robust_flags
 from .data import ImageData, to_float
-from .evaluate import Attack
+from .robustness import Attack
 
 __all__ = ["pgd_flags", "worst_case"]
 
-# salt of the PGD random starts of the worst-case evaluation (independent of deep.evaluate's streams)
+# salt of the PGD random starts of the worst-case evaluation (independent of deep.robustness's streams)
 _PGD_SALT = 7919
 
 

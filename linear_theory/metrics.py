@@ -133,7 +133,7 @@ def robust_reliance(model, v) -> float:
     return float(v[model.robust_mask] @ model.mu[model.robust_mask]) / total
 
 
-def _trapezoid_nodes(std: float):
+def trapezoid_nodes(std: float):
     """Nodes u and weights of E g(U), U ~ N(0,1), by the trapezoidal rule on [-9.5, 9.5].
 
     Step h = min(0.25, 0.56/std): the logistic loss has poles at +-i*pi, i.e. at distance pi/std from the
@@ -155,7 +155,7 @@ def gaussian_expectation(fn, mean: float, std: float) -> float:
     std >~ 20 because of the loss's poles; the trapezoidal rule stays at 1e-15, checked against scipy.quad
     in tests/test_linear_numeric.py.)
     """
-    u, w = _trapezoid_nodes(std)
+    u, w = trapezoid_nodes(std)
     return float(w @ fn(mean + std * u))
 
 

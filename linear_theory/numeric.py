@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit
 
-from .metrics import _trapezoid_nodes, check_nonnegative, dual_exponent, logistic_loss
+from .metrics import trapezoid_nodes, check_nonnegative, dual_exponent, logistic_loss
 from .model import FeatureModel, TsiprasModel
 from .sam_objective import block_vector, check_sam_norm, sam_loss
 
@@ -64,7 +64,7 @@ def _margin_components_grad(model, v):
 
 def _gaussian_loss_and_grads(mean, std):
     """E l(mean + std*g), and its derivatives with respect to mean and std."""
-    u, w = _trapezoid_nodes(std)
+    u, w = trapezoid_nodes(std)
     z = mean + std * u
     lp = -expit(-z)  # l'(z)
     return float(w @ logistic_loss(z)), float(w @ lp), float(w @ (lp * u))

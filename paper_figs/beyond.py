@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deep.archs import DEFAULT_ARCH
-from deep.reeval import read_run_json
-from deep.run import method_label
+from deep.evaluate import read_run_json
+from deep.summary import method_label
 
 from .aggregate import Stat
 from .report import markdown_table

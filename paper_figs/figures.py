@@ -123,7 +123,7 @@ def _rho_grid(points) -> list:
     return list(th.rho_grid(top))
 
 
-def _eps_grid(settings, points, method) -> list:
+def eps_grid(settings, points, method) -> list:
     eta = settings.model().eta
     top = 3 * eta if method == "at-linf" else 2.2 * eta * math.sqrt(settings.model().D)
     top = max([top] + [p["strength"] for p in points or [] if p["method"] == method])
@@ -147,7 +147,7 @@ def _theory_methods(points):
 
 
 def _curve(ctx, method):
-    grid = _rho_grid(ctx.sim_points) if method == "sam" else _eps_grid(ctx.settings,
+    grid = _rho_grid(ctx.sim_points) if method == "sam" else eps_grid(ctx.settings,
                                                                          ctx.sim_points, method)
     return th.method_curve(ctx.settings, method, grid)
 
@@ -164,9 +164,9 @@ def _legend_handles(methods, with_sim: bool, with_st: bool = True):
     return hs
 
 
-def _strength_ticks(ax, ctx, method, strengths, key, prefix, offset, ha, labels: list):
+def strength_ticks(ax, ctx, method, strengths, key, prefix, offset, ha, labels: list):
     """Small dots along a theory curve of the trade-off plane; their labels are queued in
-    ``labels`` and drawn by :func:`_place_labels` once the axes limits are final."""
+    ``labels`` and drawn by :func:`place_labels` once the axes limits are final."""
     st = pal.style(method)
     for k in strengths:
         p = th.theory_point(ctx.settings, method, k)
@@ -177,7 +177,7 @@ def _strength_ticks(ax, ctx, method, strengths, key, prefix, offset, ha, labels:
         labels.append((f"{prefix}{k:g}", xy, offset, ha, st.color))
 
 
-def _place_labels(ax, labels, box_pt=(30.0, 7.0)):
+def place_labels(ax, labels, box_pt=(30.0, 7.0)):
     """Annotate queued (text, xy, offset, ha, color) labels, dropping any whose text anchor lies
     within a ``box_pt`` (width, height in points) box of an already placed one (the dot stays)."""
     ax.autoscale_view()
@@ -312,9 +312,9 @@ def _plane_ticks(ax, ctx, key, labels):
     """Strength dots of a whole-plane panel (AT l_inf at eps = eta, SAM at rho 0.2 and 0.4);
     their labels are queued in ``labels``."""
     eta = ctx.settings.model().eta
-    _strength_ticks(ax, ctx, "at-linf", [eta], key, r"$\epsilon=\eta=$", (5, -3), "left", labels)
+    strength_ticks(ax, ctx, "at-linf", [eta], key, r"$\epsilon=\eta=$", (5, -3), "left", labels)
     ax.margins(y=0.1)
-    _strength_ticks(ax, ctx, "sam", [0.2, 0.4], key, r"$\rho$=", (-4, 3), "right", labels)
+    strength_ticks(ax, ctx, "sam", [0.2, 0.4], key, r"$\rho$=", (-4, 3), "right", labels)
 
 
 def _plane_sim(ax, ctx, key, items, with_clean: bool):
@@ -356,7 +356,7 @@ def _plane_panel(ax, plane: _Plane, key, zoom: bool, first_row: bool, last_row: 
     ax.grid(alpha=0.25, linewidth=0.5)
     ax.tick_params(labelsize=6)
     if labels:
-        _place_labels(ax, labels)
+        place_labels(ax, labels)
 
 
 def fig1_tradeoff(ctx: FigureContext) -> FigureResult:

@@ -30,8 +30,8 @@ from . import realdata as rd
 from . import theory as th
 from .aggregate import summarise_runs
 from .deep_figures import deep_ordering_checks
-from .figures import (FigureContext, FigureResult, SkipFigure, _eps_grid, _place_labels,
-                      _strength_ticks, eval_label, save)
+from .figures import (FigureContext, FigureResult, SkipFigure, eps_grid, place_labels,
+                      strength_ticks, eval_label, save)
 from .report import figure_block
 from .verdicts import ordering_verdict
 
@@ -195,7 +195,7 @@ def _theory_plane(ax, ctx, rhos):
     s = ctx.settings
     key = s.eval_keys[0]
     sam = th.method_curve(s, "sam", th.rho_grid(max([0.4] + list(rhos))))
-    at = th.method_curve(s, "at-linf", _eps_grid(s, None, "at-linf"))
+    at = th.method_curve(s, "at-linf", eps_grid(s, None, "at-linf"))
     for method, rows in (("sam", sam), ("at-linf", at)):
         rows = [r for r in rows if math.isfinite(r["clean"])]
         ax.plot([100 * r["clean"] for r in rows], [100 * r["robust"][key] for r in rows],
@@ -204,12 +204,12 @@ def _theory_plane(ax, ctx, rhos):
     ax.plot(100 * st["clean"], 100 * st["robust"][key], marker="*", color="k", markersize=7,
             linestyle="none", zorder=6)
     labels = []
-    _strength_ticks(ax, ctx, "sam", sorted(rhos), key, r"$\rho$=", (-3, 3), "right", labels)
+    strength_ticks(ax, ctx, "sam", sorted(rhos), key, r"$\rho$=", (-3, 3), "right", labels)
     eta = s.model().eta
-    _strength_ticks(ax, ctx, "at-linf", [0.5 * eta, 1.5 * eta], key, r"$\epsilon$=", (3, -6),
+    strength_ticks(ax, ctx, "at-linf", [0.5 * eta, 1.5 * eta], key, r"$\epsilon$=", (3, -6),
                     "left", labels)
     ax.margins(0.08)
-    _place_labels(ax, labels, box_pt=(20.0, 6.0))
+    place_labels(ax, labels, box_pt=(20.0, 6.0))
     ax.set_xlabel("clean acc. (%)")
     ax.set_title(f"linear theory (T6), {eval_label(key)}", fontsize=6.5, pad=2)
     ax.grid(alpha=0.25, linewidth=0.5)

@@ -28,7 +28,7 @@ from samrobust.threat import normalize_norm
 from .batched_ops import (pgd_random_start, pgd_rows, plain_loss, sam_ascent_batched, sam_ascent_loss,
                           sam_descent_loss, sam_groups)
 from .parallel import EpochFeed, Forked, can_fork
-from .training import TrainConfig, _init_weights, make_scheduler
+from .training import TrainConfig, init_weights, make_scheduler
 
 __all__ = ["JobSpec", "kernel_key", "batch_key", "train_batched", "train_sharded", "shard_jobs"]
 
@@ -266,7 +266,7 @@ def _init(specs, spans, D: int, dtype):
     gens = [torch.Generator().manual_seed(int(s.seed)) for s in specs]
     P = torch.empty(max(e for _, e in spans), D, dtype=dtype)
     for spec, gen, (s, e) in zip(specs, gens, spans):
-        P[s:e] = _init_weights(e - s, D, spec.cfg, gen, torch.float64)
+        P[s:e] = init_weights(e - s, D, spec.cfg, gen, torch.float64)
     return gens, P
 
 

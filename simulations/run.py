@@ -2,8 +2,8 @@
 
 Trains linear models on samples of the feature model (SGD + momentum, SAM with m-sharpness, PGD-AT),
 compares them claim by claim with ``linear_theory``, prints a table, writes
-``<out>/simulations.json`` and ``<out>/simulations.md`` atomically, and the figures
-``<out>/figures/sim_*.png``. Exit status: 0 every check holds, 1 some check fails, 2 bad arguments.
+``<out>/simulations.json`` and ``<out>/simulations.md`` atomically (the figures drawn from that JSON are
+paper_figs' fig1-fig4: ``python -m paper_figs``). Exit status: 0 every check holds, 1 some check fails, 2 bad arguments.
 Finished training jobs are cached in ``<out>/cache/``; a rerun (e.g. after an interruption) skips them.
 ``--engine batched`` (default) trains all pending jobs together in one batched loop (float32 by default,
 ``--dtype float64``); ``--engine loop`` is the original one-job-at-a-time route (float64).
@@ -32,7 +32,6 @@ from . import experiments
 from .claims import CLAIM_FUNCS, OPT_TOL, precompute, prime_solutions
 from .experiments import (CLAIMS, DEFAULT_ENGINE, DTYPES, ENGINES, PROFILES, Settings, atomic_write_json,
                           atomic_write_text, engine_tag, jobs_for)
-from .figures import write_figures
 from .parallel import Forked, can_fork
 from .report import format_table, markdown_report
 
@@ -78,7 +77,7 @@ def torch_threads(n: Optional[int]):
 
 
 def run_simulations(settings: Settings, claims: Sequence[str] = CLAIMS, out: str = "results",
-                    force: bool = False, figures: bool = True, model=None, progress: bool = True,
+                    force: bool = False, model=None, progress: bool = True,
                     threads: Optional[int] = 1, engine: str = DEFAULT_ENGINE,
                     dtype: Optional[str] = None, workers: int = DEFAULT_WORKERS) -> dict:
     """Run the claims, write results, return the results dict (schema: simulations/README.md).
@@ -92,7 +91,7 @@ def run_simulations(settings: Settings, claims: Sequence[str] = CLAIMS, out: str
     if engine == "loop":
         workers = 1  # the original route, unchanged
     with torch_threads(threads):
-        return _run(settings, claims, out, force, figures, model, progress, engine, dtype, int(workers))
+        return _run(settings, claims, out, force, model, progress, engine, dtype, int(workers))
 
 
 def _train_all(jobs, model, cache_dir: str, force: bool, bar, engine: str, dtype: str,
@@ -138,7 +137,7 @@ def _training_bar(total: int, enabled: bool):
     return bar if bar is not None else _Bar(total=total, disable=True)
 
 
-def _run(settings, claims, out, force, figures, model, progress, engine, dtype, workers) -> dict:
+def _run(settings, claims, out, force, model, progress, engine, dtype, workers) -> dict:
     model = model or lt.FeatureModel()
     t0 = time.perf_counter()
     cache_dir = os.path.join(out, "cache")
@@ -172,8 +171,6 @@ def _run(settings, claims, out, force, figures, model, progress, engine, dtype, 
     data = {"meta": meta, "claims": rows, "curves": extras.pop("curves"), "sam_vs_m": extras.pop("sam_vs_m"),
             "extra": extras}
     os.makedirs(out, exist_ok=True)
-    if figures:
-        meta["figures"] = write_figures(data, os.path.join(out, "figures"), workers)
     meta["wall_time_s"] = time.perf_counter() - t0
     atomic_write_json(os.path.join(out, "simulations.json"), data)
     atomic_write_text(os.path.join(out, "simulations.md"), markdown_report(rows, meta))
@@ -232,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batched engine: processes that train at the same time (S1 and the theory "
                         f"optima are computed in another one meanwhile); default {DEFAULT_WORKERS} (this "
                         f"machine's cores, at most 2); the results do not depend on it")
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (off a terminal progress is one plain line every 30 s)")
     return add_common(p, (
@@ -242,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m simulations.run --publish               # regenerate the shipped results/simulations.*"))
 
 
-#: About what a run writes under --out (JSON, markdown, figures, the job cache), checked free beforehand.
+#: About what a run writes under --out (JSON, markdown, the job cache), checked free beforehand.
 OUT_BYTES = 8 * 2**20
 
 
@@ -274,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reuse_freed_memory()
     try:
         data = run_simulations(settings, claims, out=args.out, force=args.force,
-                               figures=not args.no_figures, progress=not args.no_progress,
+                               progress=not args.no_progress,
                                threads=args.threads, engine=args.engine, dtype=args.dtype,
                                workers=args.workers)
     except KeyboardInterrupt:

@@ -256,7 +256,7 @@ def make_optimizer(P: torch.Tensor, cfg: TrainConfig, total_steps: int):
     return opt, make_scheduler(opt, cfg.schedule, total_steps)
 
 
-def _init_weights(R: int, D: int, cfg: TrainConfig, gen: torch.Generator, dtype) -> torch.Tensor:
+def init_weights(R: int, D: int, cfg: TrainConfig, gen: torch.Generator, dtype) -> torch.Tensor:
     if cfg.form == "fixed-scale":  # random unit vectors (the scale is fixed by tau)
         w = torch.randn(R, D, generator=gen, dtype=dtype)
         return w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
@@ -282,7 +282,7 @@ def train_replicas(data, cfg: TrainConfig, seed: int = 0, rho: Optional[Sequence
     if n < cfg.batch_size:
         raise ValueError(f"n_train ({n}) must be >= batch_size ({cfg.batch_size})")
     gen = torch.Generator().manual_seed(int(seed))
-    P = _init_weights(R, D, cfg, gen, X.dtype).requires_grad_(True)
+    P = init_weights(R, D, cfg, gen, X.dtype).requires_grad_(True)
     steps_per_epoch = n // cfg.batch_size
     opt, sched = make_optimizer(P, cfg, cfg.epochs * steps_per_epoch)
     rho_t = torch.as_tensor(cfg.rho if rho is None else list(rho), dtype=X.dtype).expand(R)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deep.run as R
+import deep.summary as S
 from deep.archs import ARCHS, DEFAULT_ARCH, build_arch
 from deep.cost import measure
 from deep.data import ImageData, to_float
@@ -267,11 +268,11 @@ def test_run_id(kw, want):
     (dict(method="st", arch=DEFAULT_ARCH), "st", "st"),
 ])
 def test_method_label_of_result_dicts(kw, method, want):
-    assert R.method_label({"method": method, "config": TrainConfig(**kw).to_dict()}) == want
+    assert S.method_label({"method": method, "config": TrainConfig(**kw).to_dict()}) == want
 
 
 def test_method_label_without_config_is_the_method():
-    assert R.method_label({"method": "at"}) == "at"
+    assert S.method_label({"method": "at"}) == "at"
 
 
 def test_unknown_method_is_a_one_line_cli_error(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """deep/autoattack.py (pyautoattack wrapper), deep/masking.py (gradient-masking checks) and the re-evaluation
-CLI ``python -m deep.evaluate`` (deep/reeval.py), end to end on tiny digits runs."""
+CLI ``python -m deep.evaluate`` (deep/evaluate.py), end to end on tiny digits runs."""
 import json
 import subprocess
 import sys
@@ -10,11 +10,13 @@ from torch import nn
 
 pytest.importorskip("pyautoattack")
 
-from deep import masking, reeval  # noqa: E402
+import deep.evaluate as evaluate_cli  # noqa: E402
+from deep import masking  # noqa: E402
 from deep.autoattack import run_autoattack, robust_flags  # noqa: E402
 from deep.data import ImageData, to_float  # noqa: E402
 from deep.datasets import load_digits_split  # noqa: E402
-from deep.evaluate import Attack, evaluate, main as evaluate_main  # noqa: E402
+from deep.evaluate import main as evaluate_main  # noqa: E402
+from deep.robustness import Attack, evaluate  # noqa: E402
 from deep.run import main as run_main  # noqa: E402
 
 
@@ -171,22 +173,22 @@ def test_labels_round_trip_and_attack_set_names():
     for a in (Attack("inf", 8 / 255), Attack("l2", 1.0), Attack("l2", 0.25), Attack("inf", 0.3)):
         back = masking.label_attack(a.label)
         assert back.norm == a.norm and back.eps == pytest.approx(a.eps)
-    assert [reeval.parse_attack_set(t).key for t in ("pgd:50x5", "PGD-CW:100", "pgd-ce:20x2", "autoattack:cpu",
+    assert [evaluate_cli.parse_attack_set(t).key for t in ("pgd:50x5", "PGD-CW:100", "pgd-ce:20x2", "autoattack:cpu",
                                                       "autoattack:standard")] == \
         ["pgd-50x5-ce", "pgd-100x1-cw", "pgd-20x2-ce", "autoattack-cpu", "autoattack-standard"]
     for bad in ("pgd", "pgd:0", "pgd:5x0", "pgd-l1:5", "autoattack:plus", "fgsm:1"):
         with pytest.raises(ValueError, match="unknown attack"):
-            reeval.parse_attack_set(bad)
+            evaluate_cli.parse_attack_set(bad)
 
 
 def test_resume_rules_for_stored_entries():
     radii = [Attack("inf", 0.1), Attack("l2", 1.0)]
     old = {"n": 100, "robust": {"linf_0.1": 0.5}, "seconds": 2.0}
-    assert reeval.todo_radii(None, radii, 100, False) == radii
-    assert reeval.todo_radii(old, radii, 100, False) == [radii[1]]
-    assert reeval.todo_radii(old, radii, 200, False) == radii           # other n: all again
-    assert reeval.todo_radii(old, radii, 100, True) == radii
-    merged = reeval.merge_entry(old, {"n": 100, "robust": {"l2_1": 0.25}, "seconds": 1.0}, replace=False)
+    assert evaluate_cli.todo_radii(None, radii, 100, False) == radii
+    assert evaluate_cli.todo_radii(old, radii, 100, False) == [radii[1]]
+    assert evaluate_cli.todo_radii(old, radii, 200, False) == radii           # other n: all again
+    assert evaluate_cli.todo_radii(old, radii, 100, True) == radii
+    merged = evaluate_cli.merge_entry(old, {"n": 100, "robust": {"l2_1": 0.25}, "seconds": 1.0}, replace=False)
     assert merged["robust"] == {"linf_0.1": 0.5, "l2_1": 0.25} and merged["seconds"] == 3.0
 
 

@@ -8,7 +8,7 @@ import torch
 
 import deep.run as R
 import deep.worstcase as W
-from deep.evaluate import Attack, evaluate
+from deep.robustness import Attack, evaluate
 from deep.jobs import format_duration, longest_first
 
 TINY = ["--dataset", "synthetic", "--epochs", "3", "--n-train", "48", "--n-test", "24", "--width", "4",
@@ -128,7 +128,7 @@ def test_worst_case_is_the_per_image_and_of_pgd_and_autoattack(monkeypatch):
 
 def test_pgd_flags_match_deep_evaluate_on_a_threshold_model():
     """The images are 0.3 from the threshold: every attack of radius 0.2 fails, of radius 0.4 succeeds
-    (l_inf, first pixel); pgd_flags and deep.evaluate's PGD agree on both."""
+    (l_inf, first pixel); pgd_flags and deep.robustness's PGD agree on both."""
     data = _data()
     x, y = data.x.float() / 255, data.y
     model = _Fixed().eval()

@@ -1,11 +1,11 @@
-"""deep/evaluate.py: PGD robust accuracy of a two-class linear model against its closed form (docs/theory.md L1),
+"""deep/robustness.py: PGD robust accuracy of a two-class linear model against its closed form (docs/theory.md L1),
 restarts, the attack grid parser, probes."""
 import pytest
 import torch
 from torch import nn
 
 from deep.data import ImageData, SyntheticSpec
-from deep.evaluate import DEFAULT_GRID, Attack, evaluate, format_eps, parse_attack, parse_eps, probes
+from deep.robustness import DEFAULT_GRID, Attack, evaluate, format_eps, parse_attack, parse_eps, probes
 
 
 def _linear_case(seed=0, n=400):
@@ -96,7 +96,7 @@ def test_repeated_attacks_are_counted_once():
 def test_evaluation_turns_cudnn_autotuning_off_and_restores_it(monkeypatch):
     """Survivor batches change size on every attack; with cudnn.benchmark each new size is autotuned
     (seconds per PGD call on a GPU), so evaluate switches it off while it runs and restores it."""
-    import deep.evaluate as ev
+    import deep.robustness as ev
 
     model, data = _linear_case(3, n=32)
     seen = []

@@ -11,7 +11,7 @@ import torch
 
 from deep import graphed as G
 from deep.data import ImageData
-from deep.train import TrainConfig, _flags, build_model, build_optimizer, fit, train_epoch
+from deep.train import TrainConfig, runtime_flags, build_model, build_optimizer, fit, train_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -50,7 +50,7 @@ CASES = {"st": dict(method="st"), "sam": dict(method="sam", rho=0.3),
 def _train(cfg, data, epochs, device, **kw):
     """``epochs`` epochs of train_epoch with the flags fit would use (bf16, channels_last, augmentation)."""
     device = torch.device(device)
-    bf16, channels_last, augment = _flags(cfg, device)
+    bf16, channels_last, augment = runtime_flags(cfg, device)
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
     outs = [train_epoch(model, opt, data, cfg, e, bf16=bf16, channels_last=channels_last, augment=augment, **kw)
@@ -78,7 +78,7 @@ def test_graphed_epochs_equal_eager_epochs_with_a_stand_in_graph(case):
     backend = FakeGraphs()
     graphed = _train(cfg, data, 2, "cpu", cuda_graph=True, graph_backend=backend)
     _same(eager, graphed)
-    gs = graphed[1].__dict__[G._ATTR]
+    gs = graphed[1].__dict__[G.GRAPH_ATTR]
     assert backend.captures == 1 and backend.warmups == G.WARMUP_STEPS
     assert gs.graphed_steps == 2 * 7 - G.WARMUP_STEPS and gs.eager_steps == G.WARMUP_STEPS + 2   # + 2 tails
     assert gs.lr_value == pytest.approx(cfg.lr * 0.01) and float(gs.lr_t) == gs.lr_value
@@ -96,7 +96,7 @@ def test_warm_up_and_capture_span_epochs_and_skip_partial_batches():
     eager = _train(cfg, data, 3, "cpu")
     graphed = _train(cfg, data, 3, "cpu", cuda_graph=True, graph_backend=FakeGraphs())
     _same(eager, graphed)
-    gs = graphed[1].__dict__[G._ATTR]
+    gs = graphed[1].__dict__[G.GRAPH_ATTR]
     assert gs.shape == gs.warm_shape == (4, 3, 32, 32)
     assert gs.graphed_steps == 3 * 2 - G.WARMUP_STEPS and gs.eager_steps == G.WARMUP_STEPS + 3
 
@@ -110,7 +110,7 @@ def test_failed_capture_falls_back_to_eager_with_one_line(capsys):
     _same(eager, graphed)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA graph capture failed" in err[0] and "training eagerly" in err[0]
-    assert graphed[1].__dict__[G._ATTR].graphed_steps == 0
+    assert graphed[1].__dict__[G.GRAPH_ATTR].graphed_steps == 0
 
 
 def test_cuda_graph_option_on_cpu_trains_eagerly_with_one_line(capsys):
@@ -153,7 +153,7 @@ def test_cuda_graph_step_equals_eager_step_on_cuda(case, bf16):
         data = _data(32 * 6 + 8, "cuda")
         eager = _train(cfg, data, 2, "cuda")
         graphed = _train(cfg, data, 2, "cuda", cuda_graph=True)
-        gs = graphed[1].__dict__[G._ATTR]
+        gs = graphed[1].__dict__[G.GRAPH_ATTR]
         assert gs.failed is None and gs.graphed_steps == 2 * 6 - G.WARMUP_STEPS
         tol = dict(rtol=2e-2, atol=2e-3) if bf16 else dict(rtol=1e-3, atol=1e-4) if case == "at" else \
             dict(rtol=1e-4, atol=1e-5)      # AT: PGD's sign() can flip where a gradient is ~0

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import deep.run as R
+import deep.summary as S
 from deep.data import SyntheticSpec, make_synthetic
 from deep.train import (FitResult, TrainConfig, batch_bounds, build_model, build_optimizer, config_matches, fit,
                         train_epoch, train_step)
@@ -74,7 +75,7 @@ def _result(seed=0, clean=0.5, robust=0.2, ev=EVAL, **cfg_kw):
 def _summary(tmp_path, results):
     for i, res in enumerate(results):
         (tmp_path / f"r{i}.json").write_text(json.dumps(res))
-    return R.write_summary(tmp_path).read_text()
+    return S.write_summary(tmp_path).read_text()
 
 
 def _mean_rows(text):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deep.evaluate import EvalOptions, evaluate, parse_attack, survivor_buckets
+from deep.robustness import EvalOptions, evaluate, parse_attack, survivor_buckets
 from deep.data import ImageData
 from deep.train import TrainConfig, build_model, build_optimizer, train_step
 from samrobust.attacks import draw_start_noise, pgd

@@ -261,7 +261,7 @@ def test_full_file_system_is_refused_before_training(small_fs):
     assert proc.returncode == 2
     one_line(proc, "MiB free", str(small_fs / "out"))
     assert "deep.run: 1 run(s)" not in proc.stdout          # refused before the data and the training
-    sims = cli("simulations.run", "--quick", "--no-figures", "--out", small_fs / "sim")
+    sims = cli("simulations.run", "--quick", "--out", small_fs / "sim")
     assert sims.returncode == 2
     one_line(sims, "MiB free")
 
@@ -307,7 +307,7 @@ def test_out_that_is_a_file_is_refused_before_training(tmp_path):
     assert proc.returncode == 2
     one_line(proc, "afile")
     assert (tmp_path / "afile").read_text() == "x"
-    sims = cli("simulations.run", "--quick", "--no-figures", "--out", tmp_path / "afile")
+    sims = cli("simulations.run", "--quick", "--out", tmp_path / "afile")
     assert sims.returncode == 2
     one_line(sims, "afile", "not a folder")
 

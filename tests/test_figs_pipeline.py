@@ -21,8 +21,7 @@ ALL_FIGS = ("fig1_tradeoff", "fig2_strength", "fig3_weights", "fig4_sam_vs_m", "
             "fig6_probes")
 
 # The smallest runs the two CLIs allow that still produce every section the figures read.
-SIM_CMD = ["-m", "simulations.run", "--quick", "--only", "S4,S5", "--seeds", "2", "--no-figures",
-           "--no-progress"]
+SIM_CMD = ["-m", "simulations.run", "--quick", "--only", "S4,S5", "--seeds", "2", "--no-progress"]
 DEEP_CMD = ["-m", "deep.run", "--quick", "--seeds", "0", "--n-train", "64", "--n-test", "32",
             "--probe-n", "32", "--width", "4", "--batch-size", "32", "--attack-steps", "2",
             "--at-steps", "2", "--eval-attacks", "linf:1/255,l2:16/255", "--no-progress"]

@@ -3,12 +3,15 @@
     samrobust <- linear_theory <- simulations,   samrobust <- deep,   everything <- paper_figs
 
 Every module's imports (module level and inside functions) are read with ``ast``; an import of a
-package that is not upstream of the importing package fails the test.
+package that is not upstream of the importing package fails the test. Inside each package the modules form
+layers too: the arrows between its modules (module level and inside functions, absolute and relative
+imports) have no circle, and no module imports another module's private (``_name``) names.
 """
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Dict, List, Set
 
 import pytest
 
@@ -87,3 +90,127 @@ def test_checker_sees_a_violation(tmp_path):
     assert [v.split(": ", 1)[1] for v in _violations("simulations", tmp_path)] == [
         "simulations imports deep.attacks.pgd", "simulations imports deep.sam",
         "simulations imports deep.evaluate.evaluate"]
+
+
+# ------------------------------------------------------------------------------- inside each package
+
+def _dotted(path: Path, root: Path) -> List[str]:
+    """The package a file's relative imports start from: deep/bench/cli.py -> [deep, bench]."""
+    return list(path.relative_to(root).parent.parts)
+
+
+def _resolved_imports(path: Path, root: Path):
+    """(line, absolute dotted module, imported name or None) of every import in ``path``, module level and
+    inside functions; relative imports resolved against the file's package."""
+    pkg = _dotted(path, root)
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            base = pkg[:len(pkg) - node.level + 1] if node.level else []
+            module = ".".join(base + (node.module.split(".") if node.module else []))
+            for alias in node.names:
+                yield node.lineno, module, alias.name
+
+
+def _module_graph(package: str, root: Path = ROOT) -> Dict[str, Set[str]]:
+    """Child -> the children of the same package it imports; a child is a module or a subpackage (whose
+    files' imports count as its own), ``package`` dotted (e.g. "deep.bench"). Self-arrows and __init__ are
+    left out."""
+    folder = root.joinpath(*package.split("."))
+    children = {p.stem for p in folder.glob("*.py")} | {p.parent.name for p in folder.glob("*/__init__.py")}
+    graph: Dict[str, Set[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        rel = path.relative_to(folder).parts
+        child = rel[0][:-3] if len(rel) == 1 else rel[0]
+        targets = graph.setdefault(child, set())
+        for _, module, name in _resolved_imports(path, root):
+            full = f"{module}.{name}" if name else module
+            if full.startswith(package + "."):
+                targets.add(full[len(package) + 1:].split(".")[0])
+        targets &= children - {child, "__init__"}
+    return graph
+
+
+def _packages(root: Path = ROOT) -> List[str]:
+    """Every package and subpackage of the library, dotted."""
+    return [".".join(d.relative_to(root).parts) for top in PACKAGES if (root / top / "__init__.py").is_file()
+            for d in sorted([root / top] + [p.parent for p in (root / top).rglob("*/__init__.py")])]
+
+
+def _circles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """The strongly connected components with more than one module (or a module importing itself),
+    each sorted; found by Tarjan's algorithm."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    out: List[List[str]] = []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+            if len(comp) > 1 or v in graph.get(v, ()):
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def _private_imports(package: str, root: Path = ROOT) -> List[str]:
+    """Imports of another module's private name (``_x``, not dunder) from the library, within the package
+    or across packages."""
+    out = []
+    for path in sorted((root / package).rglob("*.py")):
+        for line, module, name in _resolved_imports(path, root):
+            if name and name.startswith("_") and not name.startswith("__") and module.split(".")[0] in PACKAGES:
+                out.append(f"{path.relative_to(root)}:{line}: imports {module}.{name}")
+    return out
+
+
+@pytest.mark.parametrize("package", _packages())
+def test_modules_inside_a_package_form_layers(package):
+    assert _circles(_module_graph(package)) == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_private_name_is_imported_across_modules(package):
+    assert _private_imports(package) == []
+
+
+def test_checker_sees_a_circle_and_a_private_import(tmp_path):
+    """The in-package checkers themselves: a planted circle a -> b -> c -> a (one arrow inside a function,
+    one relative ``from . import``, one absolute) is found, the module outside it (d) is not part of it; a
+    subpackage is one node of its parent (its ``from ..c import`` counts) and a package of its own; a
+    self-import counts; private imports are reported, dunder names are not."""
+    pkg = tmp_path / "deep"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("def f():\n    from .b import g\n    return g\n")
+    (pkg / "b.py").write_text("from . import c\n\ndef g():\n    return c\n")
+    (pkg / "c.py").write_text("import deep.a\nfrom .d import _hidden, __version__\n")
+    (pkg / "d.py").write_text("import os\nfrom samrobust.threat import _secret\n_hidden = 1\n")
+    (pkg / "sub" / "__init__.py").write_text("from .x import y\n")
+    (pkg / "sub" / "x.py").write_text("from ..c import _z\nfrom . import y\ny = 1\n")
+    assert _module_graph("deep", tmp_path) == {"__init__": {"a"}, "a": {"b"}, "b": {"c"}, "c": {"a", "d"},
+                                               "d": set(), "sub": {"c"}}
+    assert _module_graph("deep.sub", tmp_path) == {"__init__": {"x"}, "x": set()}
+    assert _packages(tmp_path) == ["deep", "deep.sub"] and "deep.bench" in _packages()
+    assert _circles(_module_graph("deep", tmp_path)) == [["a", "b", "c"]]
+    assert _circles({"x": {"x"}, "y": set()}) == [["x"]]
+    assert _circles({"x": {"y"}, "y": set()}) == []
+    assert _private_imports("deep", tmp_path) == [
+        "deep/c.py:2: imports deep.d._hidden", "deep/d.py:2: imports samrobust.threat._secret",
+        "deep/sub/x.py:1: imports deep.c._z"]

@@ -279,7 +279,7 @@ def _rows(data):
 def test_run_batched_vs_loop_engine(tmp_path):
     claims = ["S2", "S3", "S4", "S5"]
     engines = (("loop", "float64"), ("batched", "float64"), ("batched", "float32"))
-    runs = {(e, d): sim_run.run_simulations(TINY, claims, out=str(tmp_path / f"{e}{d}"), figures=False,
+    runs = {(e, d): sim_run.run_simulations(TINY, claims, out=str(tmp_path / f"{e}{d}"),
                                             progress=False, engine=e, dtype=d) for e, d in engines}
     jobs = experiments.jobs_for(claims, TINY)
 
@@ -308,9 +308,9 @@ def test_run_batched_vs_loop_engine(tmp_path):
 
 def test_workers_do_not_change_the_results(tmp_path):
     all_claims = ["S1", "S2", "S3", "S4", "S5"]
-    one = sim_run.run_simulations(TINY, all_claims, out=str(tmp_path / "w1"), figures=False,
+    one = sim_run.run_simulations(TINY, all_claims, out=str(tmp_path / "w1"),
                                   progress=False, workers=1)
-    two = sim_run.run_simulations(TINY, all_claims, out=str(tmp_path / "w2"), figures=False,
+    two = sim_run.run_simulations(TINY, all_claims, out=str(tmp_path / "w2"),
                                   progress=False, workers=2)
     assert two["meta"]["workers"] == 2 and one["meta"]["workers"] == 1
     strip = [[{k: r[k] for k in ("id", "sim_mean", "per_seed", "holds")} for r in d["claims"]]
@@ -322,7 +322,7 @@ def test_workers_do_not_change_the_results(tmp_path):
 def test_theory_requests_are_exactly_the_optima_the_claims_solve(tmp_path, monkeypatch):
     """The optima solved ahead (in the worker) are the ones S3-S5 ask for: none missing, none extra."""
     monkeypatch.setattr(claims_mod, "_SOLVED", {})
-    sim_run.run_simulations(TINY, ["S3", "S4", "S5"], out=str(tmp_path), figures=False, progress=False,
+    sim_run.run_simulations(TINY, ["S3", "S4", "S5"], out=str(tmp_path), progress=False,
                             workers=1)
     asked = {k for k in claims_mod._SOLVED if k[1] in ("sam", "sam-fixed-scale") and k[3] in (None, TINY.tau)}
     listed = {claims_mod._solve_key(MODEL, *r) for r in claims_mod.theory_requests(TINY, ["S3", "S4", "S5"])}

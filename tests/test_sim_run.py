@@ -56,8 +56,8 @@ def test_quick_end_to_end(tmp_path):
     for th, tp, s in zip(cur["theory"]["reliance"], cur["theory_projected"]["reliance"], cur["strength"]):
         assert (th == pytest.approx(tp, abs=1e-9)) if s == 0 else tp < th
     assert os.path.exists(os.path.join(out, "simulations.md"))
-    for name in ("sim_tradeoff.png", "sim_weight_ratio.png", "sim_sam_vs_m.png"):
-        assert os.path.getsize(os.path.join(out, "figures", name)) > 1000
+    # figures are paper_figs' alone (fig1/fig3/fig4 from this JSON, tests/test_figs_pipeline.py): none here
+    assert not os.path.exists(os.path.join(out, "figures"))
 
 
 def _strip(data):
@@ -68,7 +68,7 @@ def _strip(data):
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     claims = ["S3", "S4"]
-    ref = sim_run.run_simulations(TINY, claims, out=str(tmp_path / "ref"), figures=False, progress=False)
+    ref = sim_run.run_simulations(TINY, claims, out=str(tmp_path / "ref"), progress=False)
 
     out = str(tmp_path / "resumed")
     real = experiments.run_job
@@ -82,27 +82,27 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(experiments, "run_job", flaky)
     with pytest.raises(KeyboardInterrupt):
-        sim_run.run_simulations(TINY, claims, out=out, figures=False, progress=False)
+        sim_run.run_simulations(TINY, claims, out=out, progress=False)
     assert not os.path.exists(os.path.join(out, "simulations.json"))
     monkeypatch.setattr(experiments, "run_job", real)
-    resumed = sim_run.run_simulations(TINY, claims, out=out, figures=False, progress=False)
+    resumed = sim_run.run_simulations(TINY, claims, out=out, progress=False)
     cached = [j["key"] for j in resumed["meta"]["jobs"] if j["cached"]]
     assert cached == calls[:2]
     assert _strip(resumed) == _strip(ref)
     # --force recomputes everything, with the same (deterministic) results
-    forced = sim_run.run_simulations(TINY, claims, out=out, force=True, figures=False, progress=False)
+    forced = sim_run.run_simulations(TINY, claims, out=out, force=True, progress=False)
     assert not any(j["cached"] for j in forced["meta"]["jobs"])
     assert _strip(forced) == _strip(ref)
 
 
 def test_corrupt_cache_is_recomputed(tmp_path):
     out = str(tmp_path / "c")
-    sim_run.run_simulations(TINY, ["S3"], out=out, figures=False, progress=False)
+    sim_run.run_simulations(TINY, ["S3"], out=out, progress=False)
     job = experiments.jobs_for(["S3"], TINY)[0]
     path = job.path(os.path.join(out, "cache"), experiments.lt.FeatureModel())
     with open(path, "w") as f:
         f.write("{not json")
-    again = sim_run.run_simulations(TINY, ["S3"], out=out, figures=False, progress=False)
+    again = sim_run.run_simulations(TINY, ["S3"], out=out, progress=False)
     assert [j["cached"] for j in again["meta"]["jobs"]][0] is False
 
 
@@ -149,26 +149,10 @@ def test_exit_status_1_when_a_check_fails(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sim_run.CLAIM_FUNCS, "S3", failing_claim)
     monkeypatch.setitem(sim_run.PROFILES, "quick", TINY)
-    rc = sim_run.main(["--quick", "--only", "S3", "--out", str(tmp_path), "--no-progress", "--no-figures"])
+    rc = sim_run.main(["--quick", "--only", "S3", "--out", str(tmp_path), "--no-progress"])
     assert rc == 1
     with open(os.path.join(str(tmp_path), "simulations.json")) as f:
         assert json.load(f)["meta"]["n_failed"] == 1
-
-
-def test_figures_drawn_in_two_processes_equal_one(tmp_path):
-    """write_figures with workers=2 (figures drawn by forked processes) writes the same PNG bytes."""
-    from simulations.figures import write_figures
-    from simulations.parallel import can_fork
-
-    data = sim_run.run_simulations(TINY, ["S5"], out=str(tmp_path / "run"), figures=False, progress=False)
-    one = write_figures(data, str(tmp_path / "one"), workers=1)
-    two = write_figures(data, str(tmp_path / "two"), workers=2)
-    assert [os.path.basename(p) for p in one] == [os.path.basename(p) for p in two] == \
-        ["sim_tradeoff.png", "sim_weight_ratio.png"]   # S5's curves (sim_sam_vs_m.png needs S4)
-    for a, b in zip(one, two):
-        with open(a, "rb") as fa, open(b, "rb") as fb:
-            assert fa.read() == fb.read()
-    assert can_fork() or two == [str(tmp_path / "two" / os.path.basename(p)) for p in one]
 
 
 def test_reuse_freed_memory_applies_on_glibc():

@@ -132,7 +132,7 @@ def test_grid_progress_eta_from_trained_runs_only():
     assert said[0] == "run 1/4: a (0:00 elapsed, grid ETA ?)"
 
 
-ENTRY_POINTS = ["deep.run", "deep.reeval", "deep.saliency", "deep.cost", "deep.bench.cli", "paper_figs.__main__",
+ENTRY_POINTS = ["deep.run", "deep.evaluate", "deep.saliency", "deep.cost", "deep.bench.cli", "paper_figs.__main__",
                 "simulations.run", "simulations.bench", "linear_theory.cli", "deep.gridtime"]
 
 

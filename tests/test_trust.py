@@ -122,8 +122,8 @@ def test_read_json_object_names_the_file(tmp_path):
 
 
 def test_write_summary_and_find_runs_warn_once_about_a_corrupt_file(tmp_path, capsys):
-    from deep.reeval import find_runs
-    from deep.run import write_summary
+    from deep.evaluate import find_runs
+    from deep.summary import write_summary
     (tmp_path / "bad_s0.json").write_text("{")
     (tmp_path / "list_s0.json").write_text("[]")
     write_summary(tmp_path)
@@ -221,7 +221,7 @@ def test_non_finite_weights_are_found_by_name():
 
 
 def test_a_null_radius_from_an_older_version_is_skipped_by_the_summary(tmp_path, capsys):
-    from deep.run import write_summary
+    from deep.summary import write_summary
     good = {"run_id": "sam_rho0.1_s0", "method": "sam", "rho": 0.1, "eps": None, "norm": None, "seed": 0,
             "clean_acc": 0.5, "robust": {"linf_0.02": 0.25}, "epochs": 1, "wall_time_s": 1.0, "config": None}
     (tmp_path / "sam_rho0.1_s0.json").write_text(json.dumps(good))

@@ -5,7 +5,7 @@ Measured side by side in one process on one device (PreActResNet-18, same width,
 * **ours (eager)**: :func:`deep.train.train_epoch` exactly as ``deep.run`` trains - data resident on the
   device as uint8, batched tensor augmentation (reflect-pad random crop + flip), channels_last and bf16
   autocast on CUDA, metrics accumulated on the device (no ``.item()`` per step), SAM from samrobust/sam.py,
-  PGD from samrobust/attacks.py.  PGD-10 evaluation is :func:`deep.evaluate.evaluate` with the flags
+  PGD from samrobust/attacks.py.  PGD-10 evaluation is :func:`deep.robustness.evaluate` with the flags
   ``deep.run`` uses (fp32 attack, channels_last on CUDA).
 * **ours (CUDA graph)**, CUDA only: the same loop with the whole step replayed from a CUDA graph
   (deep/graphed.py, ``deep.run --cuda-graph``).  **ours (compiled)** with ``--compile``.

@@ -10,8 +10,8 @@ import torch
 
 from ..data import ImageData
 from ..datasets import dataset_info
-from ..evaluate import evaluate, parse_attack
-from ..train import TrainConfig, _flags, fit, resolve_device
+from ..robustness import evaluate, parse_attack
+from ..train import TrainConfig, runtime_flags, fit, resolve_device
 
 __all__ = ["AccuracyCheckConfig", "accuracy_check", "format_accuracy"]
 
@@ -54,12 +54,12 @@ def _accuracy_data(acfg: AccuracyCheckConfig, device: torch.device):
 
 def _accuracy_run(acfg: AccuracyCheckConfig, method: str, seed: int, precision: str, train: ImageData,
                   test: ImageData, device: torch.device) -> Dict:
-    """deep.train.fit, then deep.evaluate.evaluate (fp32; clean and PGD) of one (method, seed, precision)."""
+    """deep.train.fit, then deep.robustness.evaluate (fp32; clean and PGD) of one (method, seed, precision)."""
     fast = precision == "bf16"
     tc = TrainConfig(dataset=acfg.dataset, method=method, rho=acfg.rho, eps=acfg.eps, epochs=acfg.epochs,
                      batch_size=acfg.batch_size, width=acfg.width, lr=acfg.lr, seed=seed, bf16=fast,
                      channels_last=fast, device=str(device))
-    bf16, channels_last, _ = _flags(tc, device)
+    bf16, channels_last, _ = runtime_flags(tc, device)
     res = fit(tc, train, progress=False)
     attack = parse_attack(f"linf:{acfg.eps!r}")
     ev = evaluate(res.model, test, (attack,), steps=acfg.attack_steps, batch_size=500, seed=seed,

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from samrobust.attacks import check_linf_eps
 from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
 
-from ..evaluate import parse_eps
+from ..robustness import parse_eps
 from ..train import resolve_device
 from .accuracy import AccuracyCheckConfig, accuracy_check
 from .config import BENCH_DATASETS, DEFAULT_OUT, LOOPS, PHASES, BenchConfig, default_threads, image_shape

@@ -12,9 +12,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..data import ImageData
-from ..evaluate import evaluate, parse_attack
-from ..graphed import WARMUP_STEPS, _ATTR as GRAPH_ATTR
-from ..train import (TrainConfig, _flags, build_model, build_optimizer, compile_for, cpu_has_native_bf16,
+from ..robustness import evaluate, parse_attack
+from ..graphed import GRAPH_ATTR, WARMUP_STEPS
+from ..train import (TrainConfig, runtime_flags, build_model, build_optimizer, compile_for, cpu_has_native_bf16,
                      resolve_device, setup_device, train_epoch)
 from .concurrency import run_concurrency
 from .config import (CIFAR_TEST, CIFAR_TRAIN, CPU_STRETCH, CPU_TARGETS, EPOCH_IMAGES, PHASES, TARGETS,
@@ -26,7 +26,7 @@ from .timing import make_data, peak_bytes, reset_peak, sync
 __all__ = ["run_bench", "compute_ratios", "compile_summary", "judge_targets", "COMPILED", "GRAPHED"]
 
 
-def _train_cfg(cfg: BenchConfig, method: str, device: torch.device) -> TrainConfig:
+def train_cfg(cfg: BenchConfig, method: str, device: torch.device) -> TrainConfig:
     return TrainConfig(dataset=cfg.dataset, method=method, rho=cfg.rho, eps=cfg.eps, norm="inf",
                        attack_steps=cfg.attack_steps, epochs=1, batch_size=cfg.batch_size, width=cfg.width,
                        seed=cfg.seed, augment=True, bf16=cfg.bf16, channels_last=cfg.channels_last,
@@ -39,8 +39,8 @@ def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.de
     compile happens there, and is timed as ``warmup_s``; with ``graphed`` at least the graph's eager
     warm-up steps + 1, so the capture happens there and the timed steps are all replays); FLOPs of one
     real (eager) step."""
-    tc = _train_cfg(cfg, method, device)
-    bf16, channels_last, augment = _flags(tc, device)
+    tc = train_cfg(cfg, method, device)
+    bf16, channels_last, augment = runtime_flags(tc, device)
     setup_device(device)
     model = build_model(tc, device)
     opt = build_optimizer(tc, model)
@@ -94,8 +94,8 @@ def _graph_used(opt) -> bool:
 
 
 def _ours_eval(cfg: BenchConfig, data: ImageData, device: torch.device) -> Dict:
-    tc = _train_cfg(cfg, "st", device)
-    _, channels_last, _ = _flags(tc, device)
+    tc = train_cfg(cfg, "st", device)
+    _, channels_last, _ = runtime_flags(tc, device)
     model = build_model(tc, device)
     attack = (parse_attack(f"linf:{cfg.eps!r}"),)
     B = cfg.batch_size

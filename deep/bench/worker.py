@@ -15,16 +15,16 @@ def main(argv=None) -> int:
     if spec.get("core") is not None:
         os.sched_setaffinity(0, {spec["core"]})     # one core per process on CPU (see concurrency.py)
     torch.set_num_threads(spec["threads"])
-    from ..train import _flags, build_model, build_optimizer, setup_device, train_epoch
+    from ..train import runtime_flags, build_model, build_optimizer, setup_device, train_epoch
     from .config import BenchConfig
-    from .harness import _train_cfg
+    from .harness import train_cfg
     from .timing import make_data, sync
 
     cfg = BenchConfig(**spec["config"])
     device = torch.device(spec["device"])
     setup_device(device)
-    tc = _train_cfg(cfg, spec["method"], device)
-    bf16, channels_last, augment = _flags(tc, device)
+    tc = train_cfg(cfg, spec["method"], device)
+    bf16, channels_last, augment = runtime_flags(tc, device)
     B, steps, warm = cfg.batch_size, spec["steps"], max(1, cfg.warmup)
     data = make_data(cfg.dataset, B * (warm + steps), spec["seed"]).to(device)
     model = build_model(tc, device)
