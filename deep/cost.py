@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from samrobust.cli import DefaultsHelpFormatter, add_common
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 
 from .train import (AT_VARIANTS, TrainConfig, runtime_flags, at_variant_config, build_model, build_optimizer,
@@ -77,7 +77,7 @@ def measure(base: TrainConfig, methods: Sequence[str], steps: int, rounds: int, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deep.cost", formatter_class=DefaultsHelpFormatter,
+    p = CliParser(prog="python -m deep.cost", formatter_class=DefaultsHelpFormatter,
                                 description="Seconds per training step of each method, measured side by "
                                             "side (interleaved rounds) on the CPU preset's shapes.")
     p.add_argument("--methods", default=",".join(METHOD_CONFIGS),

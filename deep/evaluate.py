@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
 from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_json_atomic
 
 from .autoattack import VERSIONS, run_autoattack
@@ -218,7 +218,7 @@ def store_entry(json_path: Path, key: str, entry: Dict, replace: bool) -> Dict:
 # ---------------------------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m deep.evaluate", formatter_class=DefaultsHelpFormatter,
         description="Re-evaluate saved deep.run models with stronger attacks (PGD with more steps, restarts or "
                     "the CW loss; AutoAttack) and merge the numbers into each run's JSON under "

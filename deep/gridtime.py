@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from samrobust.cli import DefaultsHelpFormatter, add_common
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 
 from .train import TrainConfig, runtime_flags, build_model, build_optimizer, resolve_device, train_step
@@ -92,7 +92,7 @@ def project(grid: Grid, epoch_s: Dict[str, float]) -> Dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deep.gridtime", formatter_class=DefaultsHelpFormatter,
+    p = CliParser(prog="python -m deep.gridtime", formatter_class=DefaultsHelpFormatter,
                                 description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (after 5 warm-up steps)")

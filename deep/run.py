@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
 from samrobust.files import (JsonFileError, check_output_dir, read_json_object, remove_stale_temp_files,
                              warn_unreadable, write_json_atomic, write_text_atomic)
 from samrobust.lock import RunLock
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The options of ``python -m deep.run``. Defaults of training options are TrainConfig's (deep/train.py),
     of evaluation options EvalOptions' (deep/robustness.py); those left None here come from --profile, then
     the data set's protocol (deep/spec.py)."""
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m deep.run",
         description="Train PreActResNet-18 with ST, SAM and PGD adversarial training (AT) and evaluate clean "
                     "and PGD robust accuracy (docs/protocol.md). Defaults are the reference settings.",

@@ -27,7 +27,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from samrobust.cli import DefaultsHelpFormatter, add_common
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 from samrobust.files import read_json_object, write_json_atomic
 
 from .data import DataError, to_float
@@ -90,7 +90,7 @@ def saliency_entry(model: torch.nn.Module, test, n: int, maps: int, batch_size: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m deep.saliency", formatter_class=DefaultsHelpFormatter,
         description="Input-gradient (saliency) maps of saved deep.run models on the same test images, with "
                     "the fraction of gradient mass on the object and the gradient-image correlation; stored "

@@ -5,13 +5,13 @@ import argparse
 import shlex
 import sys
 
-from samrobust.cli import DefaultsHelpFormatter, add_common
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 
 from .build import build
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m paper_figs", formatter_class=DefaultsHelpFormatter,
         description="Regenerate every figure (PNG and PDF, paper column width) and the results "
                     "report from saved results. Never trains: theory curves are closed forms from "

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
-__all__ = ["DefaultsHelpFormatter", "exit_fast", "max_threads", "threads_error", "add_common", "examples_epilog",
+__all__ = ["CliParser", "DefaultsHelpFormatter", "exit_fast", "max_threads", "threads_error", "add_common", "examples_epilog",
            "package_version", "DISTRIBUTION"]
 
 #: The distribution name of this package (pyproject.toml), whose version ``--version`` prints.
@@ -100,3 +100,12 @@ def threads_error(value: int, option: str = "--threads", low: int = 0) -> "str |
     if value > max_threads():
         return f"{option} must be <= {max_threads()} (4 x the {os.cpu_count()} CPUs here), got {value}"
     return None
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse's parser with the package's error style: a bad option is one line on stderr,
+    ``<prog>: error: <what is wrong> (see --help)``, and exit status 2, without argparse's usage block above it
+    (``--help`` still prints the usage). Subcommand parsers inherit it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

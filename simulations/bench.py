@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 import linear_theory as lt
-from samrobust.cli import DefaultsHelpFormatter, add_common
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 
 from .batched_ops import sam_gradient_batched
 from .experiments import ENGINES, PROFILES
@@ -141,7 +141,7 @@ def _print_runs(runs: Dict[str, dict], profile: str, threads: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simulations bench", description=__doc__.split("\n\n")[0],
+    p = CliParser(prog="python -m simulations bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--skip-run", action="store_true", help="only the SAM comparison, not the main job")
     p.add_argument("--skip-sam", action="store_true", help="only the main job, not the SAM comparison")

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import linear_theory as lt
-from samrobust.cli import DefaultsHelpFormatter, add_common, exit_fast, threads_error
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, exit_fast, threads_error
 from samrobust.files import check_output_dir
 from samrobust.progress import progress_bar
 
@@ -194,7 +194,7 @@ def reuse_freed_memory() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m simulations.run", formatter_class=DefaultsHelpFormatter,
         description="Check the claims S1-S5 of docs/theory.md by training linear models with the real algorithms "
                     "(SGD+momentum, SAM with m-sharpness, PGD adversarial training) on samples of the "

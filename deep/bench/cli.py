@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from samrobust.attacks import check_linf_eps
-from samrobust.cli import DefaultsHelpFormatter, add_common, threads_error
+from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
 
 from ..robustness import parse_eps
 from ..train import resolve_device
@@ -40,7 +40,7 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m deep.bench", formatter_class=DefaultsHelpFormatter,
         description="Side-by-side throughput of deep/'s training loop (eager; replaying a CUDA graph on CUDA; "
                     "optionally torch.compile'd) and a reference-style loop (per-image CPU augmentation in a "
