@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from .archs import ARCHS, DEFAULT_ARCH
 from .autoattack import run_autoattack
 from .summary import results_table, write_summary
 from .byo import ArchError, arch_tag, is_custom_arch
+from .jobs import run_pool
 from .logs import GridProgress, write_history_csv
 from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
                    CURVE_STEPS, PROFILE_FOLDERS, TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
@@ -528,7 +530,6 @@ def make_jobs(spec: RunSpec) -> List[Tuple[TrainConfig, Path]]:
     cfgs = make_configs(spec)
     jobs = [(c, spec.out_dir) for c in cfgs]
     if spec.plateau_check:
-        import fnmatch
         pats = _csv(spec.plateau_check) or ["*"]
         first: Dict[str, TrainConfig] = {}
         for c in cfgs:
@@ -875,8 +876,6 @@ def _run_parallel(parser, spec: RunSpec, jobs: List[Tuple[TrainConfig, Path]]) -
     """The runs of ``jobs`` in spec.jobs processes (deep/jobs.py), one progress line per finished run;
     (exit status or None, results in grid order). A diverged run gives status 1 and a run that cannot
     start status 2, after the other runs have finished."""
-    import os
-    from .jobs import run_pool
     threads = spec.threads if spec.threads > 0 else max(1, (os.cpu_count() or 1) // spec.jobs)
     print(f"deep.run: {len(jobs)} run(s) in {spec.jobs} processes x {threads} thread(s), longest first",
           flush=True)

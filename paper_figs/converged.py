@@ -90,18 +90,26 @@ def _run(raw: dict, path: Path) -> Run:
                train_s=float(raw.get("wall_time_s") or 0.0))
 
 
+def _read(p: Path) -> dict:
+    """The deep.run result at ``p``; ValueError naming the file when it is not one."""
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{p}: {err}") from None
+    if not isinstance(raw, dict) or "clean_acc" not in raw:
+        raise ValueError(f"{p}: not a deep.run result")
+    return raw
+
+
 def load_runs(folder) -> List[Run]:
     """Every run JSON directly in ``folder`` (sorted by name); ValueError naming a file that is not a
     readable run."""
     out = []
     for p in sorted(Path(folder).glob("*.json")):
         try:
-            raw = json.loads(p.read_text())
-            if not isinstance(raw, dict) or "clean_acc" not in raw:
-                raise ValueError("not a deep.run result")
-            out.append(_run(raw, p))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{p}: {err}") from None
+            out.append(_run(_read(p), p))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(err if str(p) in str(err) else f"{p}: {err}") from None
     return out
 
 
@@ -369,7 +377,7 @@ def curves_figure(groups: Dict[str, List[Run]], path_png: Path, title: str) -> O
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from samrobust.files import write_atomic
+    from .figures import save
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     colours = plt.get_cmap("tab10")
     for i, (label, runs) in enumerate(groups.items()):
@@ -400,10 +408,8 @@ def curves_figure(groups: Dict[str, List[Run]], path_png: Path, title: str) -> O
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path_png = Path(path_png)
-    path_png.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "pdf"):
-        write_atomic(path_png.with_suffix("." + ext), lambda tmp: fig.savefig(tmp, format=ext, dpi=130))
-    plt.close(fig)
+    with matplotlib.rc_context({"savefig.dpi": 130}):
+        save(fig, path_png.parent, path_png.stem)  # atomic, PDF without a creation date; closes the figure
     return path_png
 
 
@@ -490,7 +496,7 @@ def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[s
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    runs = [r for r in load_runs_lenient(folder)]
+    runs = load_runs_lenient(folder)
     if not runs:
         return None
     return "\n".join([f"### {title}", "", _settings_line(runs), "",
@@ -499,15 +505,15 @@ def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[s
 
 
 def load_runs_lenient(folder) -> List[Run]:
-    """The runs of ``folder`` whose JSON is a readable deep.run result (others skipped)."""
+    """The runs of ``folder`` that are readable deep.run results of plain ST, SAM or PGD AT (ASAM and the cheap
+    AT variants left out, as are files that are not results)."""
     out = []
     for p in sorted(Path(folder).glob("*.json")):
         try:
-            raw = json.loads(p.read_text())
-            if isinstance(raw, dict) and "clean_acc" in raw and raw.get("method") in ("st", "sam", "at") \
-                    and not (raw.get("config") or {}).get("adaptive") and "at_variant" not in \
-                    {k for k, v in raw.items() if v}:
+            raw = _read(p)
+            if raw.get("method") in ("st", "sam", "at") and not (raw.get("config") or {}).get("adaptive") \
+                    and not raw.get("at_variant"):
                 out.append(_run(raw, p))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             continue
     return out

@@ -23,7 +23,7 @@ def main(src: str, dest_root: str = ".gpu/cpu-models") -> int:
         ck = src_p / "checkpoints" / f"{js.stem}.pt"
         if not ck.exists() or "clean_acc" not in json.loads(js.read_text()):
             continue
-        state = torch.load(ck, map_location="cpu", weights_only=False)   # our own files, written by deep.run
+        state = torch.load(ck, map_location="cpu", weights_only=True)   # tensors and plain data only
         keep = {k: state[k] for k in ("config", "epoch", "model", "stopped_early") if k in state}
         torch.save(keep, dest / "checkpoints" / ck.name)
         shutil.copy2(js, dest / js.name)
