@@ -25,6 +25,7 @@ import torch
 from samrobust.attacks import check_linf_eps
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
 from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_json_atomic
+from samrobust.tables import markdown_table
 
 from .autoattack import VERSIONS, run_autoattack
 from .data import DataError
@@ -363,12 +364,9 @@ def results_table(rows: Sequence[tuple]) -> str:
     for _, _, e in rows:
         labels += [k for k in e["robust"] if k not in labels]
     head = ["run", "attack set", "n", "clean"] + labels
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for rid, key, e in rows:
-        cells = [rid, key, str(e.get("n")), f"{100 * e['clean_acc']:.2f}" if "clean_acc" in e else ""]
-        cells += [f"{100 * e['robust'][k]:.2f}" if k in e["robust"] else "" for k in labels]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    body = [[rid, key, str(e.get("n")), f"{100 * e['clean_acc']:.2f}" if "clean_acc" in e else ""]
+            + [f"{100 * e['robust'][k]:.2f}" if k in e["robust"] else "" for k in labels] for rid, key, e in rows]
+    return markdown_table(head, body)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,6 +24,7 @@ import torch
 
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
+from samrobust.tables import markdown_table
 
 from .train import TrainConfig, runtime_flags, build_model, build_optimizer, resolve_device, train_step
 
@@ -109,7 +110,7 @@ def timing_table(folder) -> str:
     """Markdown table of the finished runs in ``folder`` (deep.run result JSONs): run, epochs, training
     time, images/s, time with evaluation, device."""
     from pathlib import Path
-    rows = ["| run | epochs | train (s) | images/s | with evaluation (s) | device |", "|---|---|---|---|---|---|"]
+    rows = []
     for p in sorted(Path(folder).glob("*.json")):
         try:
             r = json.loads(p.read_text())
@@ -118,10 +119,10 @@ def timing_table(folder) -> str:
         if not isinstance(r, dict) or "wall_time_s" not in r:
             continue
         ips = r.get("images_per_s")
-        rows.append(f"| {r.get('run_id', p.stem)} | {r.get('epochs')} | {r['wall_time_s']:.1f} | "
-                    f"{'' if ips is None else f'{ips:.0f}'} | {r.get('total_time_s', float('nan')):.1f} | "
-                    f"{r.get('device', '')} |")
-    return "\n".join(rows)
+        rows.append([r.get('run_id', p.stem), r.get('epochs'), f"{r['wall_time_s']:.1f}",
+                     '' if ips is None else f'{ips:.0f}', f"{r.get('total_time_s', float('nan')):.1f}",
+                     r.get('device', '')])
+    return markdown_table(["run", "epochs", "train (s)", "images/s", "with evaluation (s)", "device"], rows)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

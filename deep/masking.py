@@ -25,6 +25,8 @@ import json
 import statistics
 from typing import Dict, List, Optional, Sequence
 
+from samrobust.tables import table_lines
+
 from .robustness import Attack, format_eps, parse_attack
 
 __all__ = ["GAP_FLAG", "MONOTONE_TOL", "SANITY_MAX", "SANITY_RADII", "sanity_attacks", "label_attack",
@@ -196,24 +198,26 @@ def masking_markdown(results: Sequence[Dict]) -> str:
              f"Robust accuracy in %, mean over seeds. gap = the run's PGD (or the same PGD re-run on the same images) minus the lowest other estimate on the same images "
              f"(points; worst seed in brackets), flagged above {GAP_FLAG:g} points in any seed; monotone: no "
              f"estimate rises with eps by more than {MONOTONE_TOL:g} points; sanity: at the large radii the "
-             f"lowest estimate is at most {100 * SANITY_MAX:g} % (deep.masking).", "",
-             "| configuration | radius | run's PGD | strongest extra PGD | AutoAttack | gap | flag |",
-             "|---|---|---|---|---|---|---|"]
+             f"lowest estimate is at most {100 * SANITY_MAX:g} % (deep.masking).", ""]
     extra = any(s["kind"] != "baseline" for res in results for s in sources(res).values())
-    if not extra:
-        lines[-2:] = ["No stronger attack is stored yet, so no gap can be computed: python -m deep.evaluate "
-                      "<this folder> --attacks pgd:50x5,autoattack:cpu adds one."]
-    for c in checks:
-        for r in (c["radii"] if extra else []):
-            gap = "" if r["gap"] is None else f"{r['gap']:.2f} ({r['worst_gap']:.2f})"
-            lines.append(f"| {c['configuration']} | {r['label']} | {_pct(r['baseline'], False)} | {_pct(r['pgd'])} | "
-                         f"{_pct(r['autoattack'])} | {gap} | {'gap' if r['flagged'] else ''} |")
-    lines += ["", "| configuration | seeds | monotone in eps | large-eps sanity | flags |", "|---|---|---|---|---|"]
-    for c in checks:
-        mono = "yes" if not c["monotone"] else "no: " + "; ".join(c["monotone"])
-        done = [s for s in c["sanity"] if s["ok"] is not None]
-        sanity = "not evaluated" if not done else "; ".join(
-            f"s{s['seed']} {s['label']} {100 * s['acc']:.2f}{'' if s['ok'] else ' FAIL'}" for s in done)
-        lines.append(f"| {c['configuration']} | {','.join(map(str, c['seeds']))} | {mono} | {sanity} | "
-                     f"{', '.join(c['flags']) or 'none'} |")
+    if extra:
+        lines += table_lines(
+            ["configuration", "radius", "run's PGD", "strongest extra PGD", "AutoAttack", "gap", "flag"],
+            [[c["configuration"], r["label"], _pct(r["baseline"], False), _pct(r["pgd"]), _pct(r["autoattack"]),
+              "" if r["gap"] is None else f"{r['gap']:.2f} ({r['worst_gap']:.2f})", "gap" if r["flagged"] else ""]
+             for c in checks for r in c["radii"]])
+    else:
+        lines.append("No stronger attack is stored yet, so no gap can be computed: python -m deep.evaluate "
+                     "<this folder> --attacks pgd:50x5,autoattack:cpu adds one.")
+    lines += [""] + table_lines(["configuration", "seeds", "monotone in eps", "large-eps sanity", "flags"],
+                                [_verdict_row(c) for c in checks])
     return "\n".join(lines) + "\n"
+
+
+def _verdict_row(c: Dict) -> List[str]:
+    """One row of the per-configuration verdict table of :func:`masking_markdown`."""
+    mono = "yes" if not c["monotone"] else "no: " + "; ".join(c["monotone"])
+    done = [s for s in c["sanity"] if s["ok"] is not None]
+    sanity = "not evaluated" if not done else "; ".join(
+        f"s{s['seed']} {s['label']} {100 * s['acc']:.2f}{'' if s['ok'] else ' FAIL'}" for s in done)
+    return [c["configuration"], ",".join(map(str, c["seeds"])), mono, sanity, ", ".join(c["flags"]) or "none"]

@@ -1,10 +1,14 @@
-"""Group deep runs by configuration and summarise them over seeds (mean, sample sd, count)."""
+"""Deep runs of one data set summarised over seeds for the figures and REPORT.md (mean, sample sd, count).
+
+The grouping rule, the statistic and the radius formatter are deep/'s (:mod:`deep.aggregate`), the same
+that summary.md uses: runs are averaged only when they differ in the seed alone. This module adds what
+the figures need: the canonical method (st, sam, at-linf, at-l2), TeX labels and the attack to plot."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import numpy as np
+from deep.aggregate import Stat, group_runs, group_settings
+from samrobust.threat import format_eps
 
 from .palette import canonical_method, style
 
@@ -16,35 +20,6 @@ ATTACK_PREFERENCE = ("linf_1/255", "linf_2/255", "l2_16/255", "l2_32/255", "l2_0
 PROBE_KEYS = ("clean", "nonrobust_removed", "nonrobust_swapped", "robust_removed")
 
 
-@dataclass(frozen=True)
-class Stat:
-    """Mean, sample standard deviation (0 for one seed) and number of seeds."""
-
-    mean: float
-    sd: float
-    n: int
-
-    @classmethod
-    def of(cls, values) -> "Stat":
-        vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-        if vals.size == 0:
-            return cls(float("nan"), float("nan"), 0)
-        sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
-        return cls(float(vals.mean()), sd, int(vals.size))
-
-    def fmt(self, scale: float = 100.0, digits: int = 1) -> str:
-        if self.n == 0:
-            return "-"
-        if self.n == 1:
-            return f"{scale * self.mean:.{digits}f}"
-        return f"{scale * self.mean:.{digits}f} ± {scale * self.sd:.{digits}f}"
-
-
-def _fmt_eps(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k):d}/255" if abs(k - round(k)) < 1e-6 and eps < 1 else f"{eps:g}"
-
-
 def strength_label(method: str, rho, eps, tex: bool = True) -> str:
     """Label of a configuration: TeX for figures ('SAM $\\rho$=0.1'), else plain text
     ('SAM rho=0.1', 'AT l_inf eps=8/255', 'ST')."""
@@ -54,7 +29,7 @@ def strength_label(method: str, rho, eps, tex: bool = True) -> str:
     if method == "sam" and rho is not None:
         return f"{lab} {rho_name}={rho:g}"
     if method.startswith("at") and eps is not None:
-        return f"{lab} {eps_name}={_fmt_eps(eps)}"
+        return f"{lab} {eps_name}={format_eps(eps)}"
     return lab
 
 
@@ -73,35 +48,39 @@ class ConfigSummary:
     wall_time_s: Stat
     images_per_s: Stat
     epochs: set = field(default_factory=set)
+    settings: str = ""         # what tells this group apart from others of the same label ("" when none)
+
+    def _with_settings(self, label: str) -> str:
+        return f"{label} ({self.settings})" if self.settings else label
 
     @property
     def label(self) -> str:
-        return strength_label(self.method, self.rho, self.eps)
+        return self._with_settings(strength_label(self.method, self.rho, self.eps))
 
     @property
     def text(self) -> str:
-        return strength_label(self.method, self.rho, self.eps, tex=False)
+        return self._with_settings(strength_label(self.method, self.rho, self.eps, tex=False))
 
     @property
     def order_key(self):
         rank = {"st": 0, "sam": 1, "at-l2": 2, "at-linf": 3}[self.method]
-        return (rank, self.rho or 0.0, self.eps or 0.0)
+        return (rank, self.rho or 0.0, self.eps or 0.0, self.settings)
 
 
 def summarise_runs(runs) -> list[ConfigSummary]:
-    """Group :class:`~paper_figs.loaders.DeepRun` records of one dataset by configuration."""
-    groups: dict = {}
-    for r in runs:
-        method = canonical_method(r.method, r.norm)
-        rho = r.rho if method == "sam" else None
-        eps = r.eps if method.startswith("at") else None
-        groups.setdefault((method, rho, eps), []).append(r)
+    """:class:`~paper_figs.loaders.DeepRun` records of one dataset summarised per configuration, grouped
+    by :func:`deep.aggregate.group_key` (the seed is the only difference inside a group). Groups that
+    share a label get the settings that tell them apart (:func:`deep.aggregate.group_settings`)."""
+    groups = group_runs(runs, record=lambda r: r.raw)
+    settings = group_settings({k: [r.raw for r in rs] for k, rs in groups.items()})
     out = []
-    for (method, rho, eps), rs in groups.items():
+    for key, rs in groups.items():
+        method = canonical_method(rs[0].method, rs[0].norm)
         keys = sorted({k for r in rs for k in r.robust})
         pkeys = [k for k in PROBE_KEYS if any(r.probes and k in r.probes for r in rs)]
         out.append(ConfigSummary(
-            dataset=rs[0].dataset, method=method, rho=rho, eps=eps,
+            dataset=rs[0].dataset, method=method,
+            rho=rs[0].rho if method == "sam" else None, eps=rs[0].eps if method.startswith("at") else None,
             seeds=sorted(r.seed for r in rs),
             clean=Stat.of(r.clean_acc for r in rs),
             robust={k: Stat.of(r.robust.get(k) for r in rs) for k in keys},
@@ -110,6 +89,7 @@ def summarise_runs(runs) -> list[ConfigSummary]:
             wall_time_s=Stat.of(r.wall_time_s for r in rs),
             images_per_s=Stat.of(r.images_per_s for r in rs),
             epochs={r.raw.get("epochs") for r in rs},
+            settings=settings[key],
         ))
     return sorted(out, key=lambda c: c.order_key)
 

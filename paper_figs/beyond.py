@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deep.archs import DEFAULT_ARCH
 from deep.evaluate import read_run_json
-from deep.summary import method_label
+from deep.aggregate import group_runs, method_label
 
 from .aggregate import Stat
 from .report import markdown_table
@@ -76,16 +76,14 @@ def load_beyond(results_dir, dataset: str = BEYOND_DATASET) -> dict:
 
 
 def groups(runs) -> list:
-    """Runs grouped by (architecture, method label, strength), in order of first appearance."""
-    out: dict = {}
-    for r in runs:
-        label = method_label(r).split()[-1]
-        arch = (r.get("config") or {}).get("arch", DEFAULT_ARCH)
-        strength = r.get("rho") if r["method"] == "sam" else r.get("eps")
-        key = (arch, label, strength)
-        out.setdefault(key, Group(arch, label, strength, []))
-        out[key].runs.append(r)
-    return list(out.values())
+    """Runs grouped by the package's one rule (:func:`deep.aggregate.group_key`: the seed is the only
+    difference), in order of first appearance, each named by architecture, method label and strength."""
+    out = []
+    for rs in group_runs(runs).values():
+        r = rs[0]
+        out.append(Group((r.get("config") or {}).get("arch", DEFAULT_ARCH), method_label(r).split()[-1],
+                         r.get("rho") if r["method"] == "sam" else r.get("eps"), rs))
+    return out
 
 
 def acc(g: Group, key: str | None = None, extra: str | None = None) -> Stat:

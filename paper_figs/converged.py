@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from deep.aggregate import group_key
+from samrobust.tables import markdown_table
+
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "Verdict",
            "claims", "plateau_rows", "plateau_epoch", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
@@ -63,6 +66,7 @@ class Run:
     worst: Dict[str, dict] = field(default_factory=dict)   # extra_evals' worst-case entries by key
     device: str = ""
     train_s: float = 0.0
+    group: str = ""             # deep.aggregate.group_key of the result: equal for runs that differ in the seed only
 
     def robust(self, label: str, prefer: str = "worst-cpu") -> Tuple[Optional[float], str]:
         """(accuracy, source) at ``label``: the worst case of ``prefer`` when stored, else PGD-10."""
@@ -87,7 +91,7 @@ def _run(raw: dict, path: Path) -> Run:
                n_train=cfg.get("n_train"), clean=float(raw["clean_acc"]), pgd=dict(raw.get("robust") or {}),
                n_robust=(raw.get("eval") or {}).get("n_robust"), history=list(raw.get("history") or []),
                worst={k: v for k, v in extra.items() if k in WORST_KEYS}, device=str(raw.get("device", "")),
-               train_s=float(raw.get("wall_time_s") or 0.0))
+               train_s=float(raw.get("wall_time_s") or 0.0), group=group_key(raw))
 
 
 def _read(p: Path) -> dict:
@@ -114,7 +118,8 @@ def load_runs(folder) -> List[Run]:
 
 
 def config_key(r: Run) -> Tuple:
-    """Runs that differ in the seed only share this key (method, radius, width, epochs, training images)."""
+    """(method, radius, width, epochs, training images): the doubled-budget run of a configuration is the
+    one whose key differs in the epochs only (:func:`plateau_rows`)."""
     return (r.method, r.rho, r.eps, r.width, r.epochs, r.n_train)
 
 
@@ -127,10 +132,12 @@ def config_label(r: Run) -> str:
 
 
 def _groups(runs: Sequence[Run]) -> Dict[Tuple, List[Run]]:
+    """Runs grouped by the package's one rule (deep.aggregate.group_key: the seed is the only difference),
+    keyed (method, rho, eps, group key), ST first, then SAM and AT by radius."""
     order = {"st": 0, "sam": 1, "at": 2}
     out: Dict[Tuple, List[Run]] = {}
     for r in sorted(runs, key=lambda r: (order.get(r.method, 9), r.rho or 0, r.eps or 0, r.seed)):
-        out.setdefault(config_key(r), []).append(r)
+        out.setdefault((r.method, r.rho, r.eps, r.group), []).append(r)
     return out
 
 
@@ -347,11 +354,6 @@ def standard_rows(runs: Sequence[Run]) -> List[List[str]]:
     return rows
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
 def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
@@ -446,13 +448,13 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
              "images; shown as PGD-10 / AutoAttack / **worst case** on those images. Plateau epoch: first epoch "
              f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
              "value.", "",
-             _table(["configuration", "seeds", "clean"] + [f"PGD-10 {lab}" for lab in pgd_labels(runs)]
+             markdown_table(["configuration", "seeds", "clean"] + [f"PGD-10 {lab}" for lab in pgd_labels(runs)]
                     + [f"{SMALL}: PGD / AA / worst", f"{LARGE}: PGD / AA / worst", "plateau epoch"],
                     summary_rows(runs)), ""]
     lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and PGD-10 at {SMALL} < {PLATEAU_ROBUST} points):", ""]
     if prow:
-        lines.append(_table(["configuration", "seed", "epochs", "clean", "Δ clean", f"PGD-10 {SMALL}", "Δ robust",
+        lines.append(markdown_table(["configuration", "seed", "epochs", "clean", "Δ clean", f"PGD-10 {SMALL}", "Δ robust",
                              "plateau"],
                             [[p["label"], str(p["seed"]), f"{p['epochs'][0]} → {p['epochs'][1]}",
                               f"{100 * p['clean'][0]:.2f} → {100 * p['clean'][1]:.2f}", f"{p['d_clean']:+.2f}",
@@ -477,12 +479,12 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     if std:
         lines += ["", "**Standard AutoAttack** (APGD-CE, APGD-T, FAB-T, Square) in the worst case, PGD-10 / AA / "
                   "**worst case**:", "",
-                  _table(["run", "images", SMALL, LARGE, "AutoAttack seconds (both radii)"], std)]
+                  markdown_table(["run", "images", SMALL, LARGE, "AutoAttack seconds (both radii)"], std)]
     vs = claims(runs, cost)
     lines += ["", "**The paper's claims**, paired by seed (difference in points, 95% t interval over the n seeds "
               "both configurations have; holds / fails only when the whole interval is on one side of the "
               "threshold):", "",
-              _table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
+              markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
                      verdict_rows(vs))]
     rel = os.path.relpath(Path(png).resolve(), Path(report_dir).resolve())
     lines += ["", f"![learning curves]({rel})", "",
@@ -500,7 +502,7 @@ def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[s
     if not runs:
         return None
     return "\n".join([f"### {title}", "", _settings_line(runs), "",
-                      _table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict",
+                      markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict",
                               "note"], verdict_rows(claims(runs, cost))), ""])
 
 

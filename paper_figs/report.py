@@ -5,6 +5,8 @@ import math
 import os
 from pathlib import Path
 
+from samrobust.tables import markdown_table as _markdown_table, table_lines
+
 from .aggregate import PROBE_KEYS, robust_keys, summarise_runs
 from .loaders import is_smoke
 
@@ -29,9 +31,7 @@ def markdown_table(header, rows) -> str:
     """Markdown table of ``header`` (column names) and ``rows`` (cell lists); cells are written by
     the report's one formatter (numbers to 4 significant digits, booleans yes / **no**, None "-",
     '|' escaped)."""
-    lines = ["| " + " | ".join(_num(h) for h in header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(_num(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return _markdown_table(header, rows, cell=_num)
 
 
 def figure_block(f, heading: str, base: Path) -> list:
@@ -48,21 +48,18 @@ def figure_block(f, heading: str, base: Path) -> list:
 
 def claims_table(claims) -> str:
     """Markdown table of the simulations' claim rows (columns of the contract)."""
-    head = ("| id | claim | description | theory | simulation | 95% CI | diff | tolerance | holds |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for c in claims:
         tol = _num(c.get("tolerance"))
         if c.get("tolerance_reason"):
             tol += f" ({_num(c['tolerance_reason'])})"
-        rows.append("| " + " | ".join([
-            _num(c.get("id")), _num(c.get("claim")), _num(c.get("description")),
-            _num(c.get("theory")), _num(c.get("sim_mean")), _num(c.get("ci95")), _num(c.get("diff")),
-            tol, _num(c.get("holds"))]) + " |")
+        rows.append([_num(c.get(k)) for k in ("id", "claim", "description", "theory", "sim_mean", "ci95", "diff")]
+                    + [tol, _num(c.get("holds"))])
     checked = [c for c in claims if c.get("holds") is not None]
     n_hold = sum(1 for c in checked if c["holds"] is True)
     extra = len(claims) - len(checked)
-    return head + "\n".join(rows) + (
+    head = ["id", "claim", "description", "theory", "simulation", "95% CI", "diff", "tolerance", "holds"]
+    return _markdown_table(head, rows) + (
         f"\n\n{n_hold} of {len(checked)} checked rows hold within tolerance"
         + (f"; {extra} rows are measurements without a pass/fail test" if extra else "") + ".\n")
 
@@ -79,23 +76,21 @@ def deep_tables(deep: dict) -> str:
             out.append("Smoke runs of `deep.run --quick` (tiny data, one epoch): these check the "
                        "pipeline, their accuracies say nothing about the methods.\n")
         out.append("Accuracies in %, mean ± sd over seeds (PGD evaluation as stored by deep.run).\n")
-        out.append("| setting | seeds | epochs | clean | " + " | ".join(f"PGD {k}" for k in keys)
-                   + " | wall time (s) | images/s |")
-        out.append("|---" * (6 + len(keys)) + "|")
+        rows = []
         for c in configs:
             epochs = ",".join(str(e) for e in sorted(c.epochs, key=str))
             cells = [c.text, str(len(c.seeds)), epochs, c.clean.fmt()]
             cells += [c.robust[k].fmt() if k in c.robust else "-" for k in keys]
             cells += [c.wall_time_s.fmt(1.0, 1), c.images_per_s.fmt(1.0, 0)]
-            out.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        out += table_lines(["setting", "seeds", "epochs", "clean"] + [f"PGD {k}" for k in keys]
+                           + ["wall time (s)", "images/s"], rows)
         probed = [c for c in configs if c.probes]
         if probed:
             out.append("\nFeature probes (accuracy in %, same test images):\n")
-            out.append("| setting | " + " | ".join(PROBE_KEYS) + " |")
-            out.append("|---" * (1 + len(PROBE_KEYS)) + "|")
-            for c in probed:
-                out.append("| " + " | ".join([c.text] + [c.probes[k].fmt() if k in c.probes
-                                                          else "-" for k in PROBE_KEYS]) + " |")
+            out += table_lines(["setting"] + list(PROBE_KEYS),
+                               [[c.text] + [c.probes[k].fmt() if k in c.probes else "-" for k in PROBE_KEYS]
+                                for c in probed])
         out.append("")
         out.append(masking_section(runs))
     return "\n".join(out)
@@ -130,9 +125,10 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
                   "seed; the table says whether it passed) and attack with PGD-10 and AutoAttack on the same "
                   "images. The short-preset sections further down (\"short training, not converged\") stopped "
                   "while every method was still learning and are kept for the record.", "", converged]
-    lines += ["", "## Verdicts at a glance", "", "| figure | theory vs practice |", "|---|---|"]
-    for f in list(figures) + (list(real.figures) if real else []) + (list(beyond.figures) if beyond else []):
-        lines.append(f"| [{f.title}](#{f.name.replace('_', '-')}) | {f.verdict.text} |")
+    lines += ["", "## Verdicts at a glance", ""]
+    shown = list(figures) + (list(real.figures) if real else []) + (list(beyond.figures) if beyond else [])
+    lines += table_lines(["figure", "theory vs practice"],
+                         [[f"[{f.title}](#{f.name.replace('_', '-')})", f.verdict.text] for f in shown])
     lines += ["", "## Simulations, claim by claim (docs/theory.md S1-S5)", ""]
     if sim is not None:
         lines.append(claims_table(sim["claims"]))

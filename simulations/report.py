@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from samrobust.tables import table_lines
+
 __all__ = ["format_table", "markdown_report", "status_word"]
 
 
@@ -49,11 +51,10 @@ def markdown_report(rows: List[dict], meta: dict) -> str:
            f"{sum(j['cached'] for j in meta.get('jobs', []))} of {len(meta.get('jobs', []))} training jobs "
            f"reused from the cache, originally {meta.get('cached_jobs_train_time_s', 0):.1f} s).", "",
            f"**{len(checked) - len(failed)} of {len(checked)} checks hold**"
-           + (f"; failing: {', '.join(r['id'] for r in failed)}." if failed else "."), "",
-           "| " + " | ".join(HEADER + ["description"]) + " |",
-           "|" + "---|" * (len(HEADER) + 1)]
-    for r in rows:  # "|" inside a cell (norms such as ||v||) would end the cell: escape it
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(r) + [r["description"]]) + " |")
+           + (f"; failing: {', '.join(r['id'] for r in failed)}." if failed else "."), ""]
+    # "|" inside a cell (norms such as ||v||) would end the cell: escape it
+    out += table_lines(HEADER + ["description"], [_cells(r) + [r["description"]] for r in rows],
+                       cell=lambda c: str(c).replace("|", "\\|"))
     out += ["", "Tolerance of each row:", ""]
     seen = []
     for r in rows:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deep.run as R
-import deep.summary as S
+import deep.aggregate as S
 from deep.archs import ARCHS, DEFAULT_ARCH, build_arch
 from deep.cost import measure
 from deep.data import ImageData, to_float

@@ -8,6 +8,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
+from samrobust.tables import table_lines
+
 from ..data import ImageData
 from ..datasets import dataset_info
 from ..robustness import evaluate, parse_attack
@@ -106,17 +108,18 @@ def format_accuracy(acc: Dict) -> str:
              f"({acc['n_train']} train / {acc['n_test']} test images), width {c['width']}, {c['epochs']} epochs, "
              f"batch {c['batch_size']}, lr {c['lr']}, SAM rho {c['rho']}; evaluation fp32, PGD-{c['attack_steps']} "
              f"{acc['attack']}." + ("" if acc["bf16_native"] else
-                                    " This CPU has no native bf16: the bf16 runs fell back to fp32."), "",
-             "| method | seed | clean fp32 | clean bf16 | PGD fp32 | PGD bf16 |", "|---|---|---|---|---|---|"]
+                                    " This CPU has no native bf16: the bf16 runs fell back to fp32."), ""]
+    body = []
     by = {(r["method"], r["seed"], r["precision"]): r for r in acc["runs"]}
     for method in c["methods"]:
         for seed in c["seeds"]:
             a, b = by[method, seed, "fp32"], by[method, seed, "bf16"]
-            lines.append(f"| {method.upper()} | {seed} | {a['clean_acc']:.3f} | {b['clean_acc']:.3f} | "
-                         f"{a['robust_acc']:.3f} | {b['robust_acc']:.3f} |")
+            body.append([method.upper(), seed] + [f"{v:.3f}" for v in
+                         (a["clean_acc"], b["clean_acc"], a["robust_acc"], b["robust_acc"])])
         s = acc["summary"][method]
-        lines.append(f"| {method.upper()} | mean | {s['clean_acc_fp32']:.3f} | {s['clean_acc_bf16']:.3f} | "
-                     f"{s['robust_acc_fp32']:.3f} | {s['robust_acc_bf16']:.3f} |")
+        body.append([method.upper(), "mean"] + [f"{s[k]:.3f}" for k in
+                    ("clean_acc_fp32", "clean_acc_bf16", "robust_acc_fp32", "robust_acc_bf16")])
+    lines += table_lines(["method", "seed", "clean fp32", "clean bf16", "PGD fp32", "PGD bf16"], body)
     worst = max(max(s["clean_acc_max_abs_diff"], s["robust_acc_max_abs_diff"]) for s in acc["summary"].values())
     spread = max(max(s["clean_acc_fp32_seed_spread"], s["robust_acc_fp32_seed_spread"])
                  for s in acc["summary"].values())

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from samrobust.files import write_json_atomic, write_text_atomic
+from samrobust.tables import table_lines
 
 from ..datasets import dataset_info
 from .accuracy import format_accuracy
@@ -60,7 +61,7 @@ def _row_table(meta: Dict, rows: Sequence[Dict]) -> List[str]:
     head = ["phase", "loop", "images/s", f"{title} epoch (s)", "ops/step", "GFLOP/image",
             "TFLOP/s" if gpu else "GFLOP/s"] + (["% bf16 peak"] if gpu else []) + \
         (["% assumed peak (kind)"] if cpu_peak else []) + ["peak memory (MiB)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     label = {"st": "train ST", "sam": "train SAM", "at": f"train AT PGD-{meta['config']['attack_steps']}",
              "eval": f"eval PGD-{meta['config']['attack_steps']}"}
     for r in rows:
@@ -73,8 +74,8 @@ def _row_table(meta: Dict, rows: Sequence[Dict]) -> List[str]:
             f = r.get("fraction_of_cpu_peak")
             row.append(f"{_fmt(None if f is None else 100 * f, '.2f')} ({r.get('cpu_peak_kind')})")
         row.append(f"{r['peak_mem_bytes'] / 2 ** 20:.0f}")
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+        body.append(row)
+    return table_lines(head, body)
 
 
 RATIO_NAMES = [("st_ours_vs_ref", "ST: ours / reference images/s"),
@@ -98,7 +99,7 @@ def _verdict(met) -> str:
 def _ratio_table(result: Dict) -> List[str]:
     gpu = result["meta"]["device"].startswith("cuda")
     rt, tg = result["ratios"], result["targets"]
-    lines = ["| ratio | value | the package's target " + ("(one H100/H200) |" if gpu else "(CPU) |"), "|---|---|---|"]
+    body = []
     names = list(RATIO_NAMES) + [(f"concurrent_{k}_vs_1", f"{k} concurrent processes / one process, aggregate images/s")
                                  for k in sorted(int(k) for k in (result.get("concurrency") or {}).get("aggregate_vs_one", {}))
                                  if k > 1]
@@ -109,8 +110,8 @@ def _ratio_table(result: Dict) -> List[str]:
         ts = "" if t is None else f"{t['target']} ({_verdict(t['met'])})"
         if t is not None and "stretch" in t:
             ts += f"; stretch {t['stretch']} ({_verdict(t['stretch_met'])})"
-        lines.append(f"| {text} | {_fmt(rt.get(key))} | {ts} |")
-    return lines
+        body.append([text, _fmt(rt.get(key)), ts])
+    return table_lines(["ratio", "value", "the package's target " + ("(one H100/H200)" if gpu else "(CPU)")], body)
 
 
 def _compile_lines(result: Dict) -> List[str]:
@@ -119,15 +120,15 @@ def _compile_lines(result: Dict) -> List[str]:
         return []
     lines = ["", "torch.compile of our training loop (PGD inside AT and the evaluation stay eager): "
              "used in a phase where it compiled and is faster in steady state. Compile time: the longest "
-             "warm-up beyond the eager rate (inductor's on-disk cache can shorten it).", "",
-             "| phase | compiled / eager images/s | used | compile time (s) | pays back after (images, epochs) |",
-             "|---|---|---|---|---|"]
+             "warm-up beyond the eager rate (inductor's on-disk cache can shorten it).", ""]
+    body = []
     for phase, c in comp.items():
         even = "-" if c["break_even_images"] is None else \
             f"{c['break_even_images']:,.0f} ({c['break_even_epochs']:.2f})"
         used = "yes" if c["used"] else ("no" if c["compiled"] else "no (compile failed)")
-        lines.append(f"| {phase} | {c['speedup']:.2f} | {used} | {c['compile_s']:.0f} | {even} |")
-    return lines
+        body.append([phase, f"{c['speedup']:.2f}", used, f"{c['compile_s']:.0f}", even])
+    return lines + table_lines(["phase", "compiled / eager images/s", "used", "compile time (s)",
+                                "pays back after (images, epochs)"], body)
 
 
 def _concurrency_lines(result: Dict) -> List[str]:
@@ -138,15 +139,13 @@ def _concurrency_lines(result: Dict) -> List[str]:
     lines = ["", f"Concurrent training processes: K processes of our eager {conc['method'].upper()} loop, "
              f"{conc['threads_per_process']} torch thread each, {where}, {conc['steps_per_process']} timed steps "
              f"of batch {conc['batch_size']} each after their own warm-up, released together; aggregate = all "
-             f"timed images / (latest end - earliest start).", "",
-             "| K | aggregate images/s | x one process | per-process images/s |" + (
-                 " ceiling now: K busy loops / one |" if conc.get("spin_ceiling") else ""),
-             "|---|---|---|---|" + ("---|" if conc.get("spin_ceiling") else "")]
-    for r in conc["runs"]:
-        per = ", ".join(f"{v:.0f}" for v in r["per_process_images_per_s"])
-        ceil = f" {conc['spin_ceiling'][str(r['k'])]:.2f} |" if conc.get("spin_ceiling") else ""
-        lines.append(f"| {r['k']} | {r['aggregate_images_per_s']:.1f} | "
-                     f"{conc['aggregate_vs_one'][str(r['k'])]:.2f} | {per} |{ceil}")
+             f"timed images / (latest end - earliest start).", ""]
+    spin = conc.get("spin_ceiling")
+    body = [[r["k"], f"{r['aggregate_images_per_s']:.1f}", f"{conc['aggregate_vs_one'][str(r['k'])]:.2f}",
+             ", ".join(f"{v:.0f}" for v in r["per_process_images_per_s"])]
+            + ([f"{spin[str(r['k'])]:.2f}"] if spin else []) for r in conc["runs"]]
+    lines += table_lines(["K", "aggregate images/s", "x one process", "per-process images/s"]
+                         + (["ceiling now: K busy loops / one"] if spin else []), body)
     if conc.get("spin_ceiling"):
         lines += ["", "Ceiling: K pure-Python busy loops started together, their aggregate speed over one alone - "
                       "the most K CPU-bound processes can gain on this machine at the time of the run (Linux "
