@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
 
@@ -133,13 +133,18 @@ def distinct_evals(results: Sequence[Dict]) -> Dict[str, str]:
     return names
 
 
-def group_settings(groups: Dict[str, List[Dict]]) -> Dict[str, str]:
-    """For groups that would otherwise look alike (same method and strength, different configuration or
-    evaluation): the settings that tell them apart, e.g. "epochs=10, eval E2"; "" for the other groups."""
+def _summary_label(res: Dict) -> tuple:
+    return method_label(res), strength_text(res)
+
+
+def group_settings(groups: Dict[str, List[Dict]], label: Callable[[Dict], object] = _summary_label) -> Dict[str, str]:
+    """For groups that would otherwise look alike (equal ``label`` of their first result: by default
+    summary.md's method and strength; different configuration or evaluation): the settings that tell them
+    apart, e.g. "epochs=10, eval E2"; "" for the other groups."""
     evals = distinct_evals([rs[0] for rs in groups.values()])
-    rows: Dict[tuple, List[str]] = {}
+    rows: Dict[object, List[str]] = {}
     for key, rs in groups.items():
-        rows.setdefault((method_label(rs[0]), strength_text(rs[0])), []).append(key)
+        rows.setdefault(label(rs[0]), []).append(key)
     out = {key: "" for key in groups}
     for keys in rows.values():
         if len(keys) < 2:

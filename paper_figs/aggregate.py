@@ -67,12 +67,19 @@ class ConfigSummary:
         return (rank, self.rho or 0.0, self.eps or 0.0, self.settings)
 
 
+def _report_label(raw: dict) -> str:
+    """The row label REPORT.md gives a result (without settings): canonical method and strength."""
+    method = canonical_method(raw["method"], raw.get("norm"))
+    return strength_label(method, raw.get("rho") if method == "sam" else None,
+                          raw.get("eps") if method.startswith("at") else None, tex=False)
+
+
 def summarise_runs(runs) -> list[ConfigSummary]:
     """:class:`~paper_figs.loaders.DeepRun` records of one dataset summarised per configuration, grouped
     by :func:`deep.aggregate.group_key` (the seed is the only difference inside a group). Groups that
     share a label get the settings that tell them apart (:func:`deep.aggregate.group_settings`)."""
     groups = group_runs(runs, record=lambda r: r.raw)
-    settings = group_settings({k: [r.raw for r in rs] for k, rs in groups.items()})
+    settings = group_settings({k: [r.raw for r in rs] for k, rs in groups.items()}, label=_report_label)
     out = []
     for key, rs in groups.items():
         method = canonical_method(rs[0].method, rs[0].norm)

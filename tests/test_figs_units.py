@@ -112,3 +112,23 @@ def test_runs_are_grouped_by_configuration_over_seeds(tmp_path):
         assert c.seeds == [0, 1] and c.clean.mean == pytest.approx(0.85)
         assert c.clean.sd == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert Stat.of([0.5]).fmt() == "50.0"
+
+
+def test_report_groups_follow_summary_md_rule_two_architectures_stay_apart(tmp_path):
+    """REPORT.md's summary (paper_figs) and summary.md (deep.summary) share deep.aggregate's grouping rule:
+    two architectures in one folder are two configurations, each labelled by the setting that differs."""
+    from deep.aggregate import group_runs
+    from deep.train import TrainConfig
+    d = tmp_path / "deep" / "synthetic"
+    d.mkdir(parents=True)
+    for arch in ("preact-resnet18", "mlp"):
+        for seed in (0, 1):
+            cfg = TrainConfig(method="st", seed=seed, arch=arch).to_dict()
+            (d / f"{arch}{seed}.json").write_text(json.dumps({
+                "dataset": "synthetic", "method": "st", "rho": None, "eps": None, "norm": "linf", "seed": seed,
+                "clean_acc": 0.5 + 0.1 * (arch == "mlp"), "robust": {}, "config": cfg}))
+    runs = load_deep(tmp_path)["synthetic"]
+    configs = summarise_runs(runs)
+    assert len(configs) == 2 == len(group_runs([r.raw for r in runs]))
+    assert sorted(c.text for c in configs) == ["ST (arch=mlp)", "ST (arch=preact-resnet18)"]
+    assert sorted(c.clean.mean for c in configs) == pytest.approx([0.5, 0.6])
