@@ -91,10 +91,14 @@ def run_config(res: Dict) -> Dict:
     return full
 
 
+_IDENTITY = ("method", "rho", "eps", "norm")
+
+
 def group_key(res: Dict) -> str:
-    """The grouping rule: runs with equal keys differ in the seed only (whole configuration but the
-    seed, and the evaluation)."""
-    return json.dumps([run_config(res), res.get("eval")], sort_keys=True, default=str)
+    """The grouping rule: runs with equal keys differ in the seed only (the result's method and radii,
+    the whole configuration but the seed, and the evaluation)."""
+    identity = {k: res.get(k) for k in _IDENTITY}
+    return json.dumps([identity, run_config(res), res.get("eval")], sort_keys=True, default=str)
 
 
 def group_runs(results: Iterable, record=lambda r: r) -> Dict[str, List]:

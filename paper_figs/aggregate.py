@@ -49,6 +49,7 @@ class ConfigSummary:
     images_per_s: Stat
     epochs: set = field(default_factory=set)
     settings: str = ""         # what tells this group apart from others of the same label ("" when none)
+    key: str = ""              # deep.aggregate.group_key shared by the group's runs
 
     def _with_settings(self, label: str) -> str:
         return f"{label} ({self.settings})" if self.settings else label
@@ -96,7 +97,7 @@ def summarise_runs(runs) -> list[ConfigSummary]:
             wall_time_s=Stat.of(r.wall_time_s for r in rs),
             images_per_s=Stat.of(r.images_per_s for r in rs),
             epochs={r.raw.get("epochs") for r in rs},
-            settings=settings[key],
+            settings=settings[key], key=key,
         ))
     return sorted(out, key=lambda c: c.order_key)
 

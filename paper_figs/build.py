@@ -4,17 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import beyond_figures, deep_figures, figures, real_figures
+from . import beyond, deep_figures, figures, real, simulation
 from . import palette as pal
 from . import theory as th
 from .loaders import CorruptInput, MissingInput, load_deep, load_simulations
 from .report import render_report
-from .simdata import curve_points, sam_vs_m_points
+from .simulation import curve_points, sam_vs_m_points
 
 __all__ = ["BuildResult", "build", "FIGURE_FUNCTIONS"]
 
 FIGURE_FUNCTIONS = (
-    figures.fig1_tradeoff, figures.fig2_strength, figures.fig3_weights, figures.fig4_sam_vs_m,
+    simulation.fig1_tradeoff, simulation.fig2_strength, simulation.fig3_weights, simulation.fig4_sam_vs_m,
     deep_figures.fig5_deep, deep_figures.fig6_probes,
 )
 
@@ -25,8 +25,8 @@ class BuildResult:
     skipped: list = field(default_factory=list)     # one line each
     errors: list = field(default_factory=list)      # corrupt inputs, one line each
     report: Path | None = None
-    real: object = None                             # real_figures.RealSection or None
-    beyond: object = None                           # beyond_figures.BeyondSection or None
+    real: object = None                             # real.RealSection or None
+    beyond: object = None                           # beyond.BeyondSection or None
 
 
 def _skip_line(exc: MissingInput) -> str:
@@ -34,10 +34,10 @@ def _skip_line(exc: MissingInput) -> str:
 
 
 def _real(ctx, report_path, res: BuildResult, log) -> None:
-    """The real-data section (real_figures.real_section) into ``res.real``; its skips and
+    """The real-data section (real.real_section) into ``res.real``; its skips and
     files logged one line each."""
     try:
-        res.real = real_figures.real_section(ctx, report_path)
+        res.real = real.real_section(ctx, report_path)
     except figures.SkipFigure as exc:
         res.skipped.append(str(exc))
         log(str(exc))
@@ -122,9 +122,9 @@ def _figures(ctx, res: BuildResult, log) -> None:
 
 
 def _beyond(ctx, report_path, res: BuildResult, log) -> None:
-    """The beyond-the-paper section (beyond_figures.beyond_section) into ``res.beyond``; its
+    """The beyond-the-paper section (beyond.beyond_section) into ``res.beyond``; its
     skips and files logged one line each."""
-    res.beyond = beyond_figures.beyond_section(ctx, report_path)
+    res.beyond = beyond.beyond_section(ctx, report_path)
     for line in res.beyond.skipped:
         log(line)
     res.skipped += res.beyond.skipped

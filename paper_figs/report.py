@@ -107,7 +107,7 @@ def masking_section(runs) -> str:
 def render_report(report_path, figures, skipped, errors, sim, deep, command: str,
                   inputs: list, real=None, beyond=None, converged: str = "") -> str:
     """Write the report atomically; returns its text. ``figures``: FigureResult list; ``real``:
-    the real-data section (:class:`paper_figs.real_figures.RealSection`: ``figures`` listed in the
+    the real-data section (:class:`paper_figs.real.RealSection`: ``figures`` listed in the
     verdicts table, ``text`` placed before the deep result tables) or None."""
     report_path = Path(report_path)
     base = report_path.parent.resolve()

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from paper_figs import realdata as rd
+from paper_figs import real as rd
 from paper_figs.aggregate import ConfigSummary, Stat, summarise_runs
 from paper_figs.figures import FigureContext, SkipFigure
 from paper_figs.loaders import load_deep
-from paper_figs.real_figures import real_section
+from paper_figs.real import real_section
 from paper_figs.report import render_report
 from paper_figs.theory import TheorySettings
 

@@ -8,7 +8,7 @@ import linear_theory as lt
 from paper_figs import theory as th
 from paper_figs.aggregate import ConfigSummary, Stat
 from paper_figs.deep_figures import deep_ordering_checks, probe_ordering_checks
-from paper_figs.simdata import curve_points
+from paper_figs.simulation import curve_points
 from paper_figs.verdicts import ordering_verdict, simulation_verdict
 
 SETTINGS = th.TheorySettings()
