@@ -133,7 +133,10 @@ def _beyond(ctx, report_path, res: BuildResult, log) -> None:
 
 
 #: (folder under results/, title, figure name) of the converged-protocol sections, the report's headline
-CONVERGED = (("converged/cpu", "Fashion-MNIST, all 60,000 images, on two CPU cores (width 8)", "converged_cpu_curves"),
+CONVERGED = (("converged/cpu-12ep", "Fashion-MNIST, all 60,000 images, 12 epochs, on two CPU cores (width 8)",
+              "converged_cpu12_curves"),
+             ("converged/cpu", "Fashion-MNIST, all 60,000 images, 6 epochs, on two CPU cores (width 8)",
+              "converged_cpu_curves"),
              ("converged/gpu", "Fashion-MNIST, all 60,000 images, on one GPU at full width (64)", "converged_gpu_curves"))
 
 
