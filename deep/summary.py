@@ -13,25 +13,25 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_text_atomic
+from samrobust.files import JsonFileError, warn_unreadable, write_text_atomic
 
 from .archs import DEFAULT_ARCH
 from .masking import masking_markdown
+from .record import NotARecord, read_record, record_files
 from .robustness import format_eps
-from .train import TrainConfig, at_variant
+from .train import AT_VARIANTS, TrainConfig, is_adversarial
+
 
 def method_label(res: Dict) -> str:
     """st, sam, asam (adaptive SAM), at or an AT variant (fgsm-rs, pgd1, pgd2); prefixed by the
-    architecture unless PreActResNet-18 (e.g. "vit sam")."""
+    architecture unless PreActResNet-18 (e.g. "vit sam"). ``res``: a record's dict (deep/record.py), or a
+    result dict of an earlier layout (the variant in "at_variant" or in the configuration's method)."""
     cfg = res.get("config") or {}
     label = res["method"]
     if label == "sam" and cfg.get("adaptive"):
         label = "asam"
-    elif label == "at" and cfg:
-        try:
-            label = at_variant(TrainConfig(**cfg)) or label
-        except (TypeError, ValueError):
-            pass
+    elif label == "at":
+        label = next((v for v in (res.get("at_variant"), cfg.get("method")) if v in AT_VARIANTS), label)
     arch = cfg.get("arch", DEFAULT_ARCH)
     return label if arch == DEFAULT_ARCH else f"{arch} {label}"
 
@@ -43,7 +43,7 @@ def _per_s(val) -> str:
 def _strength(res: Dict) -> str:
     if res["method"] == "sam":
         return f"rho={res['rho']:g}"
-    if res["method"] == "at":
+    if is_adversarial(res["method"]):
         return f"{res['norm']} eps={format_eps(res['eps'])}"
     return "-"
 
@@ -208,7 +208,7 @@ def result_problem(res: Dict) -> Optional[str]:
     for key in ("clean_acc", "seed"):
         if not isinstance(res.get(key), (int, float)):
             return f"{key} is {json.dumps(res.get(key))}, not a number"
-    need = {"sam": "rho", "at": "eps"}.get(res.get("method"))
+    need = "rho" if res.get("method") == "sam" else "eps" if is_adversarial(res.get("method") or "") else None
     if need and not isinstance(res.get(need), (int, float)):
         return f"{need} is {json.dumps(res.get(need))}, not a number (an inf or nan radius?)"
     if not isinstance(res.get("robust"), dict):
@@ -219,16 +219,18 @@ def result_problem(res: Dict) -> Optional[str]:
 def write_summary(out_dir: Path) -> Path:
     """summary.md from every run JSON in ``out_dir`` (accuracies in %)."""
     results = []
-    for p in sorted(out_dir.glob("*.json")):
+    for p in record_files(out_dir):
         try:
-            res = read_json_object(p)
+            res = read_record(p).to_dict()
+        except NotARecord:                  # another JSON file in the folder
+            continue
         except JsonFileError as err:        # one line naming the file, the other runs are still summarised
             warn_unreadable(err, "summary")
             continue
         problem = result_problem(res)
         if problem is not None:
             warn_unreadable(JsonFileError(f"{p}: {problem}"), "summary")
-        elif "clean_acc" in res:
+        else:
             results.append(res)
     order = {"st": 0, "sam": 1, "asam": 2, "fgsm-rs": 3, "pgd1": 4, "pgd2": 5, "at": 6}
     results.sort(key=lambda x: ((x.get("config") or {}).get("arch", DEFAULT_ARCH) != DEFAULT_ARCH,
