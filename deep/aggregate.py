@@ -2,7 +2,8 @@
 summary.md (:mod:`deep.summary`) and REPORT.md (:mod:`paper_figs.aggregate`) both use.
 
 Grouping rule (:func:`group_key`): runs are averaged only when they differ in the seed alone, i.e. the
-whole training configuration but the seed, and the evaluation settings, are equal. Two architectures, two
+science settings of the training configuration (deep.train.science_fields) but the seed, and the
+evaluation settings, are equal. Two architectures, two
 epoch budgets or two evaluations in one folder therefore stay apart; :func:`group_settings` names what
 tells apart groups that share a label. Every function takes result dicts as ``deep.run`` writes them.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from samrobust.threat import format_eps
 
 from .archs import DEFAULT_ARCH
-from .train import TrainConfig, at_variant
+from .train import AT_VARIANTS, TrainConfig, is_adversarial, science_fields
 
 __all__ = ["Stat", "method_label", "strength_text", "run_config", "group_key", "group_runs", "group_settings",
            "distinct_evals", "eval_text"]
@@ -51,16 +52,14 @@ class Stat:
 
 def method_label(res: Dict) -> str:
     """st, sam, asam (adaptive SAM), at or an AT variant (fgsm-rs, pgd1, pgd2); prefixed by the
-    architecture unless PreActResNet-18 (e.g. "vit sam")."""
+    architecture unless PreActResNet-18 (e.g. "vit sam"). ``res``: a record's dict (deep/record.py), or a
+    result dict of an earlier layout (the variant in "at_variant" or in the configuration's method)."""
     cfg = res.get("config") or {}
     label = res["method"]
     if label == "sam" and cfg.get("adaptive"):
         label = "asam"
-    elif label == "at" and cfg:
-        try:
-            label = at_variant(TrainConfig(**cfg)) or label
-        except (TypeError, ValueError):
-            pass
+    elif label == "at":
+        label = next((v for v in (res.get("at_variant"), cfg.get("method")) if v in AT_VARIANTS), label)
     arch = cfg.get("arch", DEFAULT_ARCH)
     return label if arch == DEFAULT_ARCH else f"{arch} {label}"
 
@@ -70,7 +69,7 @@ def strength_text(res: Dict) -> str:
     :func:`samrobust.threat.format_eps`, the package's one radius formatter), "-" (ST)."""
     if res["method"] == "sam":
         return f"rho={res['rho']:g}"
-    if res["method"] == "at":
+    if is_adversarial(res["method"]):
         return f"{res['norm']} eps={format_eps(res['eps'])}"
     return "-"
 
@@ -79,14 +78,15 @@ _CONFIG_DEFAULTS: List[Dict] = []
 
 
 def run_config(res: Dict) -> Dict:
-    """The run's training configuration without the seed; fields that an older result lacks get their
+    """The run's training configuration without the seed and the runtime settings (deep.train.RUNTIME_FIELDS:
+    device, channels_last, check_every change the numbers by rounding at most); fields that an older result lacks get their
     default (as config_matches reads them), so old and new results of one configuration group together."""
     cfg = res.get("config")
     if not isinstance(cfg, dict):       # no stored configuration: what the result itself says
         return {k: res.get(k) for k in ("method", "rho", "eps", "norm", "epochs")}
     if not _CONFIG_DEFAULTS:
         _CONFIG_DEFAULTS.append(TrainConfig().to_dict())
-    full = dict(_CONFIG_DEFAULTS[0], **cfg)
+    full = science_fields(dict(_CONFIG_DEFAULTS[0], **cfg))
     full.pop("seed", None)
     return full
 

@@ -4,7 +4,7 @@
 Loads the final checkpoint of one run (``checkpoints/<run_id>.pt``) or of every finished run of a results
 folder (``<run_id>.json`` + ``checkpoints/<run_id>.pt``), rebuilds its test data from the stored configuration
 (deep.datasets.load_data), runs each requested attack set on the first n test images and merges the numbers into
-the run's JSON under ``extra_evals[<attack set>]`` (atomic rewrite). Radii already stored for an attack set with
+the run's record under ``extra_evals[<attack set>]`` (deep/record.py's atomic rewrite). Radii already stored for an attack set with
 the same n are skipped (resume) unless --force; finally a table is printed and summary.md rewritten, with the
 gradient-masking checks of deep.masking.
 """
@@ -24,17 +24,20 @@ import torch
 
 from samrobust.attacks import check_linf_eps
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
-from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_json_atomic
+from samrobust.files import warn_unreadable
 from samrobust.tables import markdown_table
 
 from .autoattack import VERSIONS, run_autoattack
 from .data import DataError
 from .datasets import load_data
 from .masking import SANITY_RADII, label_attack, sanity_attacks
+from .record import (NotARecord, RecordError, RunRecord, legacy_config, load_saliency_maps, read_record,
+                     record_files, write_record)
 from .robustness import Attack, evaluate, parse_attack, parse_eps  # noqa: F401  (parse_eps: deep/bench.py)
 from .spec import PROTOCOLS
 from .summary import write_summary
-from .train import TrainConfig, build_model, first_nonfinite, load_checkpoint, resolve_device, runtime_flags
+from .train import (TrainConfig, build_model, config_matches, first_nonfinite, load_checkpoint, resolve_device,
+                    runtime_flags)
 from .worstcase import worst_case
 
 __all__ = ["AttackSet", "parse_attack_set", "RunRef", "read_run_json", "find_runs", "build_parser", "main"]
@@ -75,22 +78,38 @@ def parse_attack_set(text: str) -> AttackSet:
 
 @dataclass
 class RunRef:
-    """A saved run: its checkpoint, and its result JSON when there is one."""
+    """A saved run: its checkpoint, and its record (deep/record.py) when there is one."""
     run_id: str
     checkpoint: Path
     json_path: Optional[Path]
-    result: Optional[Dict]
+    record: Optional[RunRecord]
+
+
+def _read_run(p: Path) -> Optional[RunRecord]:
+    """The record of a deep.run result (one with a config) at ``p``, or None: not a result, or unreadable
+    (corrupt JSON, not an object), which is also said in one line on stderr naming the file."""
+    try:
+        rec = read_record(p)
+    except NotARecord:
+        return None
+    except RecordError as err:
+        warn_unreadable(err, "deep.evaluate")
+        return None
+    return None if "config" in rec.absent else rec
 
 
 def read_run_json(p: Path) -> Optional[Dict]:
-    """A deep.run result (a dict with clean_acc and config) read from ``p``, or None: not a result, or
-    unreadable (corrupt JSON, not an object), which is also said in one line on stderr naming the file."""
-    try:
-        res = read_json_object(p)
-    except JsonFileError as err:
-        warn_unreadable(err, "deep.evaluate")
+    """A deep.run result (a dict with clean_acc and config, in deep/record.py's current layout) read from
+    ``p``, with its saliency maps inline whichever file holds them, or None (see :func:`_read_run`). A
+    missing or corrupt saliency sidecar is said in one line; the result then comes without maps."""
+    rec = _read_run(p)
+    if rec is None:
         return None
-    return res if "clean_acc" in res and "config" in res else None
+    try:
+        rec.saliency_maps = load_saliency_maps(p, rec)
+    except RecordError as err:
+        warn_unreadable(err, "deep.evaluate")
+    return rec.to_dict(with_maps=True)
 
 
 def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Sequence[str] = ()) -> List[RunRef]:
@@ -102,21 +121,20 @@ def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Seque
         raise ValueError(f"{path}: not a checkpoint (a .pt file) or a results folder")
     if path.is_file():
         js = path.parent.parent / f"{path.stem}.json"
-        refs = [RunRef(path.stem, path, js if js.exists() else None, read_run_json(js) if js.exists() else None)]
+        refs = [RunRef(path.stem, path, js if js.exists() else None, _read_run(js) if js.exists() else None)]
     elif path.is_dir():
-        files = sorted(path.glob("*.json")) or sorted(path.glob("*/*.json"))
+        files = record_files(path) or record_files(path, "*/*.json")
         refs = []
         for js in files:
-            res = read_run_json(js)
+            rec = _read_run(js)
             ck = js.parent / "checkpoints" / f"{js.stem}.pt"
-            if res is not None and ck.is_file():
-                refs.append(RunRef(js.stem, ck, js, res))
+            if rec is not None and ck.is_file():
+                refs.append(RunRef(js.stem, ck, js, rec))
     else:
         raise ValueError(f"{path}: no such file or folder")
     out = []
     for ref in refs:
-        seed = (ref.result or {}).get("seed")
-        if seeds and ref.result is not None and seed not in seeds:
+        if seeds and ref.record is not None and ref.record.seed not in seeds:
             continue
         if patterns and not any(fnmatch.fnmatchcase(ref.run_id, p) for p in patterns):
             continue
@@ -126,12 +144,13 @@ def find_runs(path: Path, seeds: Optional[Sequence[int]] = None, patterns: Seque
 
 def load_run_model(ref: RunRef, device: torch.device):
     """(model in eval mode, TrainConfig) from the run's checkpoint; ValueError for an unfinished run or a
-    checkpoint whose configuration is not the one in the run's JSON."""
+    checkpoint whose configuration is not the experiment of the run's record (deep.train.config_matches)."""
     ck = load_checkpoint(ref.checkpoint, device)     # CheckpointError (a ValueError) naming the file
-    if ref.result is not None and ref.result.get("config") != ck["config"]:
+    rec = ref.record
+    if rec is not None and not config_matches(ck["config"], rec.config or {}):
         raise ValueError(f"{ref.checkpoint}: configuration differs from {ref.json_path}")
     try:
-        cfg = TrainConfig(**ck["config"])
+        cfg = TrainConfig(**legacy_config(ck["config"], rec.method if rec is not None else None))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{ref.checkpoint}: configuration not readable by this version ({err})") from None
     if ck.get("epoch", 0) < cfg.epochs and ck.get("stopped_early") is None:
@@ -207,13 +226,13 @@ def merge_entry(old: Optional[Dict], new: Dict, replace: bool) -> Dict:
 
 
 def store_entry(json_path: Path, key: str, entry: Dict, replace: bool) -> Dict:
-    """Merge ``entry`` into ``extra_evals[key]`` of the JSON at ``json_path``, re-read just before the atomic
-    rewrite (other keys untouched). Returns the stored entry."""
-    res = read_json_object(json_path)
-    extra = res.setdefault("extra_evals", {})
-    extra[key] = merge_entry(extra.get(key), entry, replace)
-    write_json_atomic(json_path, res)
-    return extra[key]
+    """Merge ``entry`` into ``extra_evals[key]`` of the record at ``json_path``, re-read just before the
+    atomic rewrite (deep/record.py; other keys untouched). Returns the stored entry."""
+    rec = read_record(json_path)
+    rec.extra_evals = dict(rec.extra_evals or {})
+    rec.extra_evals[key] = merge_entry(rec.extra_evals.get(key), entry, replace)
+    write_record(json_path, rec)
+    return rec.extra_evals[key]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -308,8 +327,8 @@ def _options(parser, args) -> Dict:
 def _run_radii(ref: RunRef, dataset: str, opts: Dict, sanity: bool) -> List[Attack]:
     if opts["radii"] is not None:
         radii = list(opts["radii"])
-    elif ref.result is not None:
-        radii = [label_attack(k) for k in (ref.result.get("eval") or {}).get("attacks") or ref.result["robust"]]
+    elif ref.record is not None:
+        radii = [label_attack(k) for k in (ref.record.eval or {}).get("attacks") or ref.record.robust]
     else:
         radii = [parse_attack(t) for t in PROTOCOLS[dataset]["eval_attacks"].split(",")]
     radii += list(sanity_attacks(dataset)) if sanity else []
@@ -332,14 +351,14 @@ class _Lazy:
 def evaluate_ref(ref: RunRef, opts: Dict, args, cache: Dict, say=print) -> Dict[str, Dict]:
     """Run the attack sets still missing for one run, storing each in its JSON as soon as it is done;
     returns {attack-set key: entry} (stored and new)."""
-    lazy, res = _Lazy(ref, opts["device"], args.data_dir, cache), ref.result or {}
-    dataset = res.get("dataset") or lazy.get().cfg.dataset
+    lazy, rec = _Lazy(ref, opts["device"], args.data_dir, cache), ref.record or RunRecord()
+    dataset = rec.dataset or lazy.get().cfg.dataset
     radii = _run_radii(ref, dataset, opts, not args.no_sanity)
-    n_all = res.get("n_clean") or len(lazy.get().test)
-    n = min(args.n or res.get("n_robust") or n_all, n_all)
+    n_all = rec.n_clean or len(lazy.get().test)
+    n = min(args.n or rec.n_robust or n_all, n_all)
     out = {}
     for aset in opts["sets"]:
-        old = (res.get("extra_evals") or {}).get(aset.key)
+        old = (rec.extra_evals or {}).get(aset.key)
         todo = todo_radii(old, radii, n, args.force)
         if not todo:
             say(f"  {aset.key}: done earlier on {n} images, skipped")

@@ -154,7 +154,7 @@ class GraphedStep:
 
     def _needs_noise(self) -> bool:
         c = self.cfg
-        return c.method == "at" and c.attack_random_start and c.eps != 0.0
+        return c.adversarial and c.attack_random_start and c.eps != 0.0
 
     def _body(self, x, y, generator=None, noise=None) -> None:
         """The step on (x, y), accumulated into the totals: what is captured and what runs eagerly."""

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 from samrobust.tables import table_lines
 
 from .robustness import Attack, format_eps, parse_attack
+from .train import AT_VARIANTS
 
 __all__ = ["GAP_FLAG", "MONOTONE_TOL", "SANITY_MAX", "SANITY_RADII", "sanity_attacks", "label_attack",
            "sources", "gap_points", "monotone_violations", "sanity_check", "masking_checks", "masking_markdown"]
@@ -127,8 +128,8 @@ def _config_name(res: Dict) -> str:
     if m == "sam":
         name = "asam" if (res.get("config") or {}).get("adaptive") else "sam"
         return f"{name} rho={res['rho']:g}"
-    if m == "at":
-        return f"at {res['norm']} eps={format_eps(res['eps'])}"
+    if m == "at" or m in AT_VARIANTS:     # a cheap AT variant under its own name (not pooled with PGD AT)
+        return f"{m} {res['norm']} eps={format_eps(res['eps'])}"
     return str(m)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
-import json
 import math
 import os
 import sys
@@ -38,8 +37,7 @@ import torch
 
 from samrobust.attacks import check_linf_eps
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
-from samrobust.files import (JsonFileError, check_output_dir, read_json_object, remove_stale_temp_files,
-                             warn_unreadable, write_json_atomic, write_text_atomic)
+from samrobust.files import check_output_dir, remove_stale_temp_files
 from samrobust.lock import RunLock
 from samrobust.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
 
@@ -55,8 +53,9 @@ from .jobs import run_pool
 from .logs import GridProgress, write_history_csv
 from .spec import (CIFAR_PROTOCOL, FASHION_MNIST_PROTOCOL, PROFILES, PROTOCOLS, QUICK, RUN_DEFAULTS,  # noqa: F401
                    CURVE_STEPS, PROFILE_FOLDERS, TRAIN_DEFAULTS, TRAIN_OPTIONS, EvalSettings, RunSpec)
+from .record import RunRecord, read_record, write_record
 from .train import (BN_STATS, METHOD_NAMES, DivergenceError, FitOptions, FitResult, TrainConfig,
-                    at_variant, at_variant_config, build_model, check_finite_weights, config_matches, fit,
+                    at_variant_config, build_model, check_finite_weights, config_matches, fit,
                     resolve_device, runtime_flags)
 
 
@@ -434,7 +433,7 @@ def run_id(cfg: TrainConfig) -> str:
     elif cfg.method == "sam":
         base = f"{'asam' if cfg.adaptive else 'sam'}_rho{format_rho(cfg.rho)}"
     else:
-        base = f"{at_variant(cfg) or 'at'}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
+        base = f"{cfg.method}_{attack_label(cfg.norm, cfg.eps).replace('/', '-')}"
     arch = "" if cfg.arch == DEFAULT_ARCH else f"{arch_tag(cfg.arch)}_"
     return f"{arch}{base}_s{cfg.seed}"
 
@@ -571,16 +570,16 @@ def run_one(cfg: TrainConfig, train: ImageData, test: ImageData, spec: RunSpec, 
     ev = evaluate(res.model, test, spec.attacks, steps=spec.eval.steps, restarts=spec.eval.restarts,
                   batch_size=spec.eval.batch_size, seed=cfg.seed, channels_last=channels_last,
                   progress=spec.progress, loss=spec.eval.loss, n_robust=spec.eval.n_robust)
-    result = _result_record(cfg, spec, res, ev, total_s=time.perf_counter() - t0, test=test, world=world,
+    record = _result_record(cfg, spec, res, ev, total_s=time.perf_counter() - t0, test=test, world=world,
                             is_main=is_main)
     if spec.eval.autoattack != "off":   # every rank computes it (no collectives), rank 0 stores it
-        result["autoattack"] = run_autoattack(res.model, test, spec.attacks, spec.eval.autoattack,
-                                              n=spec.eval.aa_n, device=device, seed=cfg.seed,
-                                              batch_size=min(spec.eval.batch_size, 250))
+        record.autoattack = run_autoattack(res.model, test, spec.attacks, spec.eval.autoattack,
+                                           n=spec.eval.aa_n, device=device, seed=cfg.seed,
+                                           batch_size=min(spec.eval.batch_size, 250))
     if is_main:
-        write_json_atomic(path, result)
-        write_history_csv(path, result["history"])
-    return result
+        write_record(path, record)
+        write_history_csv(path, record.history)
+    return record.to_dict()
 
 
 def check_trained(cfg: TrainConfig, res: FitResult) -> None:
@@ -593,14 +592,24 @@ def check_trained(cfg: TrainConfig, res: FitResult) -> None:
 
 
 def _finished_run(path: Path, cfg: TrainConfig, spec: RunSpec) -> Dict:
-    """The stored result at ``path`` marked "skipped" when it has cfg's configuration and the spec's
+    """The stored result at ``path`` marked "skipped" when it is cfg's experiment (the science fields of
+    its configuration: deep.train.config_matches, and the training precision it used) with the spec's
     evaluation; ValueError otherwise (another --out or --force is needed)."""
-    old = read_json_object(path)        # JsonFileError (a ValueError) naming the file
-    if config_matches(old.get("config"), cfg) and old.get("eval") == spec.eval_record():
-        return old | {"skipped": True}
+    old = read_record(path)             # RecordError (a ValueError) naming the file
+    if config_matches(old.config, cfg) and old.eval == spec.eval_record() and _same_precision(old, cfg, spec):
+        return old.to_dict() | {"skipped": True}
     hint = "; to add AutoAttack to finished runs: python -m deep.evaluate " + \
         f"{spec.out_dir} --attacks autoattack:{spec.eval.autoattack}" if spec.eval.autoattack != "off" else ""
     raise ValueError(f"{path} exists with a different configuration; use another --out or --force{hint}")
+
+
+def _same_precision(old: RunRecord, cfg: TrainConfig, spec: RunSpec) -> bool:
+    """Whether the finished run ``old`` trained in the precision cfg asks for: with bf16 left to the device
+    (None) the precision it resolves to here against the record's train_precision; an explicit bf16 is
+    compared by config_matches already."""
+    if cfg.bf16 is not None or old.train_precision is None:
+        return True
+    return old.train_precision == _precision(runtime_flags(cfg, spec.device)[0])
 
 
 def learning_curve(spec: RunSpec, cfg: TrainConfig, test: ImageData):
@@ -644,33 +653,37 @@ def _train_run(cfg: TrainConfig, train: ImageData, spec: RunSpec, ckpt: Path, is
 
 
 def _result_record(cfg: TrainConfig, spec: RunSpec, res: FitResult, ev: Dict, *, total_s: float,
-                   test: ImageData, world: int, is_main: bool) -> Dict:
-    """The result JSON of one run (accuracies, timings, history, configuration, environment)."""
+                   test: ImageData, world: int, is_main: bool) -> RunRecord:
+    """The record of one run (deep/record.py: accuracies, timings, history, configuration, environment)."""
     device = test.x.device
     bf16, channels_last, _ = runtime_flags(cfg, device)
     ips = res.images_per_s
-    return {
-        "run_id": run_id(cfg), "dataset": cfg.dataset, "method": cfg.method,
-        "rho": cfg.rho if cfg.method == "sam" else None,
-        "eps": cfg.eps if cfg.method == "at" else None,
-        "norm": norm_name(cfg.norm) if cfg.method == "at" else None,
-        "arch": cfg.arch, "at_variant": at_variant(cfg), "stopped_early": res.stopped_early,
-        "seed": cfg.seed, "epochs": cfg.epochs, "clean_acc": ev["clean_acc"], "robust": ev["robust"],
-        "wall_time_s": res.train_time_s,
-        "images_per_s": ips if ips is not None and math.isfinite(ips) else None,
-        "total_time_s": total_s,
-        "probes": probes(res.model, cfg.synthetic_spec, spec.eval.probe_n, synthetic_seeds(cfg)[1], device,
-                         spec.eval.batch_size) if cfg.dataset == "synthetic" and is_main else None,
-        "history": res.history, "eval": spec.eval_record(), "curves": spec.eval.curves_record(),
-        "config": cfg.to_dict(),
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "torch": torch.__version__, "world_size": world, "per_process_batch": cfg.batch_size // world,
-        "compile": bool(spec.compile), "cuda_graph": bool(spec.cuda_graph),
-        "train_precision": "bf16 autocast" if bf16 else "fp32",
-        "bn_stats": cfg.bn_stats,
-        "channels_last": channels_last, "threads": torch.get_num_threads(), "profile": spec.profile,
-        "n_clean": ev.get("n_clean", len(test)), "n_robust": ev.get("n_robust", len(test)),
-    }
+    return RunRecord(
+        run_id=run_id(cfg), dataset=cfg.dataset, method=cfg.method,
+        rho=cfg.rho if cfg.method == "sam" else None,
+        eps=cfg.eps if cfg.adversarial else None,
+        norm=norm_name(cfg.norm) if cfg.adversarial else None,
+        arch=cfg.arch, stopped_early=res.stopped_early,
+        seed=cfg.seed, epochs=cfg.epochs, clean_acc=ev["clean_acc"], robust=ev["robust"],
+        wall_time_s=res.train_time_s,
+        images_per_s=ips if ips is not None and math.isfinite(ips) else None,
+        total_time_s=total_s,
+        probes=probes(res.model, cfg.synthetic_spec, spec.eval.probe_n, synthetic_seeds(cfg)[1], device,
+                      spec.eval.batch_size) if cfg.dataset == "synthetic" and is_main else None,
+        history=res.history, eval=spec.eval_record(), curves=spec.eval.curves_record(),
+        config=cfg.to_dict(),
+        device=str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        torch=torch.__version__, world_size=world, per_process_batch=cfg.batch_size // world,
+        compile=bool(spec.compile), cuda_graph=bool(spec.cuda_graph),
+        train_precision=_precision(bf16), bn_stats=cfg.bn_stats,
+        channels_last=channels_last, threads=torch.get_num_threads(), profile=spec.profile,
+        n_clean=ev.get("n_clean", len(test)), n_robust=ev.get("n_robust", len(test)),
+    )
+
+
+def _precision(bf16: bool) -> str:
+    """The record's train_precision."""
+    return "bf16 autocast" if bf16 else "fp32"
 
 
 # ------------------------------------------------------------------------------------- command

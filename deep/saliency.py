@@ -14,8 +14,10 @@ on the same first ``n`` test images, and two numbers per model that say how imag
   class) and the image, averaged over images: near 0 for noise-like maps, positive when the map looks like
   the item ("perceptually aligned gradients" of robust models).
 
-The feature-perturbation view predicts ST < SAM < AT on both. The numbers and the maps of the first
-``maps`` images (rounded to 4 decimals, for the figure) are stored under ``saliency`` in the run's JSON.
+The feature-perturbation view predicts ST < SAM < AT on both. The numbers are stored under ``saliency``
+in the run's record, the maps of the first ``maps`` images (rounded to 4 decimals, for the figure) in the
+sidecar ``<run_id>.saliency.json`` beside it, which "saliency" names in "maps_file" (deep/record.py;
+records of earlier versions hold the maps inline, and deep.record.load_saliency_maps reads both).
 """
 from __future__ import annotations
 
@@ -28,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
-from samrobust.files import read_json_object, write_json_atomic
 
 from .data import DataError, to_float
 from .evaluate import find_runs, load_run_model, run_test_data
+from .record import MAP_KEYS, read_record, write_record
 from .train import resolve_device
 
-__all__ = ["OBJECT_THRESHOLD", "input_gradients", "saliency_metrics", "saliency_entry", "build_parser", "main"]
+__all__ = ["OBJECT_THRESHOLD", "input_gradients", "saliency_metrics", "saliency_entry", "store_saliency",
+           "build_parser", "main"]
 
 OBJECT_THRESHOLD = 0.1      # pixel intensity in [0, 1] above which a pixel belongs to the object
 
@@ -89,13 +92,23 @@ def saliency_entry(model: torch.nn.Module, test, n: int, maps: int, batch_size: 
     return out
 
 
+def store_saliency(json_path: Path, entry: Dict) -> None:
+    """Store a :func:`saliency_entry` in the record at ``json_path`` (re-read just before the rewrite): the
+    numbers under "saliency", the maps in the sidecar (deep.record.write_record). ValueError (naming the
+    file) when the record cannot be read."""
+    rec = read_record(json_path)
+    rec.saliency = {k: v for k, v in entry.items() if k not in MAP_KEYS}
+    rec.saliency_maps = {k: entry[k] for k in MAP_KEYS if k in entry}
+    write_record(json_path, rec)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(
         prog="python -m deep.saliency", formatter_class=DefaultsHelpFormatter,
         description="Input-gradient (saliency) maps of saved deep.run models on the same test images, with "
                     "the fraction of gradient mass on the object and the gradient-image correlation; stored "
-                    "under \"saliency\" in each run's JSON (resumable: runs with an entry for the same n are "
-                    "skipped unless --force).")
+                    "under \"saliency\" in each run's JSON, the maps in <run_id>.saliency.json beside it "
+                    "(resumable: runs with an entry for the same n are skipped unless --force).")
     p.add_argument("paths", nargs="+", help="results folders (<out>/<dataset>) or checkpoint files")
     p.add_argument("--n", type=int, default=1000, help="test images (the first n)")
     p.add_argument("--maps", type=int, default=8, help="maps stored per run for the figure")
@@ -129,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     for ref in refs:
-        old = (ref.result or {}).get("saliency")
+        old = ref.record.saliency if ref.record is not None else None
         if ref.json_path is None or (old and old.get("n") == args.n and not args.force):
             continue
         try:
@@ -145,11 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         entry = saliency_entry(model, test, args.n, args.maps)
         try:
-            res = read_json_object(ref.json_path)
+            store_saliency(ref.json_path, entry)
         except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
-        res["saliency"] = entry
-        write_json_atomic(ref.json_path, res)
         done += 1
         if not args.no_progress:
             print(f"{ref.run_id}: object mass {entry['object_mass']:.3f} (area {entry['object_area']:.3f}), "

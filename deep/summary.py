@@ -9,13 +9,15 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_text_atomic
+from samrobust.files import JsonFileError, warn_unreadable, write_text_atomic
 from samrobust.tables import markdown_table
 
 from .aggregate import (Stat, distinct_evals, eval_text, group_key, group_runs, group_settings, method_label,
                         strength_text)
 from .archs import DEFAULT_ARCH
 from .masking import masking_markdown
+from .record import NotARecord, read_record, record_files
+from .train import is_adversarial
 
 def _per_s(val) -> str:
     return "" if val is None or not math.isfinite(val) else f"{val:.0f}"
@@ -99,7 +101,7 @@ def result_problem(res: Dict) -> Optional[str]:
     for key in ("clean_acc", "seed"):
         if not isinstance(res.get(key), (int, float)):
             return f"{key} is {json.dumps(res.get(key))}, not a number"
-    need = {"sam": "rho", "at": "eps"}.get(res.get("method"))
+    need = "rho" if res.get("method") == "sam" else "eps" if is_adversarial(res.get("method") or "") else None
     if need and not isinstance(res.get(need), (int, float)):
         return f"{need} is {json.dumps(res.get(need))}, not a number (an inf or nan radius?)"
     if not isinstance(res.get("robust"), dict):
@@ -110,16 +112,18 @@ def result_problem(res: Dict) -> Optional[str]:
 def write_summary(out_dir: Path) -> Path:
     """summary.md from every run JSON in ``out_dir`` (accuracies in %)."""
     results = []
-    for p in sorted(out_dir.glob("*.json")):
+    for p in record_files(out_dir):
         try:
-            res = read_json_object(p)
+            res = read_record(p).to_dict()
+        except NotARecord:                  # another JSON file in the folder
+            continue
         except JsonFileError as err:        # one line naming the file, the other runs are still summarised
             warn_unreadable(err, "summary")
             continue
         problem = result_problem(res)
         if problem is not None:
             warn_unreadable(JsonFileError(f"{p}: {problem}"), "summary")
-        elif "clean_acc" in res:
+        else:
             results.append(res)
     order = {"st": 0, "sam": 1, "asam": 2, "fgsm-rs": 3, "pgd1": 4, "pgd2": 5, "at": 6}
     results.sort(key=lambda x: ((x.get("config") or {}).get("arch", DEFAULT_ARCH) != DEFAULT_ARCH,

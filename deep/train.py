@@ -54,8 +54,8 @@ from .model import normalization_for
 __all__ = ["TrainConfig", "DivergenceError", "CheckpointError", "first_nonfinite", "check_finite_weights",
            "resolve_device", "build_model", "build_optimizer", "lr_at",
            "train_step", "train_epoch", "fit", "FitOptions", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
-           "config_matches", "BN_STATS", "batch_bounds", "AT_VARIANTS", "METHOD_NAMES", "at_variant",
-           "at_variant_config", "pgd_check_acc"]
+           "config_matches", "BN_STATS", "batch_bounds", "AT_VARIANTS", "METHOD_NAMES", "is_adversarial",
+           "at_variant_config", "pgd_check_acc", "RUNTIME_FIELDS", "science_fields"]
 
 METHODS = ("st", "sam", "at")
 # Cheap adversarial training at about SAM's cost (two or three forward/backward passes per step instead of
@@ -63,36 +63,34 @@ METHODS = ("st", "sam", "at")
 #   fgsm-rs: FGSM from a uniform random start with step 1.25 eps ("fast AT", Wong, Rice and Kolter 2020)
 #   pgd1:    one PGD step of eps from the clean point (= FGSM AT, Goodfellow et al. 2015)
 #   pgd2:    two PGD steps of eps/2 from a uniform random start
-# All three train with the catastrophic-overfitting check of AT_VARIANT_CHECK images (pgd_check).
+# All three train with the catastrophic-overfitting check of AT_VARIANT_CHECK images (pgd_check). Each is a
+# method of its own (TrainConfig.method, the run id and the result's "method"); it trains as AT with its
+# attack settings (:func:`is_adversarial`).
 AT_VARIANTS = {"fgsm-rs": (1, 1.25, True), "pgd1": (1, 1.0, False), "pgd2": (2, 0.5, True)}
 AT_VARIANT_CHECK = 256
 METHOD_NAMES = METHODS + tuple(AT_VARIANTS)     # what --methods accepts
 
 
+def is_adversarial(method: str) -> bool:
+    """Whether ``method`` trains on PGD examples: "at" and the cheap variants of AT_VARIANTS."""
+    return method == "at" or method in AT_VARIANTS
+
+
 def at_variant_config(name: str, eps: float) -> dict:
-    """TrainConfig fields of the AT variant ``name`` (AT_VARIANTS) at radius ``eps``."""
+    """TrainConfig fields of the AT variant ``name`` (AT_VARIANTS) at radius ``eps``: method ``name`` with its
+    attack settings."""
     steps, mult, start = AT_VARIANTS[name]
-    return dict(method="at", eps=eps, attack_steps=steps, attack_step_size=mult * eps,
+    return dict(method=name, eps=eps, attack_steps=steps, attack_step_size=mult * eps,
                 attack_random_start=start, pgd_check=AT_VARIANT_CHECK)
 
 
-def at_variant(cfg) -> Optional[str]:
-    """The AT_VARIANTS name that ``cfg`` (a TrainConfig) trains with, or None (the protocol's PGD AT or a
-    custom setting)."""
-    if cfg.method != "at":
-        return None
-    for name in AT_VARIANTS:
-        want = at_variant_config(name, cfg.eps)
-        if all(_same(getattr(cfg, k), v) for k, v in want.items()):
-            return name
-    return None
-
-
-def _same(a, b) -> bool:
-    """Equal, with floats compared to 1e-12 relative (step sizes are products like 1.25 * eps)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-12 * max(1.0, abs(b))
-    return a == b
+def _check_variant(cfg) -> None:
+    """ValueError unless an AT-variant method has its own attack settings (at_variant_config)."""
+    steps, mult, start = AT_VARIANTS[cfg.method]
+    if (cfg.attack_steps, cfg.attack_random_start, cfg.attack_step_size) != (steps, start, mult * cfg.eps):
+        raise ValueError(f"method {cfg.method} trains with {steps} PGD step(s) of {mult:g} eps "
+                         f"({'random' if start else 'clean'} start); build it with "
+                         f"deep.train.at_variant_config({cfg.method!r}, eps)")
 
 
 # Which training forwards update the BatchNorm running statistics: "first" (ours: only the forward that
@@ -107,9 +105,19 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (defaults: docs/protocol.md reference settings)."""
+    """Everything that defines a training run (defaults: docs/protocol.md reference settings).
+
+    Science and runtime settings. Most fields define the experiment (its science): a different value is a
+    different run. :data:`RUNTIME_FIELDS` say only where and how fast it runs and change the numbers by
+    floating-point rounding at most: ``device`` (CPU or which GPU), ``channels_last`` (memory layout),
+    ``check_every`` (how often the host looks for a non-finite loss; a diverged run stops either way).
+    Training precision (``bf16``) is science: bf16 autocast rounds activations to 8 mantissa bits in every
+    training forward, far beyond the rounding differences of the runtime fields, so runs in bf16 and in fp32
+    are different runs. Where ``bf16`` is None the device decides it, so deep.run also compares the precision
+    a finished run actually used (its record's train_precision). :func:`config_matches` compares the science
+    fields only. (torch.compile, CUDA graphs and threads are deep.run options, not fields here: runtime too.)"""
     dataset: str = "cifar10"            # a key of deep.datasets.DATASETS
-    method: str = "st"                  # st | sam | at
+    method: str = "st"                  # st | sam | at | an AT variant (fgsm-rs, pgd1, pgd2)
     rho: float = 0.1                    # SAM radius
     adaptive: bool = False              # adaptive SAM (ASAM)
     sam_all_reduce_ascent: bool = False  # multi-process: ascent from the global batch gradient
@@ -142,8 +150,8 @@ class TrainConfig:
 
     def __post_init__(self):
         dataset_info(self.dataset)  # ValueError listing the data sets
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"method must be one of {METHOD_NAMES}, got {self.method!r}")
         for name in ("rho", "eps", "lr", "weight_decay"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
@@ -175,9 +183,16 @@ class TrainConfig:
         self.lr_factors = tuple(float(f) for f in self.lr_factors)
         if len(self.lr_milestones) != len(self.lr_factors):
             raise ValueError("lr_milestones and lr_factors must have the same length")
+        if self.method in AT_VARIANTS:
+            _check_variant(self)
         if isinstance(self.synthetic, SyntheticSpec):
             self.synthetic = self.synthetic.to_dict()
         SyntheticSpec(**self.synthetic)  # validate
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether this run trains on PGD examples (AT or an AT variant: :func:`is_adversarial`)."""
+        return is_adversarial(self.method)
 
     @property
     def synthetic_spec(self) -> SyntheticSpec:
@@ -196,28 +211,43 @@ class TrainConfig:
         return d
 
 
+#: TrainConfig fields that change the result by floating-point rounding at most (TrainConfig's docstring);
+#: every other field is science.
+RUNTIME_FIELDS = frozenset({"device", "channels_last", "check_every"})
+
 _DEFAULT_DICT: List[dict] = []
+_NO_DEFAULT = object()
+
+
+def science_fields(config) -> dict:
+    """The science part of a configuration (a TrainConfig or its dict): every field but RUNTIME_FIELDS."""
+    d = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
 
 
 def config_matches(stored, current) -> bool:
-    """Whether a stored configuration (``TrainConfig.to_dict()`` in a result JSON or a checkpoint) is the
-    configuration ``current`` (a TrainConfig or its dict). A field missing from ``stored`` (written before
-    the field existed) matches when ``current`` has that field's default value, so adding a field with a
-    default keeps finished runs and checkpoints valid; any other difference, or a stored field that this
-    version does not know, is a mismatch."""
+    """Whether a stored configuration (``TrainConfig.to_dict()`` in a result JSON or a checkpoint) defines the
+    same experiment as ``current`` (a TrainConfig or its dict): the science fields are compared, the
+    runtime ones (:data:`RUNTIME_FIELDS`: device, channels_last, check_every) are not, so a finished run or
+    a checkpoint is kept when only where or how fast it runs changed. A field missing from ``stored`` (written
+    before the field existed) matches when ``current`` has that field's default value, so adding a field with
+    a default keeps finished runs and checkpoints valid. A stored method "at" matches a current AT-variant
+    method (fgsm-rs, pgd1, pgd2): earlier versions stored the variants as "at" with the variant's attack
+    settings, which are compared as usual. Any other difference, or a stored field that this version does
+    not know, is a mismatch."""
     if not isinstance(stored, dict):
         return False
-    cur = current.to_dict() if isinstance(current, TrainConfig) else dict(current)
+    cur = science_fields(current)
     if not _DEFAULT_DICT:
         _DEFAULT_DICT.append(TrainConfig().to_dict())
     defaults = _DEFAULT_DICT[0]
-    for key in set(stored) | set(cur):
+    for key in set(science_fields(stored)) | set(cur):
         if key not in cur:
             return False
-        if key in stored:
-            if stored[key] != cur[key]:
-                return False
-        elif key not in defaults or cur[key] != defaults[key]:
+        have = stored[key] if key in stored else defaults.get(key, _NO_DEFAULT)
+        if key == "method" and have == "at" and cur[key] in AT_VARIANTS:
+            continue
+        if have != cur[key]:
             return False
     return True
 
@@ -388,7 +418,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     device = x.device
     raw = ddist.unwrap(model)
     bn_guard = bn_freezer(raw) if cfg.bn_stats == "first" else _NO_GUARD
-    if cfg.method == "at":
+    if is_adversarial(cfg.method):
         with bn_guard, autocast_ctx(device, bf16):
             x = pgd(raw, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
                     step_size=cfg.attack_step_size, random_start=cfg.attack_random_start,
@@ -640,7 +670,7 @@ def _co_guard(model, train, cfg, rec: dict, best: dict) -> bool:
     """Run the PGD check after an epoch (AT with cfg.pgd_check > 0): record its accuracy in ``rec``; keep a
     copy of the best-checked weights in ``best``; on a drop of more than CO_DROP below the best, restore
     those weights and return True (stop training)."""
-    if cfg.method != "at" or cfg.pgd_check <= 0:
+    if not is_adversarial(cfg.method) or cfg.pgd_check <= 0:
         return False
     acc = pgd_check_acc(model, train, cfg)
     rec["pgd_check_acc"] = acc

@@ -26,7 +26,6 @@ PLATEAU_CLEAN points and the robust accuracy at the headline radius by less than
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from deep.aggregate import group_key
+from deep.record import read_record, record_files
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "Verdict",
@@ -95,21 +95,16 @@ def _run(raw: dict, path: Path) -> Run:
 
 
 def _read(p: Path) -> dict:
-    """The deep.run result at ``p``; ValueError naming the file when it is not one."""
-    try:
-        raw = json.loads(p.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{p}: {err}") from None
-    if not isinstance(raw, dict) or "clean_acc" not in raw:
-        raise ValueError(f"{p}: not a deep.run result")
-    return raw
+    """The deep.run result at ``p`` as a dict of the current record layout (deep.record.read_record);
+    ValueError naming the file when it is not one."""
+    return read_record(p).to_dict()
 
 
 def load_runs(folder) -> List[Run]:
     """Every run JSON directly in ``folder`` (sorted by name); ValueError naming a file that is not a
     readable run."""
     out = []
-    for p in sorted(Path(folder).glob("*.json")):
+    for p in record_files(folder):
         try:
             out.append(_run(_read(p), p))
         except (KeyError, TypeError, ValueError) as err:
@@ -510,11 +505,10 @@ def load_runs_lenient(folder) -> List[Run]:
     """The runs of ``folder`` that are readable deep.run results of plain ST, SAM or PGD AT (ASAM and the cheap
     AT variants left out, as are files that are not results)."""
     out = []
-    for p in sorted(Path(folder).glob("*.json")):
+    for p in record_files(folder):
         try:
             raw = _read(p)
-            if raw.get("method") in ("st", "sam", "at") and not (raw.get("config") or {}).get("adaptive") \
-                    and not raw.get("at_variant"):
+            if raw.get("method") in ("st", "sam", "at") and not (raw.get("config") or {}).get("adaptive"):
                 out.append(_run(raw, p))
         except (KeyError, TypeError, ValueError):
             continue

@@ -27,6 +27,9 @@ def main(src: str, dest_root: str = ".gpu/cpu-models") -> int:
         keep = {k: state[k] for k in ("config", "epoch", "model", "stopped_early") if k in state}
         torch.save(keep, dest / "checkpoints" / ck.name)
         shutil.copy2(js, dest / js.name)
+        side = js.with_name(js.stem + ".saliency.json")     # its saliency maps, when deep.saliency wrote them
+        if side.exists():
+            shutil.copy2(side, dest / side.name)
         n += 1
     print(f"{n} run(s) copied to {dest}")
     return 0

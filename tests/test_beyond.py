@@ -23,8 +23,7 @@ from deep.cost import measure
 from deep.data import ImageData, to_float
 from deep.datasets import load_digits_split
 from deep.saliency import input_gradients, saliency_entry, saliency_metrics
-from deep.train import (AT_VARIANTS, CO_DROP, TrainConfig, _co_guard, at_variant, at_variant_config, fit,
-                        pgd_check_acc)
+from deep.train import AT_VARIANTS, CO_DROP, TrainConfig, _co_guard, at_variant_config, fit, pgd_check_acc
 from paper_figs import beyond as B
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -103,28 +102,39 @@ HAND_VARIANTS = {"fgsm-rs": (1, 0.125, True), "pgd1": (1, 0.1, False), "pgd2": (
 
 
 def test_at_variant_table_matches_the_literature_definitions():
-    """at_variant_config at eps 0.1 against the hand-written table; all are AT with a PGD check."""
+    """at_variant_config at eps 0.1 against the hand-written table; each is a method of its own (trained as
+    AT) with a PGD check."""
     assert set(AT_VARIANTS) == set(HAND_VARIANTS)
     for name, (steps, step, start) in HAND_VARIANTS.items():
         c = at_variant_config(name, 0.1)
-        assert c["method"] == "at" and c["eps"] == 0.1 and c["pgd_check"] > 0
+        assert c["method"] == name and c["eps"] == 0.1 and c["pgd_check"] > 0
+        assert TrainConfig(**c).adversarial
         assert c["attack_steps"] == steps and c["attack_random_start"] is start
         assert math.isclose(c["attack_step_size"], step, rel_tol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(AT_VARIANTS))
 @pytest.mark.parametrize("eps", [0.1, 8 / 255, 0.3])
-def test_at_variant_recognises_its_own_config(name, eps):
-    """Round trip: the config of variant ``name`` is recognised as ``name`` at several radii."""
-    assert at_variant(TrainConfig(dataset="fashion-mnist", **at_variant_config(name, eps))) == name
+def test_at_variant_config_names_its_method(name, eps):
+    """The config of variant ``name`` is method ``name`` at several radii (run id, record and label say it),
+    and a variant method without its attack settings is refused."""
+    cfg = TrainConfig(dataset="fashion-mnist", **at_variant_config(name, eps))
+    assert cfg.method == name and cfg.adversarial and R.run_id(cfg).startswith(name + "_")
+    assert S.method_label({"method": cfg.method, "config": cfg.to_dict()}) == name
+    with pytest.raises(ValueError, match="at_variant_config"):
+        TrainConfig(dataset="fashion-mnist", method=name, eps=eps)
 
 
-def test_plain_at_st_sam_and_a_variant_without_check_are_not_variants():
-    """PGD-10 AT, ST, SAM -> None; fgsm-rs settings without the overfitting check are a custom AT."""
-    assert at_variant(TrainConfig(method="at", eps=0.1)) is None
-    assert at_variant(TrainConfig(method="st")) is None
-    assert at_variant(TrainConfig(method="sam", rho=0.1)) is None
-    assert at_variant(TrainConfig(**dict(at_variant_config("fgsm-rs", 0.1), pgd_check=0))) is None
+def test_plain_at_st_sam_are_no_variants_and_variants_are_never_guessed():
+    """PGD-10 AT, ST, SAM keep their method; the variant is the method's name, never recovered from the
+    attack settings: AT with fgsm-rs's settings stays "at", fgsm-rs without the overfitting check stays
+    fgsm-rs."""
+    assert TrainConfig(method="at", eps=0.1).method == "at"
+    assert not TrainConfig(method="st").adversarial and not TrainConfig(method="sam", rho=0.1).adversarial
+    look_alike = dict(at_variant_config("fgsm-rs", 0.1), method="at")
+    assert R.run_id(TrainConfig(**look_alike)) == "at_linf_0.1_s0"
+    assert S.method_label({"method": "at", "config": TrainConfig(**look_alike).to_dict()}) == "at"
+    assert TrainConfig(**dict(at_variant_config("fgsm-rs", 0.1), pgd_check=0)).method == "fgsm-rs"
 
 
 @pytest.mark.parametrize("kw,what", [(dict(arch="resnet50"), "arch must be one of"),
@@ -262,8 +272,9 @@ def test_run_id(kw, want):
 @pytest.mark.parametrize("kw,method,want", [
     (dict(method="sam", arch="vit"), "sam", "vit sam"),
     (dict(method="sam", adaptive=True), "sam", "asam"),
-    (dict(at_variant_config("pgd2", 0.1)), "at", "pgd2"),
-    (dict(at_variant_config("fgsm-rs", 0.1), arch="cnn"), "at", "cnn fgsm-rs"),
+    (dict(at_variant_config("pgd2", 0.1)), "pgd2", "pgd2"),
+    (dict(at_variant_config("fgsm-rs", 0.1), arch="cnn"), "fgsm-rs", "cnn fgsm-rs"),
+    (dict(at_variant_config("pgd2", 0.1)), "at", "pgd2"),                  # earlier layouts: see below
     (dict(method="at", eps=0.1), "at", "at"),
     (dict(method="st", arch=DEFAULT_ARCH), "st", "st"),
 ])
@@ -273,6 +284,13 @@ def test_method_label_of_result_dicts(kw, method, want):
 
 def test_method_label_without_config_is_the_method():
     assert S.method_label({"method": "at"}) == "at"
+
+
+def test_method_label_of_an_old_layout_result_reads_its_at_variant_key():
+    """Results written before the variants were methods: method "at", config method "at", "at_variant"."""
+    cfg = dict(TrainConfig(**at_variant_config("pgd1", 0.1)).to_dict(), method="at")
+    assert S.method_label({"method": "at", "at_variant": "pgd1", "config": cfg}) == "pgd1"
+    assert S.method_label({"method": "at", "at_variant": None, "config": cfg}) == "at"
 
 
 def test_unknown_method_is_a_one_line_cli_error(tmp_path, capsys):
@@ -297,7 +315,8 @@ def test_unknown_arch_exits_2_from_the_command_line(tmp_path):
 
 
 def test_tiny_end_to_end_run_writes_arch_and_variant(tmp_path, capsys):
-    """ST and fast AT of the MLP on digits for one epoch: JSON names, arch, at_variant and the check."""
+    """ST and fast AT of the MLP on digits for one epoch: JSON names, arch, the variant as the method and the
+    check."""
     rc = R.main(["--dataset", "digits", "--methods", "st,fgsm-rs", "--archs", "mlp", "--epochs", "1",
                  "--width", "2", "--n-robust", "50", "--eval-attacks", "linf:0.05", "--threads", "1",
                  "--no-progress", "--out", str(tmp_path)])
@@ -306,8 +325,9 @@ def test_tiny_end_to_end_run_writes_arch_and_variant(tmp_path, capsys):
     st = json.loads((folder / "mlp_st_s0.json").read_text())
     at = json.loads((folder / "mlp_fgsm-rs_linf_0.1_s0.json").read_text())
     assert st["arch"] == at["arch"] == "mlp"
-    assert st["at_variant"] is None and at["at_variant"] == "fgsm-rs"
-    assert at["method"] == "at" and at["eps"] == 0.1 and at["config"]["attack_steps"] == 1
+    assert "at_variant" not in st and "at_variant" not in at           # the method names the variant
+    assert at["method"] == at["config"]["method"] == "fgsm-rs" and st["method"] == "st"
+    assert at["eps"] == 0.1 and at["norm"] == "linf" and at["config"]["attack_steps"] == 1
     assert "pgd_check_acc" in at["history"][0] and "pgd_check_acc" not in st["history"][0]
     for res in (st, at):
         assert set(res["robust"]) == {"linf_0.05"} and res["n_robust"] == 50
@@ -435,9 +455,9 @@ def _res(method, robust, rho=None, eps=None, seed=0, arch=DEFAULT_ARCH, variant=
     else:
         kw.update(method=method)
     cfg = TrainConfig(**kw)
-    out = {"run_id": R.run_id(cfg), "dataset": "fashion-mnist", "method": method,
-           "rho": rho if method == "sam" else None, "eps": eps if method == "at" else None,
-           "norm": "linf" if method == "at" else None, "seed": seed, "clean_acc": clean,
+    out = {"run_id": R.run_id(cfg), "dataset": "fashion-mnist", "method": cfg.method,
+           "rho": rho if method == "sam" else None, "eps": eps if cfg.adversarial else None,
+           "norm": "linf" if cfg.adversarial else None, "seed": seed, "clean_acc": clean,
            "robust": robust, "wall_time_s": wall, "config": cfg.to_dict()}
     if saliency is not None:
         out["saliency"] = {"object_mass": saliency, "object_area": 0.3, "image_corr": 0.1}
