@@ -27,7 +27,7 @@ from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_
 from samrobust.files import JsonFileError, read_json_object, warn_unreadable, write_json_atomic
 
 from .autoattack import VERSIONS, run_autoattack
-from .data import DataError
+from .images import DataError
 from .datasets import load_data
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 from .robustness import Attack, evaluate, parse_attack, parse_eps  # noqa: F401  (parse_eps: deep/bench.py)

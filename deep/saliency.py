@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 from samrobust.files import read_json_object, write_json_atomic
 
-from .data import DataError, to_float
+from .images import DataError, to_float
 from .evaluate import find_runs, load_run_model, run_test_data
 from .train import resolve_device
 

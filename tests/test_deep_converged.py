@@ -105,7 +105,7 @@ class _Fixed(torch.nn.Module):
 
 
 def _data(n=8):
-    from deep.data import ImageData
+    from deep.images import ImageData
     x = torch.full((n, 1, 2, 2), 0.2)
     x[n // 2:] = 0.8
     y = torch.cat([torch.zeros(n // 2, dtype=torch.long), torch.ones(n - n // 2, dtype=torch.long)])

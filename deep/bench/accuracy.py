@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from ..data import ImageData
+from ..images import ImageData
 from ..datasets import dataset_info
 from ..robustness import evaluate, parse_attack
 from ..train import TrainConfig, runtime_flags, fit, resolve_device
