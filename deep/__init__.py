@@ -2,9 +2,12 @@
 
 Modules (each importable on its own):
 
-* :mod:`deep.model` - ``PreActResNet18`` with input normalisation inside ``forward``.
-* :mod:`deep.data` - CIFAR-10/100 reader and md5-checked download, the generated robust / non-robust
-  image dataset with its probe variants, batched augmentation on device tensors.
+* :mod:`deep.preact_resnet` - ``PreActResNet18`` with input normalisation inside ``forward``.
+* :mod:`deep.archs` - the architecture registry (PreActResNet-18 and an MLP, a small CNN, a small ViT).
+* :mod:`deep.images` - ``ImageData`` (images and labels on one device), ``DataError``, ``to_float``.
+* :mod:`deep.cifar` - CIFAR-10/100 reader and md5-checked download.
+* :mod:`deep.synthetic` - the generated robust / non-robust image dataset with its probe variants.
+* :mod:`deep.augment` - batched augmentation (random crop, flip) on device tensors.
 * :mod:`deep.datasets` - the data-set registry, Fashion-MNIST and digits readers, ``load_data`` (the data of
   one configuration).
 * :mod:`deep.train` - ``TrainConfig``, ``train_step``, ``train_epoch``, ``fit`` (resumable).

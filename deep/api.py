@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .data import ImageData
+from .images import ImageData
 from .datasets import load_data
 from .robustness import evaluate, parse_attack
 from .train import FitOptions, TrainConfig, fit, resolve_device

@@ -1,4 +1,4 @@
-"""The architectures of the deep experiments: PreActResNet-18 (deep/model.py, the paper's) and three small
+"""The architectures of the deep experiments: PreActResNet-18 (deep/preact_resnet.py, the paper's) and three small
 ones for the architecture comparison (docs/protocol.md, "Beyond the paper"): an MLP, a small CNN and a small
 vision transformer, written here in plain torch.
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .byo import build_custom, is_custom_arch
-from .model import PreActResNet18
+from .preact_resnet import PreActResNet18
 
 __all__ = ["ARCHS", "DEFAULT_ARCH", "MLP", "SmallCNN", "ViT", "build_arch"]
 

@@ -27,7 +27,7 @@ import torch
 
 from samrobust.threat import Norm, parse_norm
 
-from .data import ImageData, to_float
+from .images import ImageData, to_float
 from .robustness import Attack, no_cudnn_autotune
 
 __all__ = ["VERSIONS", "CPU_TARGET_CLASSES", "make_autoattack", "robust_flags", "run_autoattack"]

@@ -30,7 +30,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .data import DataError, ImageData, load_cifar, make_synthetic
+from .cifar import load_cifar
+from .images import DataError, ImageData
+from .synthetic import make_synthetic
 
 __all__ = ["DatasetInfo", "DATASETS", "dataset_info", "FASHION_MNIST_FILES", "load_fashion_mnist",
            "find_fashion_mnist", "read_idx", "load_digits_split", "DIGITS_TEST_PER_CLASS"]

@@ -28,7 +28,7 @@ from samrobust.files import warn_unreadable
 from samrobust.tables import markdown_table
 
 from .autoattack import VERSIONS, run_autoattack
-from .data import DataError
+from .images import DataError
 from .datasets import load_data
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 from .record import (NotARecord, RecordError, RunRecord, legacy_config, load_saliency_maps, read_record,

@@ -21,7 +21,9 @@ import multiprocessing as mp
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["run_pool", "longest_first", "format_duration"]
+from samrobust.progress import format_seconds
+
+__all__ = ["run_pool", "longest_first"]
 
 
 def longest_first(costs: Sequence[float]) -> List[int]:
@@ -29,23 +31,14 @@ def longest_first(costs: Sequence[float]) -> List[int]:
     return sorted(range(len(costs)), key=lambda i: -costs[i])
 
 
-def format_duration(seconds: float) -> str:
-    """e.g. 42 s, 3.5 min, 1.2 h."""
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 6000:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def run_pool(tasks: Sequence, costs: Sequence[float], worker: Callable, init: Callable, init_args: Tuple,
              k: int, on_done: Callable[[int, object, str], None],
              names: Optional[Sequence[str]] = None) -> Dict[int, object]:
     """Run ``worker(task)`` for every task in ``k`` spawned processes (each first calls ``init(*init_args)``),
     longest (by ``costs``) first. ``on_done(index, result, line)`` is called in this process as each task
-    finishes, with a progress line "run k/N name: t; elapsed, ETA". Returns {index: result}. ``worker``,
-    ``init`` and the tasks must be picklable (module-level functions). A KeyboardInterrupt terminates the
-    pool and propagates."""
+    finishes, with a progress line "run k/N name: t; elapsed e, ETA l" (times as h:mm:ss,
+    samrobust.progress.format_seconds). Returns {index: result}. ``worker``, ``init`` and the tasks must be
+    picklable (module-level functions). A KeyboardInterrupt terminates the pool and propagates."""
     order = longest_first(costs)
     total = float(sum(costs)) or 1.0
     names = list(names) if names is not None else [str(i) for i in range(len(tasks))]
@@ -67,9 +60,9 @@ def run_pool(tasks: Sequence, costs: Sequence[float], worker: Callable, init: Ca
             done_cost += costs[i]
             elapsed = time.perf_counter() - t0
             left = (total - done_cost) / done_cost * elapsed if done_cost > 0 else float("nan")
-            line = (f"run {len(out)}/{len(tasks)} {names[i]}: {format_duration(seconds)}; elapsed "
-                    f"{format_duration(elapsed)}" + (f", ETA {format_duration(left)}" if len(out) < len(tasks)
-                                                     else ""))
+            line = (f"run {len(out)}/{len(tasks)} {names[i]}: {format_seconds(seconds)}; elapsed "
+                    f"{format_seconds(elapsed)}" + (f", ETA {format_seconds(left)}" if len(out) < len(tasks)
+                                                    else ""))
             on_done(i, res, line)
         pool.close()
     except BaseException:

@@ -25,7 +25,8 @@ from samrobust.seeds import ATTACK_MULT, BATCH_MULT, EVAL_RANK_MULT, RESTART_MUL
 from samrobust.threat import attack_label, format_eps, parse_eps
 
 from . import distributed as ddist
-from .data import PROBE_VARIANTS, ImageData, SyntheticSpec, make_synthetic, to_float
+from .images import ImageData, to_float
+from .synthetic import PROBE_VARIANTS, SyntheticSpec, make_synthetic
 
 __all__ = ["Attack", "parse_eps", "format_eps", "parse_attack", "unique_attacks", "DEFAULT_GRID", "EvalOptions",
            "evaluate", "probes"]

@@ -42,7 +42,8 @@ from samrobust.lock import RunLock
 from samrobust.threat import Norm, attack_label, norm_name, normalize_norm, parse_norm
 
 from . import distributed as ddist
-from .data import DataError, ImageData, SyntheticSpec
+from .images import DataError, ImageData
+from .synthetic import SyntheticSpec
 from .datasets import DATASETS, load_data, synthetic_seeds
 from .robustness import EvalOptions, format_eps, parse_attack, parse_eps, evaluate, probes
 from .archs import ARCHS, DEFAULT_ARCH
@@ -467,7 +468,7 @@ def count_parameters(cfg: TrainConfig, arch: str) -> int:
     allocated)."""
     from .archs import build_arch
     from .datasets import dataset_info
-    from .model import normalization_for
+    from .preact_resnet import normalization_for
 
     mean, std = normalization_for(cfg.dataset)
     size = cfg.synthetic_spec.image_size if cfg.dataset == "synthetic" else dataset_info(cfg.dataset).image_size

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 
-from .data import DataError, to_float
+from .images import DataError, to_float
 from .evaluate import find_runs, load_run_model, run_test_data
 from .record import MAP_KEYS, read_record, write_record
 from .train import resolve_device

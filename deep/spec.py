@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .data import SyntheticSpec
+from .synthetic import SyntheticSpec
 from .robustness import Attack
 from .train import TrainConfig
 

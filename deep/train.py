@@ -44,12 +44,14 @@ from samrobust.sam import SAM, bn_freezer
 from samrobust.seeds import EPOCH_MULT, RANK_MULT, mix_seed
 
 from . import distributed as ddist
-from .data import ImageData, SyntheticSpec, augment_batch, to_float
+from .augment import augment_batch
+from .images import ImageData, to_float
+from .synthetic import SyntheticSpec
 from .datasets import DATASETS, dataset_info
 from .graphed import graphed_step_for
 from .archs import ARCHS, DEFAULT_ARCH, build_arch
 from .byo import is_custom_arch
-from .model import normalization_for
+from .preact_resnet import normalization_for
 
 __all__ = ["TrainConfig", "DivergenceError", "CheckpointError", "first_nonfinite", "check_finite_weights",
            "resolve_device", "build_model", "build_optimizer", "lr_at",

@@ -18,7 +18,7 @@ from samrobust.attacks import default_step_size, pgd
 from samrobust.seeds import mix_seed
 
 from .autoattack import VERSIONS, robust_flags
-from .data import ImageData, to_float
+from .images import ImageData, to_float
 from .robustness import Attack
 
 __all__ = ["pgd_flags", "worst_case"]

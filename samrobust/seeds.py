@@ -19,7 +19,7 @@ BATCH_MULT = 7919              # batch index, in evaluation (deep/robustness.py)
 ATTACK_MULT = 104_729          # attack index, in evaluation
 RESTART_MULT = 31              # PGD restart, in evaluation
 EVAL_RANK_MULT = 15_485_863    # process rank, in evaluation
-DATA_SEED_MULT = 7_777_777     # generated-data seed (deep/data.py): seed * DATA_SEED_MULT + DATA_SEED_OFFSET
+DATA_SEED_MULT = 7_777_777     # generated-data seed (deep/synthetic.py): seed * DATA_SEED_MULT + DATA_SEED_OFFSET
 DATA_SEED_OFFSET = 12345
 
 # simulations/

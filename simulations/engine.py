@@ -28,7 +28,7 @@ from samrobust.threat import normalize_norm
 from .batched_ops import (pgd_random_start, pgd_rows, plain_loss, sam_ascent_batched, sam_ascent_loss,
                           sam_descent_loss, sam_groups)
 from .parallel import EpochFeed, Forked, can_fork
-from .training import TrainConfig, init_weights, make_scheduler
+from .training import SimTrainConfig, init_weights, make_scheduler
 
 __all__ = ["JobSpec", "kernel_key", "batch_key", "train_batched", "train_sharded", "shard_jobs"]
 
@@ -37,7 +37,7 @@ __all__ = ["JobSpec", "kernel_key", "batch_key", "train_batched", "train_sharded
 class JobSpec:
     """One job inside a batched run: recipe, generator seed, and per replica its rho and data sample."""
 
-    cfg: TrainConfig
+    cfg: SimTrainConfig
     seed: int
     rho: Tuple[float, ...]
     source: Tuple[int, ...]
@@ -48,7 +48,7 @@ class JobSpec:
                              f"per replica")
 
 
-def kernel_key(cfg: TrainConfig) -> tuple:
+def kernel_key(cfg: SimTrainConfig) -> tuple:
     """Rows computed together: SAM rows of the same form, tau and m (one group shape), AT rows of the
     same form, tau and PGD step count (norm, radius, step size and random start may differ per row),
     plain rows of the same form and tau. rho, eps and the optimiser may differ per row."""
@@ -59,7 +59,7 @@ def kernel_key(cfg: TrainConfig) -> tuple:
     return ("st", cfg.form, cfg.tau)
 
 
-def batch_key(cfg: TrainConfig) -> tuple:
+def batch_key(cfg: SimTrainConfig) -> tuple:
     """Jobs with equal batch keys (and the same data) can be trained together: same number of steps
     per epoch and epochs, and the same learning-rate schedule."""
     return (cfg.n_train, cfg.epochs, cfg.batch_size, cfg.schedule)
@@ -72,7 +72,7 @@ class _Block:
     ``segments`` (AT) are (norm, start, stop) row ranges relative to ``start``, one per threat model."""
 
     key: tuple
-    cfg: TrainConfig
+    cfg: SimTrainConfig
     start: int
     stop: int
     jobs: List[Tuple[int, int, int]] = field(default_factory=list)
@@ -82,14 +82,14 @@ class _Block:
     step: Optional[torch.Tensor] = None
 
 
-def _pgd_step_size(cfg: TrainConfig) -> float:
+def _pgd_step_size(cfg: SimTrainConfig) -> float:
     """PGD step of :func:`simulations.training.pgd_linear`: given, or 2.5 eps / steps."""
     if cfg.pgd_step_size is not None:
         return float(cfg.pgd_step_size)
     return 2.5 * float(cfg.eps) / max(int(cfg.pgd_steps), 1)
 
 
-def _norm(cfg: TrainConfig) -> str:
+def _norm(cfg: SimTrainConfig) -> str:
     """The AT threat model as "inf" / "l2" ("" for other methods)."""
     return normalize_norm(cfg.norm) if cfg.method == "at" else ""
 
@@ -113,7 +113,7 @@ def _segments(b: _Block, specs: Sequence[JobSpec]) -> List[Tuple[str, int, int]]
     return segs
 
 
-def _row_key(cfg: TrainConfig, rho: float) -> tuple:
+def _row_key(cfg: SimTrainConfig, rho: float) -> tuple:
     """:func:`kernel_key` of one row. A SAM row with rho = 0 is plain gradient descent (its ascent is
     e = 0 * g/||g|| = 0, and the mean over groups of the group losses at P is the batch loss), so it is
     computed with the plain rows of its form: the same gradient up to the order of the sums, at a fifth
@@ -326,12 +326,12 @@ _ROW_COST = {"st": 20.0, "sam": 100.0}
 _BLOCK_COST = {"st": 100.0, "sam": 300.0}
 
 
-def _row_cost(cfg: TrainConfig, key: tuple) -> float:
+def _row_cost(cfg: SimTrainConfig, key: tuple) -> float:
     """Estimated time per step of one row computed with kernel ``key`` (:func:`_row_key`)."""
     return 60.0 * cfg.pgd_steps if key[0] == "at" else _ROW_COST[key[0]]
 
 
-def _block_cost(cfg: TrainConfig, key: tuple) -> float:
+def _block_cost(cfg: SimTrainConfig, key: tuple) -> float:
     """Estimated fixed time per step of one kernel block (paid once per shard that holds its rows)."""
     return 80.0 * cfg.pgd_steps if key[0] == "at" else _BLOCK_COST[key[0]]
 

@@ -1,6 +1,6 @@
 """Run settings (quick / default / full), the training jobs each claim needs, and the per-job cache.
 
-A *job* is one training recipe (``TrainConfig``) applied to all seeds at once (and, for SAM, to a list
+A *job* is one training recipe (``SimTrainConfig``) applied to all seeds at once (and, for SAM, to a list
 of rho values, vectorised as replicas). Each finished job is written atomically to
 ``<out>/cache/<key>-<hash>.json``; the hash covers the feature model, the recipe, the seeds, the rho
 list and the engine, so a resumed run skips exactly the jobs whose inputs are unchanged.
@@ -26,7 +26,7 @@ from samrobust.files import jsonable, write_text_atomic
 from samrobust.seeds import SIM_TRAIN_SEED_OFFSET
 
 from .engine import JobSpec, batch_key, train_sharded
-from .training import TrainConfig, fresh_data, train_replicas
+from .training import SimTrainConfig, fresh_data, train_replicas
 
 __all__ = ["Settings", "PROFILES", "Job", "jobs_for", "run_job", "train_jobs", "atomic_write_json",
            "CLAIMS", "CACHE_VERSION", "ENGINES", "DTYPES", "DEFAULT_ENGINE", "engine_tag"]
@@ -124,7 +124,7 @@ class Job:
     """One training recipe for all seeds (and, for SAM, every rho in ``rhos``)."""
 
     key: str
-    cfg: TrainConfig
+    cfg: SimTrainConfig
     seeds: Tuple[int, ...]
     rhos: Tuple[float, ...] = ()
 
@@ -148,14 +148,14 @@ class Job:
         return os.path.join(cache_dir, f"{self.key}-{self.digest(model, tag)}.json")
 
 
-def _free(st: Settings, **kw) -> TrainConfig:
-    return TrainConfig(form="free", n_train=st.n_per_epoch, epochs=st.epochs, batch_size=st.batch_size,
-                       lr=st.lr_free, pgd_steps=st.pgd_steps, **kw)
+def _free(st: Settings, **kw) -> SimTrainConfig:
+    return SimTrainConfig(form="free", n_train=st.n_per_epoch, epochs=st.epochs, batch_size=st.batch_size,
+                          lr=st.lr_free, pgd_steps=st.pgd_steps, **kw)
 
 
-def _fixed(st: Settings, **kw) -> TrainConfig:
-    return TrainConfig(form="fixed-scale", tau=st.tau, n_train=st.n_per_epoch, epochs=st.epochs,
-                       batch_size=st.batch_size, lr=st.lr_fixed, **kw)
+def _fixed(st: Settings, **kw) -> SimTrainConfig:
+    return SimTrainConfig(form="fixed-scale", tau=st.tau, n_train=st.n_per_epoch, epochs=st.epochs,
+                          batch_size=st.batch_size, lr=st.lr_fixed, **kw)
 
 
 def st_job(st: Settings) -> Job:

@@ -37,7 +37,7 @@ from samrobust.sam import sam_perturbation
 from samrobust.threat import normalize_norm
 
 __all__ = [
-    "TrainConfig", "FORMS", "METHODS", "margins", "logistic_loss", "sample_replicas",
+    "SimTrainConfig", "FORMS", "METHODS", "margins", "logistic_loss", "sample_replicas",
     "sam_gradient_vectorized", "sam_gradient_loop", "pgd_linear", "train_replicas",
     "make_optimizer", "make_scheduler", "fresh_data", "fixed_data",
 ]
@@ -48,7 +48,7 @@ SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class SimTrainConfig:
     """One training recipe (shared by all replicas trained together).
 
     method: "st" (standard training), "sam" (rho, m) or "at" (PGD adversarial training: eps, norm,
@@ -250,20 +250,20 @@ def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def make_optimizer(P: torch.Tensor, cfg: TrainConfig, total_steps: int):
+def make_optimizer(P: torch.Tensor, cfg: SimTrainConfig, total_steps: int):
     """torch SGD(momentum, weight_decay) and its per-step learning-rate schedule."""
     opt = torch.optim.SGD([P], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return opt, make_scheduler(opt, cfg.schedule, total_steps)
 
 
-def init_weights(R: int, D: int, cfg: TrainConfig, gen: torch.Generator, dtype) -> torch.Tensor:
+def init_weights(R: int, D: int, cfg: SimTrainConfig, gen: torch.Generator, dtype) -> torch.Tensor:
     if cfg.form == "fixed-scale":  # random unit vectors (the scale is fixed by tau)
         w = torch.randn(R, D, generator=gen, dtype=dtype)
         return w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
     return torch.zeros(R, D, dtype=dtype)
 
 
-def train_replicas(data, cfg: TrainConfig, seed: int = 0, rho: Optional[Sequence[float]] = None,
+def train_replicas(data, cfg: SimTrainConfig, seed: int = 0, rho: Optional[Sequence[float]] = None,
                    source: Optional[Sequence[int]] = None, progress: Optional[Callable] = None
                    ) -> np.ndarray:
     """Train R independent linear models with the real algorithm of ``cfg``; returns weights (R, D).

@@ -20,7 +20,7 @@ import deep.run as R
 import deep.aggregate as S
 from deep.archs import ARCHS, DEFAULT_ARCH, build_arch
 from deep.cost import measure
-from deep.data import ImageData, to_float
+from deep.images import ImageData, to_float
 from deep.datasets import load_digits_split
 from deep.saliency import input_gradients, saliency_entry, saliency_metrics
 from deep.train import AT_VARIANTS, CO_DROP, TrainConfig, _co_guard, at_variant_config, fit, pgd_check_acc

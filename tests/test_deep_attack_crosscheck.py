@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from samrobust.attacks import pgd
-from deep.model import PreActResNet18
+from deep.preact_resnet import PreActResNet18
 
 torchattacks = pytest.importorskip("torchattacks")
 

@@ -13,7 +13,7 @@ pytest.importorskip("pyautoattack")
 import deep.evaluate as evaluate_cli  # noqa: E402
 from deep import masking  # noqa: E402
 from deep.autoattack import run_autoattack, robust_flags  # noqa: E402
-from deep.data import ImageData, to_float  # noqa: E402
+from deep.images import ImageData, to_float  # noqa: E402
 from deep.datasets import load_digits_split  # noqa: E402
 from deep.evaluate import main as evaluate_main  # noqa: E402
 from deep.robustness import Attack, evaluate  # noqa: E402

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from deep import bench
-from deep.model import preact_resnet18
+from deep.preact_resnet import preact_resnet18
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_module")  # tests/conftest.py
 
 
 def analytic_forward_flops(width, classes=10, size=32, channels=3):
-    """2 * multiply-adds of every convolution and of the head of PreActResNet-18 (model.py docstring)."""
+    """2 * multiply-adds of every convolution and of the head of PreActResNet-18 (preact_resnet.py docstring)."""
     flops, cin, h = 2 * channels * width * 9 * size * size, width, size   # stem conv
     for stage in range(4):
         planes = width * 2 ** stage

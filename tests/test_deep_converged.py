@@ -9,7 +9,8 @@ import torch
 import deep.run as R
 import deep.worstcase as W
 from deep.robustness import Attack, evaluate
-from deep.jobs import format_duration, longest_first
+from deep.jobs import longest_first
+from samrobust.progress import format_seconds
 
 TINY = ["--dataset", "synthetic", "--epochs", "3", "--n-train", "48", "--n-test", "24", "--width", "4",
         "--batch-size", "16", "--eval-attacks", "linf:2/255", "--attack-steps", "2", "--at-steps", "1",
@@ -87,7 +88,8 @@ def test_jobs_two_processes_equal_one_after_another(tmp_path):
 
 def test_longest_first_and_durations():
     assert longest_first([1.0, 5.0, 3.0, 5.0]) == [1, 3, 2, 0]
-    assert format_duration(42) == "42 s" and format_duration(600) == "10.0 min" and format_duration(7200) == "2.0 h"
+    # the grid's "run k/N" lines give times as h:mm:ss (samrobust.progress.format_seconds, as GridProgress does)
+    assert format_seconds(42) == "0:42" and format_seconds(600) == "10:00" and format_seconds(7200) == "2:00:00"
 
 
 # ------------------------------------------------------------------------------------ worst case
@@ -105,7 +107,7 @@ class _Fixed(torch.nn.Module):
 
 
 def _data(n=8):
-    from deep.data import ImageData
+    from deep.images import ImageData
     x = torch.full((n, 1, 2, 2), 0.2)
     x[n // 2:] = 0.8
     y = torch.cat([torch.zeros(n // 2, dtype=torch.long), torch.ones(n - n // 2, dtype=torch.long)])

@@ -1,5 +1,5 @@
-"""deep/data.py: CIFAR reader on archives written here in the real format, md5 checks, the generated
-robust/non-robust dataset, batched augmentation."""
+"""The data of deep/: the CIFAR reader (deep/cifar.py) on archives written here in the real format, md5
+checks, the generated robust/non-robust dataset (deep/synthetic.py), batched augmentation (deep/augment.py)."""
 import hashlib
 import io
 import pickle
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import deep.data as deep_data
-from deep.data import (DataError, SyntheticSpec, augment_batch, download_cifar, load_cifar, make_synthetic,
-                       synthetic_patterns, verify_md5)
+import deep.cifar as deep_cifar
+from deep.augment import augment_batch
+from deep.cifar import download_cifar, load_cifar, verify_md5
+from deep.images import DataError
+from deep.synthetic import SyntheticSpec, make_synthetic, synthetic_patterns
 
 
 def _batch_bytes(n, label_key, num_classes, rng):
@@ -124,11 +126,11 @@ def test_existing_cifar_archive_and_folder_are_checksummed_and_counted(tmp_path,
     train, test = load_cifar("cifar10", tmp_path, md5=md5, allow_small=True)
     assert (len(train), len(test)) == (35, 7)
     # right size, wrong counts: the reader refuses the full-size claim of a short split
-    monkeypatch.setitem(deep_data.CIFAR_SIZES, "train", 35)
-    monkeypatch.setitem(deep_data.CIFAR_SIZES, "test", 8)
+    monkeypatch.setitem(deep_cifar.CIFAR_SIZES, "train", 35)
+    monkeypatch.setitem(deep_cifar.CIFAR_SIZES, "test", 8)
     with pytest.raises(DataError, match=r"test set .* has 7 images, expected 8"):
         load_cifar("cifar10", tmp_path, md5=md5)
-    monkeypatch.setitem(deep_data.CIFAR_SIZES, "test", 7)
+    monkeypatch.setitem(deep_cifar.CIFAR_SIZES, "test", 7)
     assert len(load_cifar("cifar10", tmp_path, md5=md5)[1]) == 7
     # extracted folder: each file against its official md5
     with tarfile.open(archive) as tar:
@@ -136,7 +138,7 @@ def test_existing_cifar_archive_and_folder_are_checksummed_and_counted(tmp_path,
     archive.unlink()
     with pytest.raises(DataError, match=r"checksum mismatch.*data_batch_1.*c99cafc1"):
         load_cifar("cifar10", tmp_path)
-    spec = deep_data.CIFAR_SPECS["cifar10"]
+    spec = deep_cifar.CIFAR_SPECS["cifar10"]
     sums = {m: hashlib.md5((tmp_path / folder / m).read_bytes()).hexdigest() for m in dicts}
     monkeypatch.setitem(spec, "member_md5", sums)
     assert len(load_cifar("cifar10", tmp_path)[0]) == 35

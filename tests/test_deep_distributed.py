@@ -218,7 +218,7 @@ def _divergence_on_rank1_only(rank):
     train_epoch stops on both ranks with the same DivergenceError (train_step stubbed: rank 1's loss is
     non-finite at every step, rank 0's never)."""
     import deep.train as T
-    from deep.data import SyntheticSpec, make_synthetic
+    from deep.synthetic import SyntheticSpec, make_synthetic
     seen = [T._any_rank(torch.tensor(rank == 1)), T._any_rank(torch.tensor(False))]
     spec = SyntheticSpec(image_size=16, robust_resolution=4)
     cfg = T.TrainConfig(dataset="synthetic", method="st", epochs=1, width=4, batch_size=4, n_train=16,
@@ -344,7 +344,7 @@ def _fit_cfg(method, batch_size, **kw):
 
 
 def _fit_data():
-    from deep.data import make_synthetic
+    from deep.synthetic import make_synthetic
     return make_synthetic(FIT_N, 11)
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from deep.data import ImageData, SyntheticSpec
+from deep.images import ImageData
+from deep.synthetic import SyntheticSpec
 from deep.robustness import DEFAULT_GRID, Attack, evaluate, format_eps, parse_attack, parse_eps, probes
 
 
@@ -68,7 +69,7 @@ def test_attack_grid_parsing():
 def test_probes_detect_which_feature_a_model_reads():
     """A hand-made read-out of only the non-robust patterns loses accuracy exactly on the probes that
     remove or swap them, and keeps it when the robust pattern is removed."""
-    from deep.data import synthetic_patterns
+    from deep.synthetic import synthetic_patterns
 
     spec = SyntheticSpec()
     _, N = synthetic_patterns(spec)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deep import graphed as G
-from deep.data import ImageData
+from deep.images import ImageData
 from deep.train import TrainConfig, runtime_flags, build_model, build_optimizer, fit, train_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -115,7 +115,7 @@ def test_failed_capture_falls_back_to_eager_with_one_line(capsys):
 
 def test_cuda_graph_option_on_cpu_trains_eagerly_with_one_line(capsys):
     cfg = TrainConfig(dataset="synthetic", width=2, batch_size=16, epochs=2, n_train=32, method="st")
-    from deep.data import make_synthetic
+    from deep.synthetic import make_synthetic
     data = make_synthetic(32, 0, cfg.synthetic_spec)
     a = fit(cfg, data, progress=False)
     b = fit(cfg, data, progress=False, cuda_graph=True)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from deep.model import PreActResNet18, preact_resnet18
+from deep.preact_resnet import PreActResNet18, preact_resnet18
 
 
 def _conv(cin, cout, k):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from deep.data import DataError
+from deep.images import DataError
 from deep.datasets import (DATASETS, FASHION_MNIST_FILES, find_fashion_mnist, load_digits_split,
                            load_fashion_mnist, read_idx, _dpkg_folders)
-from deep.model import PreActResNet18, normalization_for
+from deep.preact_resnet import PreActResNet18, normalization_for
 
 from test_deep_model import _bn, _conv
 

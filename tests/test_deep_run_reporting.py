@@ -9,7 +9,7 @@ import torch
 
 import deep.run as R
 import deep.summary as S
-from deep.data import SyntheticSpec, make_synthetic
+from deep.synthetic import SyntheticSpec, make_synthetic
 from deep.train import (FitResult, TrainConfig, batch_bounds, build_model, build_optimizer, config_matches, fit,
                         train_epoch, train_step)
 

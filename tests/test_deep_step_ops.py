@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deep.robustness import EvalOptions, evaluate, parse_attack, survivor_buckets
-from deep.data import ImageData
+from deep.images import ImageData
 from deep.train import TrainConfig, build_model, build_optimizer, train_step
 from samrobust.attacks import draw_start_noise, pgd
 from samrobust.sam import SAM, BNStatsFreezer, frozen_bn_stats

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from deep.data import SyntheticSpec, make_synthetic
+from deep.synthetic import SyntheticSpec, make_synthetic
 from deep.run import main
 from deep.train import DivergenceError, TrainConfig, fit, lr_at
 

@@ -13,7 +13,7 @@ import torch
 
 import linear_theory as lt
 from simulations.run import torch_threads
-from simulations.training import (TrainConfig, fixed_data, fresh_data, logistic_loss, margins, pgd_linear,
+from simulations.training import (SimTrainConfig, fixed_data, fresh_data, logistic_loss, margins, pgd_linear,
                                   sam_gradient_loop, sam_gradient_vectorized, train_replicas)
 
 MODEL = lt.FeatureModel()
@@ -67,10 +67,10 @@ def test_per_example_sam_gradient_matches_hand_formula():
 def test_sam_rho_zero_equals_sgd(form):
     data = fixed_data(MODEL, 512, [0, 1])
     kw = dict(form=form, n_train=512, epochs=2, batch_size=64, lr=0.05, momentum=0.9, weight_decay=1e-3)
-    w_sgd = train_replicas(data, TrainConfig(method="st", **kw), seed=3)
-    w_sam = train_replicas(data, TrainConfig(method="sam", rho=0.0, m=4, **kw), seed=3)
+    w_sgd = train_replicas(data, SimTrainConfig(method="st", **kw), seed=3)
+    w_sam = train_replicas(data, SimTrainConfig(method="sam", rho=0.0, m=4, **kw), seed=3)
     assert np.allclose(w_sam, w_sgd, rtol=1e-10, atol=1e-12)
-    w_sam1 = train_replicas(data, TrainConfig(method="sam", rho=0.1, m=4, **kw), seed=3)
+    w_sam1 = train_replicas(data, SimTrainConfig(method="sam", rho=0.1, m=4, **kw), seed=3)
     assert not np.allclose(w_sam1, w_sgd, atol=1e-6)  # the check above can fail
 
 
@@ -117,21 +117,21 @@ def test_l2_random_start_gap_is_real_and_small():
 
 def test_train_config_validation():
     with pytest.raises(ValueError, match="rho"):
-        TrainConfig(method="sam", rho=-0.1)
+        SimTrainConfig(method="sam", rho=-0.1)
     with pytest.raises(ValueError, match="multiple of m"):
-        TrainConfig(method="sam", m=3, batch_size=128)
+        SimTrainConfig(method="sam", m=3, batch_size=128)
     with pytest.raises(ValueError, match="form"):
-        TrainConfig(form="cube")
+        SimTrainConfig(form="cube")
     with pytest.raises(ValueError, match="eps"):
-        TrainConfig(method="at", eps=float("nan"))
+        SimTrainConfig(method="at", eps=float("nan"))
     with pytest.raises(ValueError, match="lr"):
-        TrainConfig(lr=0)
+        SimTrainConfig(lr=0)
 
 
 def test_fixed_scale_training_keeps_unit_norm_and_learns():
     data = fresh_data(MODEL, 1024, [0, 1])
-    cfg = TrainConfig(method="sam", form="fixed-scale", tau=4.0, rho=0.1, m=1, n_train=1024, epochs=3,
-                      batch_size=128, lr=0.02)
+    cfg = SimTrainConfig(method="sam", form="fixed-scale", tau=4.0, rho=0.1, m=1, n_train=1024, epochs=3,
+                         batch_size=128, lr=0.02)
     W = train_replicas(data, cfg, seed=0)
     assert np.allclose(np.linalg.norm(W, axis=1), 1.0, atol=1e-12)
     assert all(lt.clean_accuracy(MODEL, w) > 0.95 for w in W)
@@ -142,7 +142,7 @@ def test_step_schedule_and_cosine_schedule():
 
     for schedule, at_half, at_end in (("step", 0.01, 0.001), ("cosine", 0.05, 0.0)):
         P = torch.zeros(1, 3, requires_grad=True)
-        opt, sched = make_optimizer(P, TrainConfig(lr=0.1, schedule=schedule), total_steps=100)
+        opt, sched = make_optimizer(P, SimTrainConfig(lr=0.1, schedule=schedule), total_steps=100)
         lrs = []
         for _ in range(100):
             opt.step()

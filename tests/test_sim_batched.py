@@ -27,7 +27,7 @@ from simulations.engine import JobSpec, kernel_key, shard_jobs, train_batched, t
 from simulations.parallel import EpochFeed, Forked, can_fork
 from simulations.experiments import Settings, engine_tag
 from simulations.run import torch_threads
-from simulations.training import (TrainConfig, fresh_data, logistic_loss, margins, pgd_linear,
+from simulations.training import (SimTrainConfig, fresh_data, logistic_loss, margins, pgd_linear,
                                   sam_gradient_loop, sam_gradient_vectorized, train_replicas)
 
 MODEL = lt.FeatureModel()
@@ -131,15 +131,15 @@ def test_s1_pgd_in_chunks_equals_one_call(norm, random_start):
 
 BASE = dict(n_train=256, epochs=2, batch_size=32)
 CFGS = [
-    TrainConfig(method="st", lr=0.1, **BASE),
-    TrainConfig(method="at", eps=0.1, norm="inf", lr=0.1, **BASE),
-    TrainConfig(method="at", eps=0.3, norm="inf", lr=0.1, **BASE),
-    TrainConfig(method="at", eps=0.8, norm="l2", pgd_random_start=False, lr=0.1, **BASE),
-    TrainConfig(method="at", eps=0.8, norm="l2", pgd_random_start=True, lr=0.1, **BASE),
-    TrainConfig(method="sam", m=1, rho=0.1, lr=0.1, **BASE),
-    TrainConfig(method="sam", m=1, rho=0.1, lr=0.1, weight_decay=0.01, **BASE),
-    TrainConfig(method="sam", m=4, form="fixed-scale", tau=4.0, lr=0.02, **BASE),
-    TrainConfig(method="st", form="fixed-scale", tau=4.0, lr=0.02, momentum=0.5, **BASE),
+    SimTrainConfig(method="st", lr=0.1, **BASE),
+    SimTrainConfig(method="at", eps=0.1, norm="inf", lr=0.1, **BASE),
+    SimTrainConfig(method="at", eps=0.3, norm="inf", lr=0.1, **BASE),
+    SimTrainConfig(method="at", eps=0.8, norm="l2", pgd_random_start=False, lr=0.1, **BASE),
+    SimTrainConfig(method="at", eps=0.8, norm="l2", pgd_random_start=True, lr=0.1, **BASE),
+    SimTrainConfig(method="sam", m=1, rho=0.1, lr=0.1, **BASE),
+    SimTrainConfig(method="sam", m=1, rho=0.1, lr=0.1, weight_decay=0.01, **BASE),
+    SimTrainConfig(method="sam", m=4, form="fixed-scale", tau=4.0, lr=0.02, **BASE),
+    SimTrainConfig(method="st", form="fixed-scale", tau=4.0, lr=0.02, momentum=0.5, **BASE),
 ]
 
 
@@ -186,7 +186,7 @@ def test_rows_do_not_depend_on_the_other_jobs_in_the_batch():
 
 def test_train_batched_rejects_mixed_step_counts():
     data = fresh_data(MODEL, 256, [0, 1])
-    other = TrainConfig(method="st", n_train=256, epochs=3, batch_size=32)
+    other = SimTrainConfig(method="st", n_train=256, epochs=3, batch_size=32)
     with pytest.raises(ValueError, match="share"):
         train_batched(_specs([CFGS[0], other]), data)
     with pytest.raises(ValueError, match="source"):

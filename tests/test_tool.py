@@ -28,7 +28,7 @@ def test_readme_example_is_at_most_15_lines():
 
 def test_readme_example_runs(capsys):
     """The README's code with smaller sizes (the only change) prints clean, PGD and AA for ST and SAM."""
-    from deep.data import DataError
+    from deep.images import DataError
     from deep.datasets import find_fashion_mnist
     try:
         find_fashion_mnist(None)

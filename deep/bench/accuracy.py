@@ -10,7 +10,7 @@ import torch
 
 from samrobust.tables import table_lines
 
-from ..data import ImageData
+from ..images import ImageData
 from ..datasets import dataset_info
 from ..robustness import evaluate, parse_attack
 from ..train import TrainConfig, runtime_flags, fit, resolve_device

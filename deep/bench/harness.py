@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..data import ImageData
+from ..images import ImageData
 from ..robustness import evaluate, parse_attack
 from ..graphed import GRAPH_ATTR, WARMUP_STEPS
 from ..train import (TrainConfig, runtime_flags, build_model, build_optimizer, compile_for, cpu_has_native_bf16,

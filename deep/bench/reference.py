@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from samrobust.sam import SAM, frozen_bn_stats
 
-from ..data import ImageData
+from ..images import ImageData
 from ..datasets import dataset_info
-from ..model import PreActResNet18, normalization_for
+from ..preact_resnet import PreActResNet18, normalization_for
 from .config import BenchConfig
 from .flops import count_flops_and_ops
 from .timing import peak_bytes, reset_peak, sync

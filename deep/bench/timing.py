@@ -6,7 +6,7 @@ import resource
 
 import torch
 
-from ..data import ImageData
+from ..images import ImageData
 from ..datasets import dataset_info
 from .config import image_shape
 

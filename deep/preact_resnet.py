@@ -18,15 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import dataset_info
+from .datasets import DATASETS, dataset_info
 
-__all__ = ["PreActBlock", "PreActResNet18", "preact_resnet18", "CIFAR10_MEAN", "CIFAR10_STD",
-           "CIFAR100_MEAN", "CIFAR100_STD", "SYNTHETIC_MEAN", "SYNTHETIC_STD", "normalization_for"]
-
-# the constants live once, in deep.datasets.DATASETS; these names are kept for callers
-CIFAR10_MEAN, CIFAR10_STD = dataset_info("cifar10").mean, dataset_info("cifar10").std
-CIFAR100_MEAN, CIFAR100_STD = dataset_info("cifar100").mean, dataset_info("cifar100").std
-SYNTHETIC_MEAN, SYNTHETIC_STD = dataset_info("synthetic").mean, dataset_info("synthetic").std
+__all__ = ["PreActBlock", "PreActResNet18", "preact_resnet18", "normalization_for"]
 
 
 def normalization_for(dataset: str):
@@ -66,7 +60,7 @@ class PreActResNet18(nn.Module):
     1x1 maps)."""
 
     def __init__(self, num_classes: int = 10, width: int = 64,
-                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+                 mean: Sequence[float] = DATASETS["cifar10"].mean, std: Sequence[float] = DATASETS["cifar10"].std,
                  blocks: Sequence[int] = (2, 2, 2, 2), final_bn: bool = True):
         super().__init__()
         if num_classes < 2:
