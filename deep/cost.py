@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -20,7 +19,7 @@ from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 
 from .train import (AT_VARIANTS, TrainConfig, runtime_flags, at_variant_config, build_model, build_optimizer,
-                    train_step)
+                    time_steps)
 
 __all__ = ["METHOD_CONFIGS", "step_seconds", "measure", "build_parser", "main"]
 
@@ -42,11 +41,8 @@ def step_seconds(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, steps: int,
     model, opt = state[key]
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    g = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, x, y, cfg, opt, generator=g, bf16=bf16)
-    return (time.perf_counter() - t0) / steps
+    g = torch.Generator(device=device).manual_seed(0)
+    return time_steps(model, opt, x, y, cfg, steps, g, bf16)
 
 
 def measure(base: TrainConfig, methods: Sequence[str], steps: int, rounds: int, say=print) -> Dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -26,7 +25,7 @@ from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 from samrobust.files import write_json_atomic
 from samrobust.tables import markdown_table
 
-from .train import TrainConfig, runtime_flags, build_model, build_optimizer, resolve_device, train_step
+from .train import TrainConfig, runtime_flags, build_model, build_optimizer, resolve_device, time_steps
 
 __all__ = ["Grid", "GRIDS", "step_seconds", "project", "main"]
 
@@ -69,19 +68,8 @@ def step_seconds(cfg: TrainConfig, device: torch.device, steps: int = 20, warmup
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device, generator=g)
     model.train()
-    for _ in range(warmup):
-        train_step(model, x, y, cfg, opt, generator=g, bf16=bf16)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, x, y, cfg, opt, generator=g, bf16=bf16)
-    _sync(device)
-    return (time.perf_counter() - t0) / steps
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    time_steps(model, opt, x, y, cfg, warmup, g, bf16)
+    return time_steps(model, opt, x, y, cfg, steps, g, bf16)
 
 
 def project(grid: Grid, epoch_s: Dict[str, float]) -> Dict:

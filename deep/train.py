@@ -55,7 +55,7 @@ from .preact_resnet import normalization_for
 
 __all__ = ["TrainConfig", "DivergenceError", "CheckpointError", "first_nonfinite", "check_finite_weights",
            "resolve_device", "build_model", "build_optimizer", "lr_at",
-           "train_step", "train_epoch", "fit", "FitOptions", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
+           "train_step", "time_steps", "train_epoch", "fit", "FitOptions", "maybe_compile", "compile_for", "setup_device", "FitResult", "save_checkpoint", "load_checkpoint",
            "config_matches", "BN_STATS", "batch_bounds", "AT_VARIANTS", "METHOD_NAMES", "is_adversarial",
            "at_variant_config", "pgd_check_acc", "RUNTIME_FIELDS", "science_fields"]
 
@@ -448,6 +448,25 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
 
 
 _NO_GUARD = contextlib.nullcontext()     # re-usable "no context" (nullcontext instances may be re-entered)
+
+
+
+def time_steps(model: torch.nn.Module, opt, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, steps: int,
+               generator: torch.Generator, bf16: bool) -> float:
+    """Seconds per :func:`train_step` of ``cfg`` on the batch (x, y), averaged over ``steps`` steps; the device
+    is synchronised before and after, so queued CUDA work is neither missed nor counted twice. The one step
+    timer of deep.cost and deep.gridtime."""
+    _sync(x.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, x, y, cfg, opt, generator=generator, bf16=bf16)
+    _sync(x.device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int, salt: int) -> torch.Generator:

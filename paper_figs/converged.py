@@ -36,7 +36,7 @@ from deep.aggregate import group_key
 from deep.record import read_record, record_files
 from samrobust.tables import markdown_table
 
-__all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "Verdict",
+__all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
            "claims", "plateau_rows", "plateau_epoch", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
@@ -177,7 +177,8 @@ def paired(a: Sequence[Run], b: Sequence[Run], value) -> List[float]:
 
 
 @dataclass
-class Verdict:
+class ClaimVerdict:
+    """One claim judged on paired-by-seed differences (holds / fails / undecided with its 95% t interval)."""
     claim: str
     scope: str
     measure: str
@@ -206,9 +207,9 @@ def _mask_gap(runs: Sequence[Run], label: str) -> Optional[float]:
     return statistics.mean(gaps) if gaps else None
 
 
-def _diff_verdict(cid, scope, measure, diffs, thr, above, thr_text, gap=None) -> Verdict:
+def _diff_verdict(cid, scope, measure, diffs, thr, above, thr_text, gap=None) -> ClaimVerdict:
     if not diffs:
-        return Verdict(cid, scope, measure, 0, None, None, None, thr_text, "undecided", "no paired seeds")
+        return ClaimVerdict(cid, scope, measure, 0, None, None, None, thr_text, "undecided", "no paired seeds")
     m, lo, hi, n = interval(diffs)
     v = judge(lo, hi, thr, above, n)
     note = ""
@@ -216,10 +217,10 @@ def _diff_verdict(cid, scope, measure, diffs, thr, above, thr_text, gap=None) ->
         v, note = "undecided", f"masking flag: PGD-10 - worst case = {gap:.1f} points > effect {abs(m - thr):.1f}"
     elif gap is not None:
         note = f"PGD-10 - worst case {gap:.1f} points"
-    return Verdict(cid, scope, measure, n, m, lo, hi, thr_text, v, note)
+    return ClaimVerdict(cid, scope, measure, n, m, lo, hi, thr_text, v, note)
 
 
-def claims(runs: Sequence[Run], cost: Optional[dict] = None) -> List[Verdict]:
+def claims(runs: Sequence[Run], cost: Optional[dict] = None) -> List[ClaimVerdict]:
     """The paper's claims (a)-(d) on the runs of one protocol (module docstring)."""
     groups = _groups(runs)
     st = next((g for k, g in groups.items() if k[0] == "st"), [])
@@ -246,7 +247,7 @@ def claims(runs: Sequence[Run], cost: Optional[dict] = None) -> List[Verdict]:
         rel = cost["relative"]
         if "sam" in rel and "at" in rel:
             holds = rel["sam"] < rel["at"]
-            out.append(Verdict("d", "SAM vs AT", "step cost / ST's (deep.cost, median of interleaved rounds)", 0,
+            out.append(ClaimVerdict("d", "SAM vs AT", "step cost / ST's (deep.cost, median of interleaved rounds)", 0,
                                rel["sam"], None, rel["at"], "SAM < AT", "holds" if holds else "fails",
                                f"SAM x{rel['sam']:.2f}, AT x{rel['at']:.2f} ST's step ({_cost_where(cost)})"))
     return out
@@ -353,7 +354,7 @@ def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
-def verdict_rows(vs: Sequence[Verdict]) -> List[List[str]]:
+def verdict_rows(vs: Sequence[ClaimVerdict]) -> List[List[str]]:
     out = []
     for v in vs:
         if v.claim == "d":

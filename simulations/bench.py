@@ -27,7 +27,7 @@ import linear_theory as lt
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common
 
 from .batched_ops import sam_gradient_batched
-from .experiments import ENGINES, PROFILES
+from .experiments import ENGINES, SIM_PROFILES
 from .run import torch_threads
 from .training import fresh_data, sam_gradient_loop, sam_gradient_vectorized
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default="batched,loop", metavar="E1,E2",
                    help="engines to time (default: batched,loop; the loop engine takes about 100 s in the "
                         "default profile on two quiet cores)")
-    p.add_argument("--profile", choices=tuple(PROFILES), default="default", help="run profile to time")
+    p.add_argument("--profile", choices=tuple(SIM_PROFILES), default="default", help="run profile to time")
     p.add_argument("--min-time", type=float, default=2.0, help="seconds per SAM timing")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=None,

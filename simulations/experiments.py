@@ -28,7 +28,7 @@ from samrobust.seeds import SIM_TRAIN_SEED_OFFSET
 from .engine import JobSpec, batch_key, train_sharded
 from .training import SimTrainConfig, fresh_data, train_replicas
 
-__all__ = ["Settings", "PROFILES", "Job", "jobs_for", "run_job", "train_jobs", "atomic_write_json",
+__all__ = ["Settings", "SIM_PROFILES", "Job", "jobs_for", "run_job", "train_jobs", "atomic_write_json",
            "CLAIMS", "CACHE_VERSION", "ENGINES", "DTYPES", "DEFAULT_ENGINE", "engine_tag"]
 
 CLAIMS = ("S1", "S2", "S3", "S4", "S5")
@@ -54,7 +54,7 @@ def engine_tag(engine: str = DEFAULT_ENGINE, dtype: str = DEFAULT_DTYPE) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes of one simulation run. ``profile`` is a label; see :data:`PROFILES` for the presets.
+    """Sizes of one simulation run. ``profile`` is a label; see :data:`SIM_PROFILES` for the presets.
 
     Training (all jobs): ``epochs`` epochs of a *fresh* sample of ``n_per_epoch`` examples per seed
     (online SGD: the target is the population optimum of docs/theory.md), mini-batches of ``batch_size``
@@ -105,7 +105,7 @@ class Settings:
         return asdict(self)
 
 
-PROFILES: Dict[str, Settings] = {
+SIM_PROFILES: Dict[str, Settings] = {
     "quick": Settings(profile="quick", seeds=(0, 1, 2), n_per_epoch=4096, epochs=12,
                       s1_n_test=8000, s1_pgd_steps=10, s2_linf_eps=(0.1, 0.3), s2_l2_eps=(1.0,),
                       s3_m=(1, 128), s4_rho=(0.1, 0.2), s4_m=(1, 16, 128), s5_rho=(0.0, 0.1, 0.2),

@@ -30,10 +30,10 @@ from samrobust.progress import progress_bar
 
 from . import experiments
 from .claims import CLAIM_FUNCS, OPT_TOL, precompute, prime_solutions
-from .experiments import (CLAIMS, DEFAULT_ENGINE, DTYPES, ENGINES, PROFILES, Settings, atomic_write_json,
+from .experiments import (CLAIMS, DEFAULT_ENGINE, DTYPES, ENGINES, SIM_PROFILES, Settings, atomic_write_json,
                           atomic_write_text, engine_tag, jobs_for)
 from .parallel import Forked, can_fork
-from .report import format_table, markdown_report
+from .markdown import format_table, markdown_report
 
 __all__ = ["run_simulations", "main", "parse_claims", "DEFAULT_WORKERS"]
 
@@ -262,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_output_dir(args.out, OUT_BYTES)
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: --out {e}\n")
-    settings = PROFILES["quick" if args.quick else "full" if args.full else "default"]
+    settings = SIM_PROFILES["quick" if args.quick else "full" if args.full else "default"]
     if args.seeds is not None:
         if args.seeds < 2:
             parser.error(f"--seeds must be >= 2 (an interval needs two seeds), got {args.seeds}")

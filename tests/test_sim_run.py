@@ -9,7 +9,7 @@ import pytest
 from simulations import experiments
 from simulations.run import torch_threads
 from simulations import run as sim_run
-from simulations.experiments import PROFILES, Settings
+from simulations.experiments import SIM_PROFILES, Settings
 
 TINY = Settings(profile="tiny", seeds=(0, 1), n_per_epoch=256, epochs=2, batch_size=128, s3_m=(1, 128),
                 s4_m=(1, 128), s4_rho=(0.1,), s5_rho=(0.0, 0.1), s5_eps=(0.0, 0.3))
@@ -119,8 +119,8 @@ def test_bad_arguments_exit_2(argv, word, capsys):
 def test_parse_claims():
     assert sim_run.parse_claims("s4, S2") == ["S2", "S4"]
     assert sim_run.parse_claims(None) == ["S1", "S2", "S3", "S4", "S5"]
-    assert PROFILES["quick"].profile == "quick"
-    assert replace(PROFILES["quick"], epochs=1).epochs == 1
+    assert SIM_PROFILES["quick"].profile == "quick"
+    assert replace(SIM_PROFILES["quick"], epochs=1).epochs == 1
 
 
 def test_comparison_rows():
@@ -148,7 +148,7 @@ def test_exit_status_1_when_a_check_fails(tmp_path, monkeypatch):
         return [compare("S3-fake", "S3", "a check that cannot hold", 0.0, [1.0, 1.1], 0.0, "test")], {}
 
     monkeypatch.setitem(sim_run.CLAIM_FUNCS, "S3", failing_claim)
-    monkeypatch.setitem(sim_run.PROFILES, "quick", TINY)
+    monkeypatch.setitem(sim_run.SIM_PROFILES, "quick", TINY)
     rc = sim_run.main(["--quick", "--only", "S3", "--out", str(tmp_path), "--no-progress"])
     assert rc == 1
     with open(os.path.join(str(tmp_path), "simulations.json")) as f:
