@@ -15,6 +15,9 @@ Modules (each importable on its own):
 * :mod:`deep.robustness` - clean and PGD robust accuracy on a grid, feature-reliance probes.
 * :mod:`deep.autoattack` - AutoAttack (pyautoattack) robust accuracy, standard and a cheaper CPU subset.
 * :mod:`deep.masking` - gradient-masking checks on stored numbers (gap, monotonicity, large-eps sanity).
+* :mod:`deep.record` - the run record (``RunRecord``), its one reader and one writer, the saliency sidecar.
+* :mod:`deep.aggregate` - runs summarised over seeds: the one grouping rule, ``Stat`` and the labels that
+  summary.md and REPORT.md share.
 * :mod:`deep.summary` - summary.md of a results folder (mean over seeds, one row per run, masking checks).
 * :mod:`deep.run` - ``python -m deep.run`` (``--quick`` for a one-minute CPU smoke run).
 * :mod:`deep.evaluate` - ``python -m deep.evaluate``: re-evaluates saved runs with stronger attacks.

@@ -377,7 +377,7 @@ def evaluate_ref(ref: RunRef, opts: Dict, args, cache: Dict, say=print) -> Dict[
     return out
 
 
-def results_table(rows: Sequence[tuple]) -> str:
+def attack_sets_table(rows: Sequence[tuple]) -> str:
     """Markdown table of (run_id, attack-set key, entry) rows: n, clean and robust accuracy in %."""
     labels: List[str] = []
     for _, _, e in rows:
@@ -430,7 +430,7 @@ def _evaluate_all(parser, args, opts: Dict, refs: List[RunRef]) -> int:
             return 130
         rows += [(ref.run_id, key, entry) for key, entry in done.items()]
     print()
-    print(results_table(rows))
+    print(attack_sets_table(rows))
     for folder in dict.fromkeys(ref.json_path.parent for ref in refs if ref.json_path is not None):
         print(f"summary with the gradient-masking checks: {write_summary(folder)}")
     print(f"{len(refs) - len(failed)} run(s) in {time.perf_counter() - t0:.1f} s"

@@ -477,21 +477,43 @@ def _equal_cost_data(extra_sam=()):
 
 
 def test_equal_cost_verdict_false_when_a_cheap_at_variant_is_more_robust():
-    """Best SAM is rho 0.2 (mean of 0.30, 0.34 = 32.0, sd 2.8), best cheap AT is fgsm-rs (42.0 ± 2.8):
-    False. PGD-10 AT (0.90) and the ViT's SAM (0.99) must not enter."""
+    """SAM at the fixed rho 0.1 (20.0) against every cheap variant (no cost given): fgsm-rs (42.0 ± 2.8) beats
+    it: False. The better SAM rho 0.2 is listed, not chosen; PGD-10 AT (0.90) and the ViT's SAM (0.99) must
+    not enter."""
     holds, text = B.equal_cost_verdict(_equal_cost_data())
     assert holds is False
-    assert "best SAM (SAM rho=0.2)" in text and "32.0 ± 2.8" in text
-    assert "best cheap AT (fgsm-rs eps=0.1)" in text and "42.0 ± 2.8" in text
+    assert "SAM rho=0.1 (fixed in advance" in text and "20.0" in text
+    assert "fgsm-rs eps=0.1 42.0 ± 2.8" in text and "every cheap AT variant compared" in text
+    assert "other SAM radii (listed, not judged): rho=0.2 32.0 ± 2.8" in text
+    assert "90.0" not in text and "99.0" not in text
 
 
 def test_equal_cost_verdict_true_when_sam_is_more_robust_or_equal():
-    """SAM rho 0.4 at 0.50 beats fgsm-rs' 0.42: True; a tie (0.25 vs 0.25 single seeds) also holds."""
-    holds, text = B.equal_cost_verdict(_equal_cost_data([_res("sam", {MID: 0.50}, rho=0.4)]))
-    assert holds is True and "best SAM (SAM rho=0.4)" in text and "50.0" in text
+    """SAM rho 0.1 at 0.50 beats every cheap variant: True; a tie (0.25 vs 0.25 single seeds) also holds. A
+    better SAM at another rho does not make it hold (nothing is chosen on the test images)."""
+    data = _equal_cost_data()
+    data["main"] = [r for r in data["main"] if r.get("rho") != 0.1] + [_res("sam", {MID: 0.50}, rho=0.1)]
+    holds, text = B.equal_cost_verdict(data)
+    assert holds is True and "SAM rho=0.1 (fixed in advance" in text and "50.0" in text
     tie = {"main": [_res("sam", {MID: 0.25}, rho=0.1)],
            "equal-cost": [_res("at", {MID: 0.25}, eps=0.1, variant="pgd1")]}
     assert B.equal_cost_verdict(tie)[0] is True
+    assert B.equal_cost_verdict(_equal_cost_data([_res("sam", {MID: 0.90}, rho=0.4)]))[0] is False
+
+
+def test_equal_cost_verdict_compares_only_variants_that_cost_at_most_sams_step():
+    """pgd2 (step cost x2.46 ST) is more robust than SAM (x2.09) but costlier: left out, so SAM holds against
+    fgsm-rs and pgd1; without a measured cost every variant is compared and pgd2 makes it fail."""
+    data = {"main": [_res("sam", {MID: 0.30}, rho=0.1)],
+            "equal-cost": [_res("at", {MID: 0.20}, eps=0.1, variant="fgsm-rs"),
+                           _res("at", {MID: 0.10}, eps=0.1, variant="pgd1"),
+                           _res("at", {MID: 0.35}, eps=0.1, variant="pgd2")]}
+    cost = {"relative": {"st": 1.0, "sam": 2.09, "fgsm-rs": 1.78, "pgd1": 1.72, "pgd2": 2.46, "at": 8.23}}
+    holds, text = B.equal_cost_verdict(data, cost)
+    assert holds is True and "costlier, left out: pgd2 x2.46" in text and "pgd2 eps=0.1 35.0" not in text
+    assert B.equal_cost_verdict(data)[0] is False
+    expensive = {"relative": dict(cost["relative"], **{"fgsm-rs": 3.0, "pgd1": 3.0, "pgd2": 3.0})}
+    assert B.equal_cost_verdict(data, expensive)[0] is None
 
 
 def test_equal_cost_verdict_needs_sam_and_a_cheap_variant():
@@ -570,3 +592,26 @@ def test_rho_points_merge_main_grid_and_sweep_sorted_by_rho():
     st, sams = B.rho_points(data)
     assert st is not None and st.label == "st"
     assert [r for r, _g in sams] == [0.01, 0.05, 0.2, 1.6]
+
+
+def _shape(xs, clean, robust):
+    return B.shape_summary(xs, clean, robust)
+
+
+def test_rho_shape_verdict_can_fail_on_noise_clean_cost_and_edge_peaks():
+    """Both peak inside: same only when the rise and the fall exceed two seed sds and the clean cost at the
+    peak is alike (free in both or in neither)."""
+    xs = [0.0, 0.1, 0.4, 1.6]
+    theo = _shape(xs, [0.90, 0.899, 0.85, 0.60], [0.10, 0.30, 0.25, 0.05])          # T6: free at its peak
+    meas = _shape(xs, [0.90, 0.898, 0.80, 0.60], [0.10, 0.30, 0.25, 0.05])          # 0.2 pt below ST: free
+    assert B.rho_shape_verdict(meas, theo, 0.01, 0.01) == (True, [])
+    same, why = B.rho_shape_verdict(meas, theo, 0.15, 0.01)                        # rise 20 pts < 2 x 15
+    assert same is False and "rise to the peak 20.0 pts is within 2 seed sds (30.0)" in why[0]
+    same, why = B.rho_shape_verdict(meas, theo, 0.01, 0.2)                         # fall 25 pts < 2 x 20
+    assert same is False and "fall after the peak 25.0 pts" in why[0]
+    costly = _shape(xs, [0.90, 0.88, 0.80, 0.60], [0.10, 0.30, 0.25, 0.05])       # 2 pts below ST at the peak
+    same, why = B.rho_shape_verdict(costly, theo, 0.01, 0.01)
+    assert same is False and "not free measured but free in T6" in why[0]
+    edge = _shape(xs, [0.90, 0.89, 0.88, 0.87], [0.10, 0.20, 0.25, 0.30])          # still rising at 1.6
+    same, why = B.rho_shape_verdict(edge, theo, 0.01, 0.01)
+    assert same is False and "peak inside the range: measured False, T6 True" in why[0]
