@@ -170,13 +170,6 @@ def equal_cost_rows(data: dict, cost: dict | None = None) -> tuple:
     return header, rows
 
 
-def _cost_text(a: Group, b: Group, cost: dict | None) -> str:
-    rel = (cost or {}).get("relative", {})
-    if a.label in rel and b.label in rel:
-        return f"measured step cost x{rel[a.label]:.2f} vs x{rel[b.label]:.2f} ST (python -m deep.cost)"
-    return f"train time {train_time(a).mean:.0f} s vs {train_time(b).mean:.0f} s (runs under different machine load)"
-
-
 #: The SAM radius of the equal-cost comparison, fixed before any result was seen (the package's default rho and
 #: the paper's CIFAR choice): comparing a fixed rho chooses nothing on the test images.
 EQUAL_COST_RHO = 0.1

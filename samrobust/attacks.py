@@ -93,11 +93,6 @@ def start_from_noise(noise: Tuple[torch.Tensor, ...], eps: float, norm: str, x: 
     return g * eps * u.pow(1.0 / dim)
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str,
-                  generator: Optional[torch.Generator]) -> torch.Tensor:
-    return start_from_noise(draw_start_noise(x, norm, generator), eps, norm, x)
-
-
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed margin (CW) loss  sum_i [max_{j != y_i} z_ij - z_{i,y_i}]: positive iff x_i is misclassified."""
     z = logits.float()
