@@ -214,3 +214,67 @@ def test_checker_sees_a_circle_and_a_private_import(tmp_path):
     assert _private_imports("deep", tmp_path) == [
         "deep/c.py:2: imports deep.d._hidden", "deep/d.py:2: imports samrobust.threat._secret",
         "deep/sub/x.py:1: imports deep.c._z"]
+
+
+# ----------------------------------------------------------------------------- one owner per output kind
+
+def _library_files(root: Path = ROOT):
+    return [p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))]
+
+
+def _calls(path: Path, attr: str) -> List[int]:
+    """Lines of the calls ``<anything>.attr(...)`` or ``attr(...)`` in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if name == attr:
+                out.append(node.lineno)
+    return out
+
+
+def _owners(kind_check, root: Path = ROOT) -> Set[str]:
+    return {str(p.relative_to(root)) for p in _library_files(root) if kind_check(p)}
+
+
+def _writes_table_rule(path: Path) -> bool:
+    """Whether a string constant of ``path``'s code (docstrings aside) holds the markdown rule ``---|``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return any(isinstance(n, ast.Constant) and isinstance(n.value, str) and "---|" in n.value
+               and id(n) not in docs for n in ast.walk(tree))
+
+
+def test_one_markdown_table_writer():
+    """Every markdown table (summary.md, REPORT.md, simulations.md, bench tables) comes from samrobust.tables."""
+    assert _owners(_writes_table_rule) == {"samrobust/tables.py"}
+
+
+def test_one_figure_file_writer():
+    """Every figure file is written by paper_figs.figures.save (atomic, date-free PDFs)."""
+    assert _owners(lambda p: bool(_calls(p, "savefig"))) == {"paper_figs/figures.py"}
+
+
+def test_run_records_are_written_by_deep_record_only():
+    """In deep/, JSON files are written by deep.record (run records and their saliency sidecars) and by the
+    commands whose output is not a run record (deep.cost, deep.gridtime, deep.bench results)."""
+    writers = _owners(lambda p: p.parts[-2:][0] in ("deep", "bench") and bool(_calls(p, "write_json_atomic")))
+    assert writers == {"deep/record.py", "deep/cost.py", "deep/gridtime.py", "deep/bench/tables.py"}
+    dumpers = _owners(lambda p: str(p.relative_to(ROOT)).startswith("deep/") and bool(_calls(p, "dump")))
+    assert dumpers == set()
+
+
+def test_the_owner_checks_see_a_second_owner(tmp_path):
+    """The checks above fail when a second module writes a table rule or saves a figure itself."""
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir()
+    (tmp_path / "samrobust" / "tables.py").write_text('RULE = "|---|"\n')
+    (tmp_path / "deep" / "summary.py").write_text('def t():\n    """|---| in a docstring is fine"""\n'
+                                                  '    return "| a |\\n|---|"\n')
+    (tmp_path / "paper_figs" / "x.py").write_text("def f(fig):\n    fig.savefig('a.png')\n")
+    assert _owners(_writes_table_rule, tmp_path) == {"samrobust/tables.py", "deep/summary.py"}
+    assert _owners(lambda p: bool(_calls(p, "savefig")), tmp_path) == {"paper_figs/x.py"}
