@@ -33,7 +33,7 @@ from .datasets import load_data
 from .masking import SANITY_RADII, label_attack, sanity_attacks
 from .record import (NotARecord, RecordError, RunRecord, legacy_config, load_saliency_maps, read_record,
                      record_files, write_record)
-from .robustness import Attack, evaluate, parse_attack, parse_eps  # noqa: F401  (parse_eps: deep/bench.py)
+from .robustness import Attack, evaluate, parse_attack
 from .spec import PROTOCOLS
 from .summary import write_summary
 from .train import (TrainConfig, build_model, config_matches, first_nonfinite, load_checkpoint, resolve_device,

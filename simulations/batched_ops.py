@@ -16,7 +16,7 @@ import torch
 
 from samrobust.threat import normalize_norm
 
-from .training import logistic_loss, margins
+from .training import logistic_loss
 
 __all__ = ["sam_ascent_batched", "sam_gradient_batched", "sam_groups", "sam_ascent_loss", "sam_descent_loss",
            "pgd_random_start", "pgd_linear_batched", "pgd_rows", "plain_loss", "plain_gradient", "row_margins"]
