@@ -262,20 +262,23 @@ def _cost_where(cost: dict) -> str:
 
 def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
     """One row per doubled-budget run: its configuration's run of the same seed at the protocol's budget,
-    the changes of clean accuracy and of PGD-10 at the headline radius (points) and whether both are inside
-    the plateau tolerances."""
-    base = {(config_key(r)[0:4] + config_key(r)[5:], r.seed): r for r in runs}
+    the changes of clean accuracy and of PGD-10 at the headline radius (points), whether both are inside
+    the plateau tolerances, and the sd over seeds of that PGD-10 accuracy at the protocol's budget (the noise
+    a one-seed robust change is to be read against; None with one seed)."""
+    key = (lambda r: config_key(r)[0:4] + config_key(r)[5:])          # the configuration but its epochs
+    base = {(key(r), r.seed): r for r in runs}
     rows = []
     for d in doubled:
-        k = config_key(d)
-        r = base.get((k[0:4] + k[5:], d.seed))
+        r = base.get((key(d), d.seed))
         if r is None:
             continue
         dc = 100 * (d.clean - r.clean)
         dr = 100 * (d.pgd[SMALL] - r.pgd[SMALL]) if SMALL in d.pgd and SMALL in r.pgd else None
         ok = abs(dc) < PLATEAU_CLEAN and dr is not None and abs(dr) < PLATEAU_ROBUST
+        seeds = [100 * x.pgd[SMALL] for x in runs if key(x) == key(d) and SMALL in x.pgd]
         rows.append(dict(label=config_label(d), seed=d.seed, epochs=(r.epochs, d.epochs), clean=(r.clean, d.clean),
-                         d_clean=dc, robust=(r.pgd.get(SMALL), d.pgd.get(SMALL)), d_robust=dr, plateau=ok))
+                         d_clean=dc, robust=(r.pgd.get(SMALL), d.pgd.get(SMALL)), d_robust=dr, plateau=ok,
+                         robust_seed_sd=statistics.stdev(seeds) if len(seeds) > 1 else None))
     return rows
 
 
@@ -451,18 +454,27 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
               f"{PLATEAU_CLEAN} and PGD-10 at {SMALL} < {PLATEAU_ROBUST} points):", ""]
     if prow:
         lines.append(markdown_table(["configuration", "seed", "epochs", "clean", "Δ clean", f"PGD-10 {SMALL}", "Δ robust",
-                             "plateau"],
+                             "seed sd of PGD-10", "plateau"],
                             [[p["label"], str(p["seed"]), f"{p['epochs'][0]} → {p['epochs'][1]}",
                               f"{100 * p['clean'][0]:.2f} → {100 * p['clean'][1]:.2f}", f"{p['d_clean']:+.2f}",
                               "-" if p["robust"][0] is None else
                               f"{100 * p['robust'][0]:.1f} → {100 * p['robust'][1]:.1f}",
                               "-" if p["d_robust"] is None else f"{p['d_robust']:+.1f}",
+                              "-" if p["robust_seed_sd"] is None else f"{p['robust_seed_sd']:.1f}",
                               "**yes**" if p["plateau"] else "**no**"] for p in prow]))
         failed = [p for p in prow if not p["plateau"]]
         if failed:
             lines += ["", f"**Not at the plateau:** with twice the epochs, clean accuracy moved by "
                       + ", ".join(f"{p['d_clean']:+.2f} ({p['label']})" for p in failed)
+                      + f" points and PGD-10 at {SMALL} by "
+                      + ", ".join("-" if p["d_robust"] is None else f"{p['d_robust']:+.1f}" for p in failed)
                       + " points; the verdicts below hold for this budget, not for training to convergence."]
+            noisy = [p for p in failed if abs(p["d_clean"]) < PLATEAU_CLEAN and p["d_robust"] is not None
+                     and p["robust_seed_sd"] is not None and abs(p["d_robust"]) < 2 * p["robust_seed_sd"]]
+            if noisy:
+                lines += ["", "Of these, " + ", ".join(p["label"] for p in noisy) + " passed on clean accuracy and "
+                          "failed on a robust change smaller than two seed sds of that accuracy: one seed cannot "
+                          "tell that change from seed noise."]
         else:
             lines += ["", "Every configuration tested passed the plateau test."]
         missing = sorted({config_label(g[0]) for g in _groups(runs).values()}

@@ -94,8 +94,23 @@ def test_plateau_rows_and_epoch(tmp_path):
     rows = {r["label"]: r for r in C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))}
     assert rows["ST"]["plateau"] and rows["ST"]["d_clean"] == pytest.approx(0.3)
     assert not rows["SAM rho 0.1"]["plateau"] and rows["SAM rho 0.1"]["d_clean"] == pytest.approx(1.5)
+    assert rows["ST"]["robust_seed_sd"] is None                    # one seed: no noise estimate
     # curves rise 1 point per epoch until the last: the seed-mean stays within 0.5 of the final from epoch 6
     assert C.plateau_epoch(C.load_runs(d)[:1]) == 6
+
+
+def test_plateau_failure_on_a_robust_change_within_seed_noise_is_said(tmp_path):
+    """Clean moves 0.3 points (passes), PGD-10 moves -3 points (fails the 2-point rule) while the three seeds'
+    PGD-10 spread has sd 5 points: the section says one seed cannot tell that change from seed noise."""
+    d = tmp_path / "cpu"
+    for seed, rob in enumerate((0.30, 0.35, 0.40)):
+        _write(d, f"st_s{seed}", "st", seed, 0.900, {"linf_0.02": rob, "linf_0.05": 0.0})
+    _write(d / "plateau", "st_s0", "st", 0, 0.903, {"linf_0.02": 0.27, "linf_0.05": 0.0}, epochs=12)
+    (row,) = C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))
+    assert not row["plateau"] and row["d_robust"] == pytest.approx(-3.0)
+    assert row["robust_seed_sd"] == pytest.approx(5.0)
+    text = C.section(d, "Noise", tmp_path / "curves.png", tmp_path)
+    assert "| 5.0 | **no** |" in text and "cannot tell that change from seed noise" in text
 
 
 def test_section_renders_tables_and_figure(tmp_path):
