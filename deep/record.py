@@ -100,6 +100,11 @@ class RunRecord:
         """Whether the run trained on PGD examples (AT or an AT variant)."""
         return is_adversarial(self.method or "")
 
+    @property
+    def method_family(self) -> Optional[str]:
+        """st, sam or at (the AT variants are AT)."""
+        return "at" if self.adversarial else self.method
+
     def to_dict(self, with_maps: bool = False) -> Dict[str, Any]:
         """The record as the JSON object :func:`write_record` stores (unknown keys last). With ``with_maps``
         the saliency maps it holds are put back inline under "saliency" (the layout before the sidecar)."""
