@@ -30,8 +30,16 @@ WIDTH=${WIDTH:-64}
 N_AA=${N_AA:-500}                 # images of the worst case with AutoAttack's APGD-CE + APGD-T
 N_STD=${N_STD:-200}               # images of the worst case with the standard AutoAttack (with Square)
 RADII=${RADII:-linf:0.02,linf:0.05}
-PLATEAU=${PLATEAU:-st_*,sam_rho0.1_*}
+PLATEAU=${PLATEAU-st_*,sam_rho0.1_*}  # runs doubled for the plateau test (empty: none)
 GRID_ARGS=${GRID_ARGS:-}          # extra deep.run options (dry runs: smaller data and epochs)
+GRID2_ARGS=${GRID2_ARGS:-}        # deep.run options of a second grid, run while phase 4 evaluates the first
+K2=${K2:-4}                       # its runs at once (what finishes by the deadline is kept and evaluated)
+GRID2_EVAL=${GRID2_EVAL:-}        # run globs of the second grid to evaluate (worst case, N_AA images)
+EVAL1=${EVAL1:-st_*,at_*}         # phase 4: three evaluation processes over these run globs of the grid
+EVAL2=${EVAL2:-sam_rho0.05_*,sam_rho0.2_*}
+EVAL3=${EVAL3:-sam_rho0.1_*}
+EVAL_STD=${EVAL_STD:-st_s0,sam_rho0.1_s0}  # runs given the standard AutoAttack worst case (N_STD images)
+GRAPH_S=${GRAPH_S:-75}            # seconds for the CUDA-graph tests
 BENCH_S=${BENCH_S:-80}
 BENCH_CMD=${BENCH_CMD:-python3 -m deep.bench --device cuda --gpu-quick --no-progress --out $WORK/deep_bench_h200_quick.json}
 GRAPH_TEST=${GRAPH_TEST:-python3 -m pytest -q -s -p no:cacheprovider tests/test_deep_graphed.py -k cuda}
@@ -61,7 +69,7 @@ setsid -w timeout -k 5 "$BENCH_S" $BENCH_CMD > "$WORK/bench.log" 2>&1 &
 B=$!; wait $B; phase "bench exit $?"; kill -9 -- "-$B" 2>/dev/null   # its K processes too
 
 # 1b. the CUDA-graph step against the eager step on this GPU; the grid replays graphs only if that holds
-timeout 75 $GRAPH_TEST > "$WORK/graph_test.log" 2>&1; GT=$?; phase "graph test exit $GT"
+timeout "$GRAPH_S" $GRAPH_TEST > "$WORK/graph_test.log" 2>&1; GT=$?; phase "graph test exit $GT"
 GRAPH_FLAG=""
 [ "$GT" -eq 0 ] && [ "$DEVICE" != cpu ] && GRAPH_FLAG="--cuda-graph"
 
@@ -72,7 +80,7 @@ GRAPH_FLAG=""
 GRID_S=$(( $(left) - EVAL_TAIL_S ))
 phase "grid: $GRID_S s ${GRAPH_FLAG:-eager}"
 setsid -w timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
-    --plateau-check "$PLATEAU" --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
+    ${PLATEAU:+--plateau-check "$PLATEAU"} --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
     > "$WORK/grid.log" 2>&1 &
 GRID_PID=$!
 GRID_END=$(( $(date +%s) + GRID_S ))
@@ -94,15 +102,28 @@ wait $GRID_PID; phase "grid exit $?"
 kill -9 -- "-$GRID_PID" 2>/dev/null   # the grid's own process group (setsid): no orphaned job processes
 wait
 
-# 4. the GPU runs' worst case (whatever finished), three processes
+# 4. the GPU runs' worst case (whatever finished), three processes; meanwhile (GRID2_ARGS) a second grid in the same
+#    folder (finished runs of the first are skipped), its finished runs evaluated after it
 G="$WORK/grid/fashion-mnist-converged"
 END4=$(( T0 + BUDGET - 15 ))
+G2_PID=""
+if [ -n "$GRID2_ARGS" ] && [ $(( GRID_END - $(date +%s) )) -gt "${G2_MIN_S:-60}" ]; then
+    phase "second grid until the grid deadline: $GRID2_ARGS"
+    setsid -w timeout -s INT -k 15 $(( GRID_END - $(date +%s) )) python3 -m deep.run --profile converged \
+        --width "$WIDTH" --device "$DEVICE" --jobs "$K2" --data-dir .gpu/data --out "$WORK/grid" --no-progress \
+        $GRAPH_FLAG $GRID_ARGS $GRID2_ARGS > "$WORK/grid2.log" 2>&1 &
+    G2_PID=$!
+fi
 phase "worst case of the GPU runs: $(( END4 - $(date +%s) )) s"
 if [ -d "$G" ]; then
-    evaluate "$G" worst:cpu "$N_AA" 'st_*,at_*' "$END4" gpu1 &
-    evaluate "$G" worst:cpu "$N_AA" 'sam_rho0.05_*,sam_rho0.2_*' "$END4" gpu2 &
-    ( evaluate "$G" worst:cpu "$N_AA" 'sam_rho0.1_*' "$END4" gpu3
-      evaluate "$G" worst:standard "$N_STD" 'st_s0,sam_rho0.1_s0' "$END4" gpu3 ) &
+    evaluate "$G" worst:cpu "$N_AA" "$EVAL1" "$END4" gpu1 &
+    evaluate "$G" worst:cpu "$N_AA" "$EVAL2" "$END4" gpu2 &
+    ( evaluate "$G" worst:cpu "$N_AA" "$EVAL3" "$END4" gpu3
+      evaluate "$G" worst:standard "$N_STD" "$EVAL_STD" "$END4" gpu3 ) &
+    if [ -n "$G2_PID" ]; then
+        wait "$G2_PID"; phase "second grid exit $?"; kill -9 -- "-$G2_PID" 2>/dev/null
+        [ -n "$GRID2_EVAL" ] && evaluate "$G" worst:cpu "$N_AA" "$GRID2_EVAL" "$END4" gpu4
+    fi
     wait
 fi
 python3 -m deep.gridtime --table "$G" > "$WORK/grid_timing.md" 2>&1
