@@ -135,9 +135,12 @@ def _beyond(ctx, report_path, res: BuildResult, log) -> None:
 #: (folder under results/, title, figure name) of the converged-protocol sections, the report's headline
 CONVERGED = (("converged/cpu-12ep", "Fashion-MNIST, all 60,000 images, 12 epochs, on two CPU cores (width 8)",
               "converged_cpu12_curves"),
+             ("converged/gpu", "Fashion-MNIST, all 60,000 images, 12 epochs, on one GPU at full width (64)",
+              "converged_gpu_curves"),
+             ("converged/cpu-24ep", "Fashion-MNIST, all 60,000 images, 24 epochs, on two CPU cores (width 8)",
+              "converged_cpu24_curves"),
              ("converged/cpu", "Fashion-MNIST, all 60,000 images, 6 epochs, on two CPU cores (width 8)",
-              "converged_cpu_curves"),
-             ("converged/gpu", "Fashion-MNIST, all 60,000 images, on one GPU at full width (64)", "converged_gpu_curves"))
+              "converged_cpu_curves"))
 
 
 def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res: BuildResult, log) -> str:

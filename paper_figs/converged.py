@@ -37,7 +37,7 @@ from deep.record import read_record, record_files
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "plateau_rows", "plateau_epoch", "summary_rows", "curves_figure", "section",
+           "claims", "plateau_rows", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -282,6 +282,26 @@ def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
     return rows
 
 
+def budget_rows(prow: Sequence[dict]) -> List[dict]:
+    """Whether a one-seed difference against ST keeps its sign when the budget doubles: for each row of
+    :func:`plateau_rows` that is not ST's, paired with ST's row of the same seed and budgets, the method - ST
+    differences of PGD-10 at the headline radius and of clean accuracy (points) at both budgets.
+    ``same_sign``: the robust difference has the same sign at both budgets (None when one is missing)."""
+    st = {(p["seed"], p["epochs"]): p for p in prow if p["label"] == "ST"}
+    out = []
+    for p in prow:
+        s = st.get((p["seed"], p["epochs"]))
+        if p["label"] == "ST" or s is None:
+            continue
+        rob = [None if p["robust"][i] is None or s["robust"][i] is None else 100 * (p["robust"][i] - s["robust"][i])
+               for i in (0, 1)]
+        cln = [100 * (p["clean"][i] - s["clean"][i]) for i in (0, 1)]
+        same = None if None in rob else (rob[0] > 0) == (rob[1] > 0)
+        out.append(dict(label=p["label"], seed=p["seed"], epochs=p["epochs"], robust=tuple(rob), clean=tuple(cln),
+                        same_sign=same))
+    return out
+
+
 def plateau_epoch(group: Sequence[Run], tol: float = PLATEAU_CLEAN) -> Optional[int]:
     """First epoch from which the seed-mean test clean accuracy stays within ``tol`` points of its final
     value (learning curves; None without curves)."""
@@ -441,7 +461,8 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     import os
     png = curves_figure(groups, fig_path, title)
     prow = plateau_rows(runs, doubled)
-    lines = [f"### {title}", "", _settings_line(runs), "",
+    note = folder_note(folder)
+    lines = [f"### {title}", "", _settings_line(runs), ""] + ([note, ""] if note else []) + [
              "Mean ± sd over seeds, accuracies in %. Worst case = per image, PGD-10 best iterate and AutoAttack "
              "(APGD-CE + APGD-T, 3 target classes, 100 iterations) both fail to break it, on the first n test "
              "images; shown as PGD-10 / AutoAttack / **worst case** on those images. Plateau epoch: first epoch "
@@ -477,6 +498,17 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
                           "tell that change from seed noise."]
         else:
             lines += ["", "Every configuration tested passed the plateau test."]
+        brow = budget_rows(prow)
+        if brow:
+            lines += ["", f"**Does the difference from ST depend on the budget?** Method - ST on the same seed, "
+                      f"points, at the protocol's budget and at twice it (PGD-10 at {SMALL}; clean):", "",
+                      markdown_table(["configuration", "seed", "epochs", f"PGD-10 {SMALL}: method - ST", "clean: method - ST",
+                              "same sign"],
+                             [[b["label"], str(b["seed"]), f"{b['epochs'][0]} → {b['epochs'][1]}",
+                               " → ".join("-" if x is None else f"{x:+.1f}" for x in b["robust"]),
+                               " → ".join(f"{x:+.2f}" for x in b["clean"]),
+                               "-" if b["same_sign"] is None else ("yes" if b["same_sign"] else "**no**")]
+                              for b in brow])]
         missing = sorted({config_label(g[0]) for g in _groups(runs).values()}
                          - {p["label"] for p in prow})
         if missing:
@@ -498,6 +530,13 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     lines += ["", f"![learning curves]({rel})", "",
               f"*Learning curves of the runs above (mean ± sd over seeds; dashed: the doubled-budget runs).*", ""]
     return "\n".join(lines)
+
+
+def folder_note(folder) -> Optional[str]:
+    """The text of ``folder``/NOTE.md (how the runs were obtained, what is missing and why), stripped; None
+    when absent. Written by hand beside the results, printed under the section's settings line."""
+    p = Path(folder) / "NOTE.md"
+    return (p.read_text().strip() or None) if p.is_file() else None
 
 
 def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[str]:

@@ -45,6 +45,8 @@ BENCH_CMD=${BENCH_CMD:-python3 -m deep.bench --device cuda --gpu-quick --no-prog
 GRAPH_TEST=${GRAPH_TEST:-python3 -m pytest -q -s -p no:cacheprovider tests/test_deep_graphed.py -k cuda}
 EVAL_TAIL_S=${EVAL_TAIL_S:-100}   # seconds kept after the grid's deadline for phase 4 and the pack
 CPU_MODELS=${CPU_MODELS:-.gpu/cpu-models}
+DATA_DIR=${DATA_DIR:-.gpu/data}   # the idx files, for every deep.run and deep.evaluate below (the device has no
+                                  # Debian package to fall back on: 2026-12-04 phase 4 failed without it)
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 [ -d .gpu/site ] && export PYTHONPATH=$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}
@@ -80,7 +82,7 @@ GRAPH_FLAG=""
 GRID_S=$(( $(left) - EVAL_TAIL_S ))
 phase "grid: $GRID_S s ${GRAPH_FLAG:-eager}"
 setsid -w timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
-    ${PLATEAU:+--plateau-check "$PLATEAU"} --data-dir .gpu/data --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
+    ${PLATEAU:+--plateau-check "$PLATEAU"} --data-dir "$DATA_DIR" --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
     > "$WORK/grid.log" 2>&1 &
 GRID_PID=$!
 GRID_END=$(( $(date +%s) + GRID_S ))
@@ -88,7 +90,7 @@ GRID_END=$(( $(date +%s) + GRID_S ))
 evaluate() {   # evaluate FOLDER ATTACKS N GLOBS DEADLINE LOGNAME: worst case of the matching runs until DEADLINE
     local s=$(( $5 - $(date +%s) ))  # (seconds since the epoch); N = 0 skips
     [ "$3" -gt 0 ] && [ "$s" -gt 3 ] || return 0
-    timeout -s INT -k 10 "$s" python3 -m deep.evaluate "$1" --attacks "$2" --n "$3" --runs "$4" --radii "$RADII" \
+    timeout -s INT -k 10 "$s" python3 -m deep.evaluate "$1" --attacks "$2" --n "$3" --runs "$4" --radii "$RADII" --data-dir "$DATA_DIR" \
         --no-sanity --device "$DEVICE" --no-progress >> "$WORK/eval-$6.log" 2>&1
 }
 CPU_DIR=$(ls -d "$CPU_MODELS"/*/ 2>/dev/null | head -1)
@@ -110,7 +112,7 @@ G2_PID=""
 if [ -n "$GRID2_ARGS" ] && [ $(( GRID_END - $(date +%s) )) -gt "${G2_MIN_S:-60}" ]; then
     phase "second grid until the grid deadline: $GRID2_ARGS"
     setsid -w timeout -s INT -k 15 $(( GRID_END - $(date +%s) )) python3 -m deep.run --profile converged \
-        --width "$WIDTH" --device "$DEVICE" --jobs "$K2" --data-dir .gpu/data --out "$WORK/grid" --no-progress \
+        --width "$WIDTH" --device "$DEVICE" --jobs "$K2" --data-dir "$DATA_DIR" --out "$WORK/grid" --no-progress \
         $GRAPH_FLAG $GRID_ARGS $GRID2_ARGS > "$WORK/grid2.log" 2>&1 &
     G2_PID=$!
 fi

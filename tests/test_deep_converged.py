@@ -167,6 +167,18 @@ def test_gpu_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
 
 
+def test_gpu_script_passes_the_data_folder_to_every_training_and_evaluation_call():
+    """The device has no Debian Fashion-MNIST to fall back on: a deep.run or deep.evaluate call without
+    --data-dir fails there while passing every CPU dry run (phase 4 of the 2026-12-04 device call did)."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "gpu_evidence.sh").read_text()
+    calls = re.findall(r"python3 -m deep\.(?:run|evaluate)\b(?:[^\n]*\\\n)*[^\n]*", text)
+    assert len(calls) >= 3
+    for call in calls:
+        assert "--data-dir" in call, call
+
+
 def test_jobs_parent_stops_on_sigint_and_leaves_no_workers(tmp_path):
     """SIGINT (what `timeout -s INT` sends) stops a --jobs run within seconds, exit 130, workers gone; the
     finished epochs are checkpointed for --resume."""

@@ -128,3 +128,37 @@ def test_section_renders_tables_and_figure(tmp_path):
     (d / "bad.json").write_text("[1]")
     with pytest.raises(ValueError, match="bad.json"):
         C.load_runs(d)
+
+
+def test_budget_rows_pair_each_method_with_st_of_the_same_seed_and_budgets(tmp_path):
+    """SAM - ST at 6 and 12 epochs, hand-computed: robust +10 -> +15 points (same sign), clean -1.0 -> -0.2;
+    a second SAM radius whose advantage turns into a deficit is flagged; a run without an ST partner of its
+    seed is left out."""
+    d = tmp_path / "runs"
+    _write(d, "st_s0", "st", 0, 0.900, {"linf_0.02": 0.30})
+    _write(d / "plateau", "st_s0", "st", 0, 0.910, {"linf_0.02": 0.20}, epochs=12)
+    _write(d, "sam_rho0.1_s0", "sam", 0, 0.890, {"linf_0.02": 0.40}, rho=0.1)
+    _write(d / "plateau", "sam_rho0.1_s0", "sam", 0, 0.908, {"linf_0.02": 0.35}, rho=0.1, epochs=12)
+    _write(d, "sam_rho0.2_s0", "sam", 0, 0.880, {"linf_0.02": 0.32}, rho=0.2)
+    _write(d / "plateau", "sam_rho0.2_s0", "sam", 0, 0.900, {"linf_0.02": 0.18}, rho=0.2, epochs=12)
+    _write(d, "sam_rho0.4_s1", "sam", 1, 0.880, {"linf_0.02": 0.32}, rho=0.4)
+    _write(d / "plateau", "sam_rho0.4_s1", "sam", 1, 0.900, {"linf_0.02": 0.18}, rho=0.4, epochs=12)
+    rows = {b["label"]: b for b in C.budget_rows(C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau")))}
+    assert set(rows) == {"SAM rho 0.1", "SAM rho 0.2"}
+    r1 = rows["SAM rho 0.1"]
+    assert r1["epochs"] == (6, 12) and r1["robust"] == pytest.approx((10.0, 15.0))
+    assert r1["clean"] == pytest.approx((-1.0, -0.2)) and r1["same_sign"] is True
+    assert rows["SAM rho 0.2"]["robust"] == pytest.approx((2.0, -2.0)) and rows["SAM rho 0.2"]["same_sign"] is False
+    text = C.section(d, "Budget", tmp_path / "c.png", tmp_path)
+    assert "| SAM rho 0.1 | 0 | 6 → 12 | +10.0 → +15.0 | -1.00 → -0.20 | yes |" in text
+    assert "| SAM rho 0.2 | 0 | 6 → 12 | +2.0 → -2.0 | -2.00 → -1.00 | **no** |" in text
+
+
+def test_folder_note_is_printed_under_the_settings(tmp_path):
+    d = tmp_path / "runs"
+    _write(d, "st_s0", "st", 0, 0.9, {"linf_0.02": 0.4})
+    assert C.folder_note(d) is None
+    (d / "NOTE.md").write_text("AutoAttack was not run on these runs.\n")
+    text = C.section(d, "Noted", tmp_path / "c.png", tmp_path)
+    lines = text.splitlines()
+    assert lines[4] == "AutoAttack was not run on these runs." and lines[2].startswith("PreActResNet-18")
