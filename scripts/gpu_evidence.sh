@@ -9,6 +9,7 @@
 #      the one GPU, longest first, until its deadline; meanwhile the worst-case evaluation (PGD-10 + AutoAttack,
 #      per image) of the CPU-trained converged runs carried in .gpu/cpu-models;
 #   4. the worst-case evaluation of the GPU runs that finished;
+#   4b. with GRID2_ARGS, a second grid in the same folder while phase 4 runs, then its evaluation;
 #   5. everything (result JSONs with their evaluations, summaries, timing tables, logs; no checkpoints) packed
 #      into $OUT/gpu_evidence.tgz, whatever finished.
 # Every phase has a deadline measured from the start (BUDGET seconds in all), so the pack step always runs.
@@ -17,8 +18,19 @@
 # .gpu/site/pyautoattack (AutoAttack's pure-Python package, without its example weights),
 # .gpu/cpu-models/<folder>/ (result JSONs + checkpoints of the CPU runs to evaluate).
 #
-# CPU dry run of the same script (tests/test_gpu_script.py runs it with tiny settings):
-#   DEVICE=cpu K=2 WIDTH=4 BUDGET=300 BENCH_CMD=true GRID_ARGS="--n-train 256 ..." scripts/gpu_evidence.sh
+# Measured on one H200 (2026-12-04, results/converged/gpu/logs): the grid below does not fit one call with its
+# defaults (AT's two seeds alone are ~280 s each with 5 runs sharing the GPU). What ran, in two calls:
+#   call 1 (403 s): K=6 BUDGET=565 PLATEAU= GRID_ARGS="--methods st,sam --rho 0.1 --seeds 0,1,2 --threads 2"
+#                   GRID2_ARGS="--rho 0.2 --plateau-check st_*" (+ a 50-s bench, --concurrency off)
+#                   -> 6 runs in 160 s, then 4 more in 142 s;
+#   call 2 (333 s): K=5 PLATEAU="sam_*" GRID_ARGS="--methods sam,at --rho 0.05 --seeds 0,1,2 --at-seeds 0"
+#                   -> 5 runs in 298 s.
+# Leave about 100 s of BUDGET for phase 4 (AutoAttack on 500 images per run, three processes).
+#
+# CPU dry run of the same script (lanes of a busy CPU starve it: it runs under setsid):
+#   DEVICE=cpu K=2 WIDTH=4 BUDGET=150 BENCH_CMD=true GRAPH_TEST=true PLATEAU= \
+#   GRID_ARGS="--n-train 512 --n-test 200 --epochs 1 --methods st,sam --seeds 0,1 --threads 1" scripts/gpu_evidence.sh
+# tests/test_deep_converged.py checks its syntax and that every deep.run / deep.evaluate call passes --data-dir.
 set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/gpu-out}
