@@ -162,3 +162,22 @@ def test_folder_note_is_printed_under_the_settings(tmp_path):
     text = C.section(d, "Noted", tmp_path / "c.png", tmp_path)
     lines = text.splitlines()
     assert lines[4] == "AutoAttack was not run on these runs." and lines[2].startswith("PreActResNet-18")
+
+
+def test_plateau_rows_judge_the_worst_case_when_both_runs_have_it(tmp_path):
+    """PGD-10 moves -6 points (fails) while the worst case moves +1 (passes): the row reads the worst case,
+    and its seed sd is over the worst cases (10, 14: sd 2.83). Without the doubled run's worst case the row
+    falls back to PGD-10 for both runs."""
+    d = tmp_path / "runs"
+    for seed, (pgd, worst) in enumerate(((0.30, 0.10), (0.34, 0.14))):
+        _write(d, f"st_s{seed}", "st", seed, 0.900, {"linf_0.02": pgd},
+               worst=_worst({"linf_0.02": pgd}, {"linf_0.02": worst}))
+    _write(d / "plateau", "st_s0", "st", 0, 0.902, {"linf_0.02": 0.24},
+           worst=_worst({"linf_0.02": 0.24}, {"linf_0.02": 0.11}), epochs=12)
+    (row,) = C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))
+    assert row["measure"] == "worst case" and row["d_robust"] == pytest.approx(1.0) and row["plateau"]
+    assert row["robust_seed_sd"] == pytest.approx(2 ** 1.5) and row["pgd"] == pytest.approx((0.30, 0.24))
+    _write(d / "plateau", "st_s0", "st", 0, 0.902, {"linf_0.02": 0.24}, epochs=12)
+    (row,) = C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))
+    assert row["measure"] == "PGD-10" and row["d_robust"] == pytest.approx(-6.0) and not row["plateau"]
+    assert row["robust_seed_sd"] == pytest.approx(2 ** 1.5)      # PGD-10 over the seeds: 30, 34
