@@ -37,7 +37,7 @@ from deep.record import read_record, record_files
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "plateau_rows", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -298,6 +298,34 @@ def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
     return rows
 
 
+def plateau_intervals(prow: Sequence[dict]) -> List[dict]:
+    """The plateau test over seeds, for each configuration with two or more doubled-budget seeds (rows of
+    :func:`plateau_rows`): the 95% t interval of the paired change of clean accuracy and of robust accuracy
+    (points, same measure in every row of the configuration, else None). Verdict "yes" when both intervals
+    lie inside (-tolerance, +tolerance), "no" when either lies wholly outside it, else "undecided"."""
+    by: Dict[str, List[dict]] = {}
+    for p in prow:
+        by.setdefault(p["label"], []).append(p)
+    out = []
+    for label, ps in by.items():
+        if len(ps) < 2:
+            continue
+        c = interval([p["d_clean"] for p in ps])
+        same = len({p["measure"] for p in ps}) == 1 and all(p["d_robust"] is not None for p in ps)
+        r = interval([p["d_robust"] for p in ps]) if same else None
+
+        def inside(iv, tol):
+            return iv is not None and -tol < iv[1] and iv[2] < tol
+
+        def outside(iv, tol):
+            return iv is not None and (iv[1] >= tol or iv[2] <= -tol)
+        verdict = ("yes" if inside(c, PLATEAU_CLEAN) and inside(r, PLATEAU_ROBUST) else
+                   "no" if outside(c, PLATEAU_CLEAN) or outside(r, PLATEAU_ROBUST) else "undecided")
+        out.append(dict(label=label, n=len(ps), epochs=ps[0]["epochs"], clean=c, robust=r,
+                        measure=ps[0]["measure"] if same else None, verdict=verdict))
+    return out
+
+
 def budget_rows(prow: Sequence[dict]) -> List[dict]:
     """Whether a one-seed difference against ST keeps its sign when the budget doubles: for each row of
     :func:`plateau_rows` that is not ST's, paired with ST's row of the same seed and budgets, the method - ST
@@ -515,6 +543,17 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
                           "tell that change from seed noise."]
         else:
             lines += ["", "Every configuration tested passed the plateau test."]
+        pint = plateau_intervals(prow)
+        if pint:
+            def iv_text(iv):
+                return "-" if iv is None else f"{iv[0]:+.2f} [{iv[1]:+.2f}, {iv[2]:+.2f}]"
+            lines += ["", f"**Plateau test over seeds** (paired change from the protocol's budget to twice it, 95% t "
+                      f"interval over n seeds; at the plateau when both intervals lie inside ±{PLATEAU_CLEAN} "
+                      f"(clean) and ±{PLATEAU_ROBUST} (robust) points, not when either lies wholly outside):", "",
+                      markdown_table(["configuration", "n", "epochs", "Δ clean", f"Δ robust {SMALL}", "measure", "plateau"],
+                             [[q["label"], str(q["n"]), f"{q['epochs'][0]} → {q['epochs'][1]}", iv_text(q["clean"]),
+                               iv_text(q["robust"]), q["measure"] or "mixed",
+                               {"yes": "**yes**", "no": "**no**"}.get(q["verdict"], q["verdict"])] for q in pint])]
         brow = budget_rows(prow)
         if brow:
             lines += ["", f"**Does the difference from ST depend on the budget?** Method - ST on the same seed, "

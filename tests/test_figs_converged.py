@@ -181,3 +181,32 @@ def test_plateau_rows_judge_the_worst_case_when_both_runs_have_it(tmp_path):
     (row,) = C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))
     assert row["measure"] == "PGD-10" and row["d_robust"] == pytest.approx(-6.0) and not row["plateau"]
     assert row["robust_seed_sd"] == pytest.approx(2 ** 1.5)      # PGD-10 over the seeds: 30, 34
+
+
+def test_plateau_intervals_over_seeds(tmp_path):
+    """Three seeds doubled: clean changes +0.1, +0.2, +0.3 (interval checked against scipy, inside ±0.5) and
+    robust changes -1, +1, 0 (interval [-2.48, +2.48] covers the 2-point tolerance): undecided; a configuration
+    with one doubled seed gets no row; robust changes -5, -6, -7 lie wholly below -2: no."""
+    stats = pytest.importorskip("scipy.stats")
+    d = tmp_path / "runs"
+    for seed, (dc, dr) in enumerate(((0.001, -0.01), (0.002, 0.01), (0.003, 0.0))):
+        _write(d, f"st_s{seed}", "st", seed, 0.900, {"linf_0.02": 0.30})
+        _write(d / "plateau", f"st_s{seed}", "st", seed, 0.900 + dc, {"linf_0.02": 0.30 + dr}, epochs=12)
+        _write(d, f"sam_rho0.1_s{seed}", "sam", seed, 0.900, {"linf_0.02": 0.40}, rho=0.1)
+        _write(d / "plateau", f"sam_rho0.1_s{seed}", "sam", seed, 0.901, {"linf_0.02": 0.35 - 0.01 * seed},
+               rho=0.1, epochs=12)
+        _write(d, f"sam_rho0.05_s{seed}", "sam", seed, 0.900, {"linf_0.02": 0.40}, rho=0.05)
+        _write(d / "plateau", f"sam_rho0.05_s{seed}", "sam", seed, 0.901 + dc / 10, {"linf_0.02": 0.40 + dr / 10},
+               rho=0.05, epochs=12)
+    _write(d, "sam_rho0.2_s0", "sam", 0, 0.900, {"linf_0.02": 0.40}, rho=0.2)
+    _write(d / "plateau", "sam_rho0.2_s0", "sam", 0, 0.900, {"linf_0.02": 0.40}, rho=0.2, epochs=12)
+    q = {x["label"]: x for x in C.plateau_intervals(C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau")))}
+    assert set(q) == {"ST", "SAM rho 0.05", "SAM rho 0.1"}
+    assert q["SAM rho 0.05"]["verdict"] == "yes"          # clean +0.11-0.13, robust -0.1..+0.1: both inside
+    st = q["ST"]
+    want = stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem([0.1, 0.2, 0.3]))
+    assert st["n"] == 3 and st["clean"][1:3] == pytest.approx(want, rel=1e-6)
+    assert st["robust"][0] == pytest.approx(0.0) and st["verdict"] == "undecided"
+    assert q["SAM rho 0.1"]["robust"][0] == pytest.approx(-6.0) and q["SAM rho 0.1"]["verdict"] == "no"
+    text = C.section(d, "Seeds", tmp_path / "c.png", tmp_path)
+    assert "**Plateau test over seeds**" in text and "| SAM rho 0.1 | 3 | 6 → 12 |" in text
