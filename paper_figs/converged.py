@@ -286,8 +286,10 @@ def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
         worst = (_worst_small(r), _worst_small(d))
         use_worst = None not in worst
         rob = worst if use_worst else pgd
-        dc = 100 * (d.clean - r.clean)
-        dr = 100 * (rob[1] - rob[0]) if None not in rob else None
+        # in points, rounded to 1e-6 so that a change of exactly the tolerance (10 of 500 images: 2 points) is
+        # not let through by the binary rounding of 100 * (0.06 - 0.04) = 1.9999999999999996
+        dc = round(100 * (d.clean - r.clean), 6)
+        dr = round(100 * (rob[1] - rob[0]), 6) if None not in rob else None
         ok = abs(dc) < PLATEAU_CLEAN and dr is not None and abs(dr) < PLATEAU_ROBUST
         pick = _worst_small if use_worst else (lambda x: x.pgd.get(SMALL))
         seeds = [100 * v for x in runs if key(x) == key(d) for v in [pick(x)] if v is not None]

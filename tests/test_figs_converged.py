@@ -210,3 +210,15 @@ def test_plateau_intervals_over_seeds(tmp_path):
     assert q["SAM rho 0.1"]["robust"][0] == pytest.approx(-6.0) and q["SAM rho 0.1"]["verdict"] == "no"
     text = C.section(d, "Seeds", tmp_path / "c.png", tmp_path)
     assert "**Plateau test over seeds**" in text and "| SAM rho 0.1 | 3 | 6 → 12 |" in text
+
+
+def test_a_change_of_exactly_the_tolerance_fails_the_plateau_test(tmp_path):
+    """Worst case 4.0 -> 6.0% (10 of 500 images): 100 * (0.06 - 0.04) is 1.9999999999999996 in binary, and the
+    rule is "less than 2 points": the row says no."""
+    d = tmp_path / "runs"
+    _write(d, "st_s0", "st", 0, 0.9322, {"linf_0.02": 0.119},
+           worst=_worst({"linf_0.02": 0.116}, {"linf_0.02": 0.04}))
+    _write(d / "plateau", "st_s0", "st", 0, 0.9365, {"linf_0.02": 0.184},
+           worst=_worst({"linf_0.02": 0.18}, {"linf_0.02": 0.06}), epochs=12)
+    (row,) = C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))
+    assert row["d_robust"] == 2.0 and row["d_clean"] == pytest.approx(0.43) and not row["plateau"]
