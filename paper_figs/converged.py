@@ -260,12 +260,6 @@ def _cost_where(cost: dict) -> str:
 
 # ---------------------------------------------------------------------------------------- plateau
 
-def _worst_small(r: Run) -> Optional[float]:
-    """The run's worst case (worst-cpu) at the headline radius, None without one."""
-    w = r.worst.get("worst-cpu") or {}
-    return (w.get("robust") or {}).get(SMALL)
-
-
 def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
     """One row per doubled-budget run: its configuration's run of the same seed at the protocol's budget,
     the changes of clean accuracy and of robust accuracy at the headline radius (points), whether both are
@@ -283,21 +277,31 @@ def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
         if r is None:
             continue
         pgd = (r.pgd.get(SMALL), d.pgd.get(SMALL))
-        worst = (_worst_small(r), _worst_small(d))
-        use_worst = None not in worst
-        rob = worst if use_worst else pgd
+        src = _source((r, d), SMALL)                 # the claims' rule: worst case when both have it, else PGD-10
+        pick = _rob(src, SMALL)
+        rob = (pick(r), pick(d))
         # in points, rounded to 1e-6 so that a change of exactly the tolerance (10 of 500 images: 2 points) is
         # not let through by the binary rounding of 100 * (0.06 - 0.04) = 1.9999999999999996
         dc = round(100 * (d.clean - r.clean), 6)
         dr = round(100 * (rob[1] - rob[0]), 6) if None not in rob else None
         ok = abs(dc) < PLATEAU_CLEAN and dr is not None and abs(dr) < PLATEAU_ROBUST
-        pick = _worst_small if use_worst else (lambda x: x.pgd.get(SMALL))
-        seeds = [100 * v for x in runs if key(x) == key(d) for v in [pick(x)] if v is not None]
+        seeds = [100 * pick(x) for x in runs if key(x) == key(d) and _source((x,), SMALL) in (src, "worst")
+                 and pick(x) is not None]         # a worst-case sd: only the seeds that have the worst case
         rows.append(dict(label=config_label(d), seed=d.seed, epochs=(r.epochs, d.epochs), clean=(r.clean, d.clean),
-                         d_clean=dc, robust=rob, pgd=pgd, measure="worst case" if use_worst else "PGD-10",
+                         d_clean=dc, robust=rob, pgd=pgd, measure="worst case" if src == "worst" else "PGD-10",
                          d_robust=dr, plateau=ok,
                          robust_seed_sd=statistics.stdev(seeds) if len(seeds) > 1 else None))
     return rows
+
+
+def _inside(iv, tol: float) -> bool:
+    """The interval (mean, low, high, n) lies inside (-tol, +tol)."""
+    return iv is not None and -tol < iv[1] and iv[2] < tol
+
+
+def _outside(iv, tol: float) -> bool:
+    """The interval lies wholly outside (-tol, +tol)."""
+    return iv is not None and (iv[1] >= tol or iv[2] <= -tol)
 
 
 def plateau_intervals(prow: Sequence[dict]) -> List[dict]:
@@ -315,14 +319,8 @@ def plateau_intervals(prow: Sequence[dict]) -> List[dict]:
         c = interval([p["d_clean"] for p in ps])
         same = len({p["measure"] for p in ps}) == 1 and all(p["d_robust"] is not None for p in ps)
         r = interval([p["d_robust"] for p in ps]) if same else None
-
-        def inside(iv, tol):
-            return iv is not None and -tol < iv[1] and iv[2] < tol
-
-        def outside(iv, tol):
-            return iv is not None and (iv[1] >= tol or iv[2] <= -tol)
-        verdict = ("yes" if inside(c, PLATEAU_CLEAN) and inside(r, PLATEAU_ROBUST) else
-                   "no" if outside(c, PLATEAU_CLEAN) or outside(r, PLATEAU_ROBUST) else "undecided")
+        verdict = ("yes" if _inside(c, PLATEAU_CLEAN) and _inside(r, PLATEAU_ROBUST) else
+                   "no" if _outside(c, PLATEAU_CLEAN) or _outside(r, PLATEAU_ROBUST) else "undecided")
         out.append(dict(label=label, n=len(ps), epochs=ps[0]["epochs"], clean=c, robust=r,
                         measure=ps[0]["measure"] if same else None, verdict=verdict))
     return out
