@@ -37,7 +37,7 @@ from deep.record import read_record, record_files
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -586,6 +586,33 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     lines += ["", f"![learning curves]({rel})", "",
               f"*Learning curves of the runs above (mean ± sd over seeds; dashed: the doubled-budget runs).*", ""]
     return "\n".join(lines)
+
+
+def overview(columns: Sequence[Tuple[str, Sequence[Run]]], cost: Optional[dict] = None) -> Optional[str]:
+    """One table of the claims (a)-(c) across protocols: a row per claim and comparison, a column per
+    (name, runs) in ``columns``, each cell the paired mean, its 95% t interval, n and the verdict of
+    :func:`claims` on that protocol's runs ("-" where the protocol lacks the comparison). Robust cells say
+    whether they rest on the worst case or on PGD-10. None when no protocol has a claim."""
+    per = [{(v.claim, v.scope, v.measure.split(" (")[0]): v for v in claims(runs, cost) if v.claim != "d"}
+           for _, runs in columns]
+    keys: List[Tuple[str, str, str]] = []
+    for d in per:
+        keys += [k for k in d if k not in keys]
+    if not keys:
+        return None
+
+    keys.sort(key=lambda k: k[0] == "c")       # (a), (b) per SAM radius first, then (c); else first seen
+
+    def cell(v: Optional[ClaimVerdict]) -> str:
+        if v is None:
+            return "-"
+        d = 2 if v.measure == "clean" else 1     # clean differences near the -0.5 threshold need 2 decimals
+        src = " (PGD-10)" if v.measure.endswith("(PGD-10)") else ""
+        ci = "" if v.n < 2 or v.low is None else f" [{v.low:+.{d}f}, {v.high:+.{d}f}]"
+        flag = ", masking flag" if v.note.startswith("masking flag") else ""
+        return f"{v.mean:+.{d}f}{ci}{src}, n={v.n}{flag}: **{v.verdict}**"
+    rows = [[k[0], k[1], k[2]] + [cell(d.get(k)) for d in per] for k in keys]
+    return markdown_table(["claim", "comparison", "measure"] + [name for name, _ in columns], rows)
 
 
 def folder_note(folder) -> Optional[str]:

@@ -126,9 +126,15 @@ def render_report(report_path, figures, skipped, errors, sim, deep, command: str
                   "images. The short-preset sections further down (\"short training, not converged\") stopped "
                   "while every method was still learning and are kept for the record.", "", converged]
     lines += ["", "## Verdicts at a glance", ""]
-    shown = list(figures) + (list(real.figures) if real else []) + (list(beyond.figures) if beyond else [])
+    short = (list(real.figures) if real else []) + (list(beyond.figures) if beyond else [])
+    if converged:
+        lines += ["The paper's claims on the converged runs: the first table of the section above. Below, one line "
+                  "per figure; the real-data and beyond-the-paper figures are the short CPU preset's (short "
+                  "training, not converged).", ""]
     lines += table_lines(["figure", "theory vs practice"],
-                         [[f"[{f.title}](#{f.name.replace('_', '-')})", f.verdict.text] for f in shown])
+                         [[f"[{f.title}](#{f.name.replace('_', '-')})"
+                           + (" (short training, not converged)" if converged and f in short else ""), f.verdict.text]
+                          for f in list(figures) + short])
     lines += ["", "## Simulations, claim by claim (docs/theory.md S1-S5)", ""]
     if sim is not None:
         lines.append(claims_table(sim["claims"]))

@@ -222,3 +222,29 @@ def test_a_change_of_exactly_the_tolerance_fails_the_plateau_test(tmp_path):
            worst=_worst({"linf_0.02": 0.18}, {"linf_0.02": 0.06}), epochs=12)
     (row,) = C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau"))
     assert row["d_robust"] == 2.0 and row["d_clean"] == pytest.approx(0.43) and not row["plateau"]
+
+
+def test_overview_puts_each_protocols_verdict_in_its_column(tmp_path):
+    stats = pytest.importorskip("scipy.stats")
+    import statistics
+    short, long = tmp_path / "short", tmp_path / "long"
+    gains = [0.10, 0.13, 0.11]                       # SAM - ST at linf_0.02, fractions, on the long budget
+    for s, g in enumerate(gains):
+        _write(long, f"st_s{s}", "st", s, 0.90, {"linf_0.02": 0.40, "linf_0.05": 0.0})
+        _write(long, f"sam_rho0.1_s{s}", "sam", s, 0.90, {"linf_0.02": 0.40 + g, "linf_0.05": 0.0}, rho=0.1)
+    for s in range(2):                               # the short budget: one SAM radius only, AT present
+        _write(short, f"st_s{s}", "st", s, 0.90, {"linf_0.02": 0.40, "linf_0.05": 0.0})
+        _write(short, f"sam_rho0.2_s{s}", "sam", s, 0.88, {"linf_0.02": 0.45, "linf_0.05": 0.0}, rho=0.2)
+        _write(short, f"at_linf_0.1_s{s}", "at", s, 0.80, {"linf_0.02": 0.78, "linf_0.05": 0.70}, eps=0.1)
+    table = C.overview([("short", C.load_runs(short)), ("long", C.load_runs(long))])
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:6]]
+            for line in table.splitlines()[2:]}
+    d = [100 * g for g in gains]
+    lo, hi = stats.t.interval(0.95, 2, loc=statistics.mean(d), scale=stats.sem(d))
+    assert rows[("a", "SAM rho 0.1 vs ST", "robust linf_0.02")] == [
+        "-", f"{statistics.mean(d):+.1f} [{lo:+.1f}, {hi:+.1f}] (PGD-10), n=3: **holds**"]
+    assert rows[("b", "SAM rho 0.1 vs ST", "clean")][1] == "+0.00 [+0.00, +0.00], n=3: **holds**"
+    assert rows[("b", "SAM rho 0.2 vs ST", "clean")] == ["-2.00 [-2.00, -2.00], n=2: **fails**", "-"]
+    assert rows[("c", "AT l_inf 0.1 vs SAM rho 0.2", "robust linf_0.05")][1] == "-"
+    assert [k[0] for k in rows].index("c") > max(i for i, k in enumerate(rows) if k[0] in "ab")
+    assert C.overview([("empty", [])]) is None
