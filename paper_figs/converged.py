@@ -384,7 +384,7 @@ def pgd_labels(runs: Sequence[Run]) -> List[str]:
 def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
     """Per configuration: seeds, clean, PGD-10 at each radius of :func:`pgd_labels`, and at SMALL and LARGE
     the worst case with its PGD-only and AutoAttack-only numbers on the same images (mean ± sd over seeds),
-    and the plateau epoch."""
+    the seconds AutoAttack took per model (both radii, mean ± sd over seeds) and the plateau epoch."""
     labels = pgd_labels(runs)
     rows = []
     for _, g in _groups(runs).items():
@@ -397,6 +397,9 @@ def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
                            f"**{_pm([w['robust'][lab] for w in ws])}** (n={ws[0]['n']}, {len(ws)} seeds)")
             else:
                 row.append("not run")
+        secs = [sum((w.get("seconds_per_attack") or {}).values()) for w in (r.worst.get("worst-cpu") for r in g) if w]
+        row.append("-" if not secs else f"{statistics.mean(secs):.0f}" if len(secs) == 1
+                   else f"{statistics.mean(secs):.0f} ± {statistics.stdev(secs):.0f}")
         plat = plateau_epoch(g)
         row.append("-" if plat is None else str(plat))
         rows.append(row)
@@ -509,11 +512,13 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     lines = [f"### {title}", "", _settings_line(runs), ""] + ([note, ""] if note else []) + [
              "Mean ± sd over seeds, accuracies in %. Worst case = per image, PGD-10 best iterate and AutoAttack "
              "(APGD-CE + APGD-T, 3 target classes, 100 iterations) both fail to break it, on the first n test "
-             "images; shown as PGD-10 / AutoAttack / **worst case** on those images. Plateau epoch: first epoch "
+             "images; shown as PGD-10 / AutoAttack / **worst case** on those images, with AutoAttack's time per "
+             "model (one CPU thread). Plateau epoch: first epoch "
              f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
              "value.", "",
              markdown_table(["configuration", "seeds", "clean"] + [f"PGD-10 {lab}" for lab in pgd_labels(runs)]
-                    + [f"{SMALL}: PGD / AA / worst", f"{LARGE}: PGD / AA / worst", "plateau epoch"],
+                    + [f"{SMALL}: PGD / AA / worst", f"{LARGE}: PGD / AA / worst",
+                       "AutoAttack s per model (both radii)", "plateau epoch"],
                     summary_rows(runs)), ""]
     lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and robust accuracy at {SMALL} < {PLATEAU_ROBUST} points; robust = the worst case of "

@@ -248,3 +248,15 @@ def test_overview_puts_each_protocols_verdict_in_its_column(tmp_path):
     assert rows[("c", "AT l_inf 0.1 vs SAM rho 0.2", "robust linf_0.05")][1] == "-"
     assert [k[0] for k in rows].index("c") > max(i for i, k in enumerate(rows) if k[0] in "ab")
     assert C.overview([("empty", [])]) is None
+
+
+def test_summary_rows_state_autoattack_seconds_per_model(tmp_path):
+    d = tmp_path / "runs"
+    for s, secs in enumerate([(30.0, 40.0), (50.0, 60.0)]):
+        w = _worst({"linf_0.02": 0.3, "linf_0.05": 0.0}, {"linf_0.02": 0.2, "linf_0.05": 0.0})
+        w["seconds_per_attack"] = {"linf_0.02": secs[0], "linf_0.05": secs[1]}
+        _write(d, f"st_s{s}", "st", s, 0.9, {"linf_0.02": 0.3, "linf_0.05": 0.0}, worst=w)
+    _write(d, "sam_rho0.1_s0", "sam", 0, 0.9, {"linf_0.02": 0.3, "linf_0.05": 0.0}, rho=0.1)   # no AutoAttack
+    rows = {r[0]: r for r in C.summary_rows(C.load_runs(d))}
+    assert rows["ST"][-2] == "90 ± 28"          # totals 70 and 110 s: mean 90, sd 28.3
+    assert rows["SAM rho 0.1"][-2] == "-" and rows["SAM rho 0.1"][-3] == "not run"
