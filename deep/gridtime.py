@@ -47,7 +47,8 @@ GRIDS = (
     Grid("CIFAR-10 protocol (100 epochs; ST, SAM x 3 rho, AT; 3 seeds)", "cifar10", 50000, 100,
          {"st": 3, "sam": 9, "at": 3}, {}),
     # the converged Fashion-MNIST grid (deep.spec PROFILES["converged"]) with its plateau runs
-    Grid("Fashion-MNIST converged (12 epochs; ST x 3, SAM x 3 rho x 3, AT x 2; plateau ST, SAM, AT)",
+    Grid(f"Fashion-MNIST converged ({PROFILES['converged']['epochs']} epochs; ST x 3, SAM x 3 rho x 3, AT x 2; "
+         "plateau ST, SAM, AT)",
          "fashion-mnist", 60000, PROFILES["converged"]["epochs"], {"st": 3, "sam": 9, "at": 2},
          {"st": 1, "sam": 1, "at": 1}),
 )

@@ -39,6 +39,7 @@ BUDGET=${BUDGET:-575}             # seconds for the whole script (the device cal
 DEVICE=${DEVICE:-cuda}
 K=${K:-8}                         # grid runs at once on the device
 WIDTH=${WIDTH:-64}
+EPOCHS=${EPOCHS:-12}              # the profile's 24 (the CPU headline) do not fit one device call at width 64
 N_AA=${N_AA:-500}                 # images of the worst case with AutoAttack's APGD-CE + APGD-T
 N_STD=${N_STD:-200}               # images of the worst case with the standard AutoAttack (with Square)
 RADII=${RADII:-linf:0.02,linf:0.05}
@@ -93,7 +94,7 @@ GRAPH_FLAG=""
 # 3. the full-width converged grid (background, deadline) and the CPU runs' worst case beside it
 GRID_S=$(( $(left) - EVAL_TAIL_S ))
 phase "grid: $GRID_S s ${GRAPH_FLAG:-eager}"
-setsid -w timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
+setsid -w timeout -s INT -k 15 "$GRID_S" python3 -m deep.run --profile converged --epochs "$EPOCHS" --width "$WIDTH" --device "$DEVICE" --jobs "$K" \
     ${PLATEAU:+--plateau-check "$PLATEAU"} --data-dir "$DATA_DIR" --out "$WORK/grid" --no-progress $GRAPH_FLAG $GRID_ARGS \
     > "$WORK/grid.log" 2>&1 &
 GRID_PID=$!
@@ -124,7 +125,7 @@ G2_PID=""
 if [ -n "$GRID2_ARGS" ] && [ $(( GRID_END - $(date +%s) )) -gt "${G2_MIN_S:-60}" ]; then
     phase "second grid until the grid deadline: $GRID2_ARGS"
     setsid -w timeout -s INT -k 15 $(( GRID_END - $(date +%s) )) python3 -m deep.run --profile converged \
-        --width "$WIDTH" --device "$DEVICE" --jobs "$K2" --data-dir "$DATA_DIR" --out "$WORK/grid" --no-progress \
+        --epochs "$EPOCHS" --width "$WIDTH" --device "$DEVICE" --jobs "$K2" --data-dir "$DATA_DIR" --out "$WORK/grid" --no-progress \
         $GRAPH_FLAG $GRID_ARGS $GRID2_ARGS > "$WORK/grid2.log" 2>&1 &
     G2_PID=$!
 fi
