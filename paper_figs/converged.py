@@ -381,6 +381,11 @@ def pgd_labels(runs: Sequence[Run]) -> List[str]:
     return [k for k in PGD_ORDER if k in have] + sorted(have - set(PGD_ORDER))
 
 
+def _aa_seconds(w: dict) -> float:
+    """The seconds AutoAttack took in one worst-case evaluation, summed over its radii."""
+    return sum((w.get("seconds_per_attack") or {}).values())
+
+
 def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
     """Per configuration: seeds, clean, PGD-10 at each radius of :func:`pgd_labels`, and at SMALL and LARGE
     the worst case with its PGD-only and AutoAttack-only numbers on the same images (mean ± sd over seeds),
@@ -390,14 +395,14 @@ def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
     for _, g in _groups(runs).items():
         row = [config_label(g[0]), str(len(g)), _pm([r.clean for r in g])]
         row += [_pm([r.pgd.get(lab) for r in g]) for lab in labels]
+        ws = [r.worst.get("worst-cpu") for r in g]
         for lab in (SMALL, LARGE):
-            ws = [r.worst.get("worst-cpu") for r in g]
             if all(w and lab in w.get("robust", {}) for w in ws):
                 row.append(f"{_pm([w['pgd'][lab] for w in ws])} / {_pm([w['autoattack'][lab] for w in ws])} / "
                            f"**{_pm([w['robust'][lab] for w in ws])}** (n={ws[0]['n']}, {len(ws)} seeds)")
             else:
                 row.append("not run")
-        secs = [sum((w.get("seconds_per_attack") or {}).values()) for w in (r.worst.get("worst-cpu") for r in g) if w]
+        secs = [_aa_seconds(w) for w in ws if w]
         row.append("-" if not secs else f"{statistics.mean(secs):.0f}" if len(secs) == 1
                    else f"{statistics.mean(secs):.0f} ± {statistics.stdev(secs):.0f}")
         plat = plateau_epoch(g)
@@ -415,8 +420,7 @@ def standard_rows(runs: Sequence[Run]) -> List[List[str]]:
             continue
         cells = [f"{100 * w['pgd'][lab]:.1f} / {100 * w['autoattack'][lab]:.1f} / **{100 * w['robust'][lab]:.1f}**"
                  if lab in w.get("robust", {}) else "-" for lab in (SMALL, LARGE)]
-        secs = sum((w.get("seconds_per_attack") or {}).values())
-        rows.append([f"{config_label(r)} (seed {r.seed})", str(w.get("n"))] + cells + [f"{secs:.0f}"])
+        rows.append([f"{config_label(r)} (seed {r.seed})", str(w.get("n"))] + cells + [f"{_aa_seconds(w):.0f}"])
     return rows
 
 
