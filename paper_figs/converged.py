@@ -15,7 +15,12 @@ with a two-sided 95% interval, mean +- t_{0.975, n-1} sd / sqrt(n) over the n se
 * (b) "no clean cost": SAM - ST clean accuracy > -0.5 points;
 * (c) AT - SAM robust accuracy at the larger radius (l_inf 0.05) > 0 and AT - SAM clean accuracy < 0;
 * (d) SAM's measured step cost relative to ST's is below AT's (``python -m deep.cost``: median of interleaved
-  rounds; no interval over seeds, the cost does not depend on the seed).
+  rounds; no interval over seeds, the cost does not depend on the seed);
+* (e) equal cost: SAM at the radius fixed in advance (``beyond.EQUAL_COST_RHO``) against each cheap AT variant
+  (deep.train.AT_VARIANTS) whose measured step cost is at most SAM's: SAM - cheap AT robust accuracy at the
+  larger radius > 0 ("SAM stands in for cheap AT") and SAM - cheap AT clean accuracy > 0. Nothing is chosen on
+  the test images: every radius and eps is fixed before training; a costlier variant is listed, not judged.
+  Its runs sit in the folder's ``equal-cost/`` subfolder.
 
 Robust numbers are the per-image worst case where every run of the comparison has one, else PGD-10. A
 gradient-masking flag (PGD-10 minus the worst case, in points, mean over the runs involved) larger than the
@@ -34,10 +39,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from deep.aggregate import group_key
 from deep.record import read_record, record_files
+from deep.train import AT_VARIANTS
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "equal_cost_claims", "equal_cost_block", "summary_header", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -123,13 +129,15 @@ def config_label(r: Run) -> str:
         return f"SAM rho {r.rho:g}"
     if r.method == "at":
         return f"AT l_inf {r.eps:g}"
+    if r.method in AT_VARIANTS:
+        return f"{r.method} AT l_inf {r.eps:g}"
     return "ST"
 
 
 def _groups(runs: Sequence[Run]) -> Dict[Tuple, List[Run]]:
     """Runs grouped by the package's one rule (deep.aggregate.group_key: the seed is the only difference),
-    keyed (method, rho, eps, group key), ST first, then SAM and AT by radius."""
-    order = {"st": 0, "sam": 1, "at": 2}
+    keyed (method, rho, eps, group key), ST first, then SAM and AT by radius, then the cheap AT variants."""
+    order = {"st": 0, "sam": 1, "at": 2, **{m: 3 + i for i, m in enumerate(AT_VARIANTS)}}
     out: Dict[Tuple, List[Run]] = {}
     for r in sorted(runs, key=lambda r: (order.get(r.method, 9), r.rho or 0, r.eps or 0, r.seed)):
         out.setdefault((r.method, r.rho, r.eps, r.group), []).append(r)
@@ -250,6 +258,36 @@ def claims(runs: Sequence[Run], cost: Optional[dict] = None) -> List[ClaimVerdic
             out.append(ClaimVerdict("d", "SAM vs AT", "step cost / ST's (deep.cost, median of interleaved rounds)", 0,
                                rel["sam"], None, rel["at"], "SAM < AT", "holds" if holds else "fails",
                                f"SAM x{rel['sam']:.2f}, AT x{rel['at']:.2f} ST's step ({_cost_where(cost)})"))
+    return out
+
+
+def equal_cost_claims(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[dict] = None) -> List[ClaimVerdict]:
+    """Claim (e) (module docstring): SAM rho ``EQUAL_COST_RHO`` of ``runs`` against each cheap AT configuration
+    of ``cheap``, paired by seed. A variant whose measured step cost (``cost["relative"]``, deep.cost) exceeds
+    SAM's gets one "not judged" row saying so; without a measured cost for both, the variant is judged and the
+    note says that the cost was not checked. The masking flag is the mean PGD-10 - worst-case gap over the runs
+    of both sides."""
+    from .beyond import EQUAL_COST_RHO
+    sam = next((g for k, g in _groups(runs).items() if k[0] == "sam" and k[1] == EQUAL_COST_RHO), [])
+    rel = (cost or {}).get("relative", {})
+    out = []
+    for key, g in _groups(cheap).items():
+        if key[0] not in AT_VARIANTS:
+            continue
+        scope = f"SAM rho {EQUAL_COST_RHO:g} vs {config_label(g[0])}"
+        c_sam, c_cheap = rel.get("sam"), rel.get(key[0])
+        if c_sam is not None and c_cheap is not None and c_cheap > c_sam:
+            out.append(ClaimVerdict("e", scope, "step cost / ST's", 0, None, None, None, "<= SAM's", "not judged",
+                                    f"{key[0]} x{c_cheap:.2f} > SAM x{c_sam:.2f} ST's step: costlier than SAM"))
+            continue
+        cost_note = ("cost not measured" if c_sam is None or c_cheap is None
+                     else f"step cost {key[0]} x{c_cheap:.2f} <= SAM x{c_sam:.2f}")
+        src = _source(list(sam) + list(g), LARGE)
+        rob = _diff_verdict("e", scope, f"robust {LARGE} ({'worst case' if src == 'worst' else 'PGD-10'})",
+                            paired(sam, g, _rob(src, LARGE)), 0.0, True, "> 0", gap=_mask_gap(list(sam) + list(g), LARGE))
+        rob.note = "; ".join(x for x in (rob.note, cost_note) if x)
+        out.append(rob)
+        out.append(_diff_verdict("e", scope, "clean", paired(sam, g, lambda r: r.clean), 0.0, True, "> 0"))
     return out
 
 
@@ -411,6 +449,43 @@ def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
     return rows
 
 
+def summary_header(runs: Sequence[Run]) -> List[str]:
+    """The column names of :func:`summary_rows`."""
+    return (["configuration", "seeds", "clean"] + [f"PGD-10 {lab}" for lab in pgd_labels(runs)]
+            + [f"{SMALL}: PGD / AA / worst", f"{LARGE}: PGD / AA / worst", "AutoAttack s per model (both radii)",
+               "plateau epoch"])
+
+
+def _wall_ratios(runs: Sequence[Run]) -> Dict[str, float]:
+    """Mean training wall time of each configuration relative to ST's mean (empty without ST runs)."""
+    gs = {config_label(g[0]): statistics.mean(r.train_s for r in g) for g in _groups(runs).values()}
+    st = gs.get("ST")
+    return {k: v / st for k, v in gs.items()} if st else {}
+
+
+def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[dict] = None,
+                     note: Optional[str] = None) -> List[str]:
+    """Report lines of claim (e): the cheap AT runs beside SAM rho EQUAL_COST_RHO and AT of ``runs`` (same
+    table as the section's), the measured step costs and the training wall times relative to ST, and the
+    paired verdicts of :func:`equal_cost_claims`."""
+    from .beyond import EQUAL_COST_RHO
+    shown = [r for r in runs if (r.method == "sam" and r.rho == EQUAL_COST_RHO) or r.method == "at"] + list(cheap)
+    rel = (cost or {}).get("relative", {})
+    walls = _wall_ratios(list(runs) + list(cheap))
+    costs = ", ".join(f"{m} x{rel[m]:.2f}" for m in ("sam", *AT_VARIANTS, "at") if m in rel)
+    lines = [f"**Equal cost (claim e):** the cheap adversarial training variants (l_inf eps and SAM's rho {EQUAL_COST_RHO:g} "
+             "fixed before training, so nothing is chosen on the test images) on the same profile, epoch budget and "
+             "worst-case evaluation as the runs above:", ""]
+    lines += ([note, ""] if note else [])
+    lines += [markdown_table(summary_header(shown), summary_rows(shown)), ""]
+    lines.append("Cost relative to ST: measured step cost (python -m deep.cost, " + (_cost_where(cost) if cost else "") + "): "
+                 + (costs or "not measured") + "; training wall time of these runs (two runs at a time on two cores): "
+                 + (", ".join(f"{k} x{v:.2f}" for k, v in walls.items() if k != "ST") or "-") + ".")
+    lines += ["", markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
+                                 verdict_rows(equal_cost_claims(runs, cheap, cost))), ""]
+    return lines
+
+
 def standard_rows(runs: Sequence[Run]) -> List[List[str]]:
     """Runs with the standard AutoAttack worst case: PGD / AA / worst at SMALL and LARGE, AA seconds."""
     rows = []
@@ -520,10 +595,7 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
              "model (one CPU thread). Plateau epoch: first epoch "
              f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
              "value.", "",
-             markdown_table(["configuration", "seeds", "clean"] + [f"PGD-10 {lab}" for lab in pgd_labels(runs)]
-                    + [f"{SMALL}: PGD / AA / worst", f"{LARGE}: PGD / AA / worst",
-                       "AutoAttack s per model (both radii)", "plateau epoch"],
-                    summary_rows(runs)), ""]
+             markdown_table(summary_header(runs), summary_rows(runs)), ""]
     lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and robust accuracy at {SMALL} < {PLATEAU_ROBUST} points; robust = the worst case of "
               "PGD-10 and AutoAttack where both runs have it, else PGD-10):", ""]
@@ -591,6 +663,9 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
               "threshold):", "",
               markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
                      verdict_rows(vs))]
+    cheap = load_runs(folder / "equal-cost") if (folder / "equal-cost").is_dir() else []
+    if cheap:
+        lines += [""] + equal_cost_block(runs, cheap, cost, folder_note(folder / "equal-cost"))
     rel = os.path.relpath(Path(png).resolve(), Path(report_dir).resolve())
     lines += ["", f"![learning curves]({rel})", "",
               f"*Learning curves of the runs above (mean ± sd over seeds; dashed: the doubled-budget runs).*", ""]

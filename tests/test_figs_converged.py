@@ -260,3 +260,47 @@ def test_summary_rows_state_autoattack_seconds_per_model(tmp_path):
     rows = {r[0]: r for r in C.summary_rows(C.load_runs(d))}
     assert rows["ST"][-2] == "90 ± 28"          # totals 70 and 110 s: mean 90, sd 28.3
     assert rows["SAM rho 0.1"][-2] == "-" and rows["SAM rho 0.1"][-3] == "not run"
+
+
+def _equal_cost_folder(tmp_path):
+    """SAM rho 0.1 and ST (3 seeds) in the folder; fgsm-rs, pgd1 and pgd2 (3 seeds) in its equal-cost/."""
+    d = tmp_path / "cpu-24ep"
+    for s in range(3):
+        _write(d, f"st_s{s}", "st", s, 0.93, {"linf_0.02": 0.03, "linf_0.05": 0.0})
+        _write(d, f"sam_rho0.1_s{s}", "sam", s, 0.93, {"linf_0.02": 0.16, "linf_0.05": 0.01 + 0.01 * s}, rho=0.1)
+        for m, rob in (("fgsm-rs", 0.80), ("pgd1", 0.70), ("pgd2", 0.82)):
+            _write(d / "equal-cost", f"{m}_linf_0.1_s{s}", m, s, 0.85 + 0.01 * s, {"linf_0.02": 0.84, "linf_0.05": rob},
+                   eps=0.1)
+    return d
+
+
+def test_equal_cost_claim_is_paired_by_seed_and_leaves_out_costlier_variants(tmp_path):
+    d = _equal_cost_folder(tmp_path)
+    cost = {"relative": {"st": 1.0, "sam": 2.09, "fgsm-rs": 1.78, "pgd1": 1.72, "pgd2": 2.46, "at": 8.2}}
+    vs = C.equal_cost_claims(C.load_runs(d), C.load_runs(d / "equal-cost"), cost)
+    by = {(v.scope, v.measure.split(" (")[0]): v for v in vs}
+    rob = by[("SAM rho 0.1 vs fgsm-rs AT l_inf 0.1", "robust linf_0.05")]
+    # SAM 1, 2, 3 % against 80 %: -79, -78, -77 points, hand-computed
+    assert rob.n == 3 and rob.mean == pytest.approx(-78.0) and rob.verdict == "fails"
+    assert "x1.78 <= SAM x2.09" in rob.note
+    clean = by[("SAM rho 0.1 vs pgd1 AT l_inf 0.1", "clean")]
+    assert clean.mean == pytest.approx(100 * (0.93 - 0.86)) and clean.verdict == "holds"
+    pgd2 = by[("SAM rho 0.1 vs pgd2 AT l_inf 0.1", "step cost / ST's")]
+    assert pgd2.verdict == "not judged" and "x2.46 > SAM x2.09" in pgd2.note
+    assert not [v for v in vs if "pgd2" in v.scope and v.verdict != "not judged"]
+    # without a measured cost every variant is judged, and the note says the cost was not checked
+    vs = C.equal_cost_claims(C.load_runs(d), C.load_runs(d / "equal-cost"), None)
+    assert sum(v.verdict == "fails" for v in vs) == 3 and all("cost not measured" in v.note
+                                                               for v in vs if v.measure.startswith("robust"))
+
+
+def test_section_adds_the_equal_cost_block_when_the_subfolder_exists(tmp_path):
+    d = _equal_cost_folder(tmp_path)
+    text = C.section(d, "Converged", tmp_path / "fig" / "c.png", tmp_path,
+                     cost={"relative": {"st": 1.0, "sam": 2.09, "fgsm-rs": 1.78, "pgd1": 1.72, "pgd2": 2.46}})
+    assert "**Equal cost (claim e):**" in text
+    assert "| fgsm-rs AT l_inf 0.1 | 3 | 86.0 ± 1.0 |" in text          # the cheap runs in the summary table
+    assert "| e | SAM rho 0.1 vs fgsm-rs AT l_inf 0.1 | robust linf_0.05 (PGD-10) | 3 |" in text
+    assert "measured step cost" in text and "fgsm-rs x1.78" in text
+    # the claims (a)-(c) of the section are not changed by the cheap runs
+    assert "| c |" not in text
