@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from deep.aggregate import group_key
+from deep.archs import DEFAULT_ARCH
 from deep.record import read_record, record_files
 from deep.train import AT_VARIANTS
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "equal_cost_claims", "equal_cost_block", "summary_header", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "equal_cost_claims", "equal_cost_block", "arch_block", "summary_header", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -73,6 +74,7 @@ class Run:
     device: str = ""
     train_s: float = 0.0
     group: str = ""             # deep.aggregate.group_key of the result: equal for runs that differ in the seed only
+    arch: str = DEFAULT_ARCH    # deep.archs name
 
     def robust(self, label: str, prefer: str = "worst-cpu") -> Tuple[Optional[float], str]:
         """(accuracy, source) at ``label``: the worst case of ``prefer`` when stored, else PGD-10."""
@@ -97,7 +99,8 @@ def _run(raw: dict, path: Path) -> Run:
                n_train=cfg.get("n_train"), clean=float(raw["clean_acc"]), pgd=dict(raw.get("robust") or {}),
                n_robust=(raw.get("eval") or {}).get("n_robust"), history=list(raw.get("history") or []),
                worst={k: v for k, v in extra.items() if k in WORST_KEYS}, device=str(raw.get("device", "")),
-               train_s=float(raw.get("wall_time_s") or 0.0), group=group_key(raw))
+               train_s=float(raw.get("wall_time_s") or 0.0), group=group_key(raw),
+               arch=str(cfg.get("arch") or DEFAULT_ARCH))
 
 
 def _read(p: Path) -> dict:
@@ -119,19 +122,23 @@ def load_runs(folder) -> List[Run]:
 
 
 def config_key(r: Run) -> Tuple:
-    """(method, radius, width, epochs, training images): the doubled-budget run of a configuration is the
+    """(architecture, method, rho, eps, width, epochs, training images): the doubled-budget run of a configuration is the
     one whose key differs in the epochs only (:func:`plateau_rows`)."""
-    return (r.method, r.rho, r.eps, r.width, r.epochs, r.n_train)
+    return (r.arch, r.method, r.rho, r.eps, r.width, r.epochs, r.n_train)
 
 
 def config_label(r: Run) -> str:
+    """"SAM rho 0.1", "AT l_inf 0.1", "fgsm-rs AT l_inf 0.1", "ST"; prefixed by the architecture unless
+    PreActResNet-18 ("cnn SAM rho 0.1")."""
     if r.method == "sam":
-        return f"SAM rho {r.rho:g}"
-    if r.method == "at":
-        return f"AT l_inf {r.eps:g}"
-    if r.method in AT_VARIANTS:
-        return f"{r.method} AT l_inf {r.eps:g}"
-    return "ST"
+        label = f"SAM rho {r.rho:g}"
+    elif r.method == "at":
+        label = f"AT l_inf {r.eps:g}"
+    elif r.method in AT_VARIANTS:
+        label = f"{r.method} AT l_inf {r.eps:g}"
+    else:
+        label = "ST"
+    return label if r.arch == DEFAULT_ARCH else f"{r.arch} {label}"
 
 
 def _groups(runs: Sequence[Run]) -> Dict[Tuple, List[Run]]:
@@ -307,7 +314,7 @@ def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
     Robust accuracy is the reported one: the per-image worst case of PGD-10 and AutoAttack when both runs
     have it (``measure`` "worst case"; the sd then over the seeds that have it), else PGD-10 (``measure``
     "PGD-10"). ``pgd`` keeps the PGD-10 pair either way (:func:`budget_rows` compares on it)."""
-    key = (lambda r: config_key(r)[0:4] + config_key(r)[5:])          # the configuration but its epochs
+    key = (lambda r: tuple(x for i, x in enumerate(config_key(r)) if i != 5))    # all but the epochs
     base = {(key(r), r.seed): r for r in runs}
     rows = []
     for d in doubled:
@@ -483,6 +490,28 @@ def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[d
                  + (", ".join(f"{k} x{v:.2f}" for k, v in walls.items() if k != "ST") or "-") + ".")
     lines += ["", markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
                                  verdict_rows(equal_cost_claims(runs, cheap, cost))), ""]
+    return lines
+
+
+def arch_block(runs: Sequence[Run], arch_runs: Sequence[Run], note: Optional[str] = None) -> List[str]:
+    """Report lines of the architecture question at the section's budget: per architecture of ``arch_runs``
+    (and PreActResNet-18 from ``runs``, for comparison), the summary table and the claims (a)-(c) of
+    :func:`claims` on that architecture's runs alone, paired by seed."""
+    by: Dict[str, List[Run]] = {}
+    for r in arch_runs:
+        by.setdefault(r.arch, []).append(r)
+    lines = ["**Other architectures (same claims, same budget):** the small CNN and the MLP on the same data, "
+             "epoch budget and worst-case evaluation as the runs above; each claim paired by seed within one "
+             "architecture:", ""] + ([note, ""] if note else [])
+    rows = [row for _, rs in sorted(by.items()) for row in summary_rows(rs)]
+    lines += [markdown_table(summary_header(arch_runs), rows), ""]
+    vs = []
+    for arch, rs in sorted(by.items()):
+        for v in claims(rs):
+            v.scope = f"{arch}: {v.scope.replace(arch + ' ', '')}"
+            vs.append(v)
+    lines += [markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict",
+                              "note"], verdict_rows(vs)), ""]
     return lines
 
 
@@ -666,6 +695,9 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     cheap = load_runs(folder / "equal-cost") if (folder / "equal-cost").is_dir() else []
     if cheap:
         lines += [""] + equal_cost_block(runs, cheap, cost, folder_note(folder / "equal-cost"))
+    archs = load_runs(folder / "arch") if (folder / "arch").is_dir() else []
+    if archs:
+        lines += [""] + arch_block(runs, archs, folder_note(folder / "arch"))
     rel = os.path.relpath(Path(png).resolve(), Path(report_dir).resolve())
     lines += ["", f"![learning curves]({rel})", "",
               f"*Learning curves of the runs above (mean ± sd over seeds; dashed: the doubled-budget runs).*", ""]

@@ -304,3 +304,30 @@ def test_section_adds_the_equal_cost_block_when_the_subfolder_exists(tmp_path):
     assert "measured step cost" in text and "fgsm-rs x1.78" in text
     # the claims (a)-(c) of the section are not changed by the cheap runs
     assert "| c |" not in text
+
+
+def test_arch_block_judges_each_architecture_on_its_own_seeds(tmp_path):
+    """cnn: SAM - ST robust +10, +12, +11 points (holds over 3 seeds); mlp: +5, -5, 0 (undecided); the
+    PreActResNet-18 runs of the section do not enter the architectures' claims."""
+    d = tmp_path / "cpu-24ep"
+    for s in range(2):
+        _write(d, f"st_s{s}", "st", s, 0.93, {"linf_0.02": 0.03})
+        _write(d, f"sam_rho0.1_s{s}", "sam", s, 0.93, {"linf_0.02": 0.90}, rho=0.1)
+    for s, (c, m) in enumerate([(0.10, 0.05), (0.12, -0.05), (0.11, 0.0)]):
+        for arch, gain in (("cnn", c), ("mlp", m)):
+            for meth, rob, rho in (("st", 0.30, None), ("sam", 0.30 + gain, 0.1)):
+                rid = f"{arch}_{meth}{'_rho0.1' if rho else ''}_s{s}"
+                _write(d / "arch", rid, meth, s, 0.90, {"linf_0.02": rob}, rho=rho)
+                raw = json.loads((d / "arch" / f"{rid}.json").read_text())
+                raw["config"]["arch"] = arch
+                (d / "arch" / f"{rid}.json").write_text(json.dumps(raw))
+    text = "\n".join(C.arch_block(C.load_runs(d), C.load_runs(d / "arch")))
+    assert "| a | cnn: SAM rho 0.1 vs ST | robust linf_0.02 (PGD-10) | 3 | +11.00 |" in text
+    assert "| a | mlp: SAM rho 0.1 vs ST | robust linf_0.02 (PGD-10) | 3 | +0.00 |" in text
+    cnn = [ln for ln in text.splitlines() if ln.startswith("| a | cnn")][0]
+    assert "**holds**" in cnn
+    assert "**undecided**" in [ln for ln in text.splitlines() if ln.startswith("| a | mlp")][0]
+    assert "| cnn SAM rho 0.1 | 3 |" in text and "| mlp ST | 3 |" in text
+    section = C.section(d, "Converged", tmp_path / "c.png", tmp_path)
+    assert "**Other architectures" in section
+    assert "| a | SAM rho 0.1 vs ST | robust linf_0.02 (PGD-10) | 2 | +87.00 |" in section
