@@ -444,7 +444,7 @@ def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
         for lab in (SMALL, LARGE):
             if all(w and lab in w.get("robust", {}) for w in ws):
                 row.append(f"{_pm([w['pgd'][lab] for w in ws])} / {_pm([w['autoattack'][lab] for w in ws])} / "
-                           f"**{_pm([w['robust'][lab] for w in ws])}** (n={ws[0]['n']}, {len(ws)} seeds)")
+                           f"**{_pm([w['robust'][lab] for w in ws])}** (n={ws[0]['n']}, {len(ws)} seed{'s' if len(ws) > 1 else ''})")
             else:
                 row.append("not run")
         secs = [_aa_seconds(w) for w in ws if w]
