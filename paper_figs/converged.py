@@ -44,7 +44,7 @@ from deep.train import AT_VARIANTS
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "equal_cost_claims", "equal_cost_block", "arch_block", "summary_header", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "equal_cost_claims", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -75,6 +75,7 @@ class Run:
     train_s: float = 0.0
     group: str = ""             # deep.aggregate.group_key of the result: equal for runs that differ in the seed only
     arch: str = DEFAULT_ARCH    # deep.archs name
+    stopped_early: Optional[int] = None   # AT: the epoch whose weights the catastrophic-overfitting guard kept
 
     def robust(self, label: str, prefer: str = "worst-cpu") -> Tuple[Optional[float], str]:
         """(accuracy, source) at ``label``: the worst case of ``prefer`` when stored, else PGD-10."""
@@ -100,7 +101,7 @@ def _run(raw: dict, path: Path) -> Run:
                n_robust=(raw.get("eval") or {}).get("n_robust"), history=list(raw.get("history") or []),
                worst={k: v for k, v in extra.items() if k in WORST_KEYS}, device=str(raw.get("device", "")),
                train_s=float(raw.get("wall_time_s") or 0.0), group=group_key(raw),
-               arch=str(cfg.get("arch") or DEFAULT_ARCH))
+               arch=str(cfg.get("arch") or DEFAULT_ARCH), stopped_early=raw.get("stopped_early"))
 
 
 def _read(p: Path) -> dict:
@@ -470,6 +471,20 @@ def _wall_ratios(runs: Sequence[Run]) -> Dict[str, float]:
     return {k: v / st for k, v in gs.items()} if st else {}
 
 
+def stopped_note(runs: Sequence[Run]) -> Optional[str]:
+    """One sentence naming the runs that the catastrophic-overfitting guard stopped (deep.train: a drop of the
+    per-epoch PGD check below its best) with the guard's own words; None when none stopped."""
+    out = []
+    for r in runs:
+        if r.stopped_early is None:
+            continue
+        why = next((h["co_stop"] for h in r.history if h.get("co_stop")), f"kept epoch {r.stopped_early}")
+        last = max((int(h["epoch"]) for h in r.history), default=r.stopped_early)
+        out.append(f"{config_label(r)} seed {r.seed} at epoch {last} of {r.epochs} ({why})")
+    return None if not out else ("**Stopped early** by the catastrophic-overfitting guard, its numbers those of the "
+                                 "kept weights: " + "; ".join(out) + ".")
+
+
 def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[dict] = None,
                      note: Optional[str] = None) -> List[str]:
     """Report lines of claim (e): the cheap AT runs beside SAM rho EQUAL_COST_RHO and AT of ``runs`` (same
@@ -485,6 +500,8 @@ def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[d
              "worst-case evaluation as the runs above:", ""]
     lines += ([note, ""] if note else [])
     lines += [markdown_table(summary_header(shown), summary_rows(shown)), ""]
+    stopped = stopped_note(shown)
+    lines += [stopped, ""] if stopped else []
     lines.append("Cost relative to ST: measured step cost (python -m deep.cost, " + (_cost_where(cost) if cost else "") + "): "
                  + (costs or "not measured") + "; training wall time of these runs (two runs at a time on two cores): "
                  + (", ".join(f"{k} x{v:.2f}" for k, v in walls.items() if k != "ST") or "-") + ".")
@@ -505,6 +522,8 @@ def arch_block(runs: Sequence[Run], arch_runs: Sequence[Run], note: Optional[str
              "architecture:", ""] + ([note, ""] if note else [])
     rows = [row for _, rs in sorted(by.items()) for row in summary_rows(rs)]
     lines += [markdown_table(summary_header(arch_runs), rows), ""]
+    stopped = stopped_note(arch_runs)
+    lines += [stopped, ""] if stopped else []
     vs = []
     for arch, rs in sorted(by.items()):
         for v in claims(rs):
@@ -625,6 +644,8 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
              f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
              "value.", "",
              markdown_table(summary_header(runs), summary_rows(runs)), ""]
+    stopped = stopped_note(runs)
+    lines += [stopped, ""] if stopped else []
     lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and robust accuracy at {SMALL} < {PLATEAU_ROBUST} points; robust = the worst case of "
               "PGD-10 and AutoAttack where both runs have it, else PGD-10):", ""]

@@ -331,3 +331,17 @@ def test_arch_block_judges_each_architecture_on_its_own_seeds(tmp_path):
     section = C.section(d, "Converged", tmp_path / "c.png", tmp_path)
     assert "**Other architectures" in section
     assert "| a | SAM rho 0.1 vs ST | robust linf_0.02 (PGD-10) | 2 | +87.00 |" in section
+
+
+def test_runs_stopped_by_the_overfitting_guard_are_named(tmp_path):
+    d = _equal_cost_folder(tmp_path)
+    f = d / "equal-cost" / "fgsm-rs_linf_0.1_s1.json"
+    raw = json.loads(f.read_text())
+    raw["stopped_early"] = 3
+    raw["history"][4]["co_stop"] = "PGD check 0.449 < best 0.750 - 0.2: kept epoch 3"
+    raw["history"] = raw["history"][:5]
+    f.write_text(json.dumps(raw))
+    note = C.stopped_note(C.load_runs(d / "equal-cost"))
+    assert note.count("seed") == 1 and "fgsm-rs AT l_inf 0.1 seed 1 at epoch 5 of 6 (PGD check 0.449" in note
+    assert C.stopped_note(C.load_runs(d)) is None
+    assert note in C.section(d, "Converged", tmp_path / "c.png", tmp_path)
