@@ -517,7 +517,7 @@ def arch_block(runs: Sequence[Run], arch_runs: Sequence[Run], note: Optional[str
     by: Dict[str, List[Run]] = {}
     for r in arch_runs:
         by.setdefault(r.arch, []).append(r)
-    lines = ["**Other architectures (same claims, same budget):** the small CNN and the MLP on the same data, "
+    lines = ["**Other architectures (same claims, same budget):** " + ", ".join(sorted(by)) + " on the same data, "
              "epoch budget and worst-case evaluation as the runs above; each claim paired by seed within one "
              "architecture:", ""] + ([note, ""] if note else [])
     rows = [row for _, rs in sorted(by.items()) for row in summary_rows(rs)]
