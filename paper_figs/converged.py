@@ -44,7 +44,7 @@ from deep.train import AT_VARIANTS
 from samrobust.tables import markdown_table
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "equal_cost_claims", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "equal_cost_claims", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -123,9 +123,10 @@ def load_runs(folder) -> List[Run]:
 
 
 def config_key(r: Run) -> Tuple:
-    """(architecture, method, rho, eps, width, epochs, training images): the doubled-budget run of a configuration is the
-    one whose key differs in the epochs only (:func:`plateau_rows`)."""
-    return (r.arch, r.method, r.rho, r.eps, r.width, r.epochs, r.n_train)
+    """(architecture, method, rho, eps, width, training images, epochs): the doubled-budget run of a
+    configuration is the one whose key differs in the epochs only, so ``config_key(r)[:-1]`` pairs them
+    (:func:`plateau_rows`)."""
+    return (r.arch, r.method, r.rho, r.eps, r.width, r.n_train, r.epochs)
 
 
 def config_label(r: Run) -> str:
@@ -315,7 +316,7 @@ def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
     Robust accuracy is the reported one: the per-image worst case of PGD-10 and AutoAttack when both runs
     have it (``measure`` "worst case"; the sd then over the seeds that have it), else PGD-10 (``measure``
     "PGD-10"). ``pgd`` keeps the PGD-10 pair either way (:func:`budget_rows` compares on it)."""
-    key = (lambda r: tuple(x for i, x in enumerate(config_key(r)) if i != 5))    # all but the epochs
+    key = (lambda r: config_key(r)[:-1])          # the configuration but its epochs
     base = {(key(r), r.seed): r for r in runs}
     rows = []
     for d in doubled:
@@ -471,6 +472,11 @@ def _wall_ratios(runs: Sequence[Run]) -> Dict[str, float]:
     return {k: v / st for k, v in gs.items()} if st else {}
 
 
+def _para(text: Optional[str]) -> List[str]:
+    """[text, ""] (a paragraph of report lines), or nothing when ``text`` is None or empty."""
+    return [text, ""] if text else []
+
+
 def stopped_note(runs: Sequence[Run]) -> Optional[str]:
     """One sentence naming the runs that the catastrophic-overfitting guard stopped (deep.train: a drop of the
     per-epoch PGD check below its best) with the guard's own words; None when none stopped."""
@@ -498,15 +504,11 @@ def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[d
     lines = [f"**Equal cost (claim e):** the cheap adversarial training variants (l_inf eps and SAM's rho {EQUAL_COST_RHO:g} "
              "fixed before training, so nothing is chosen on the test images) on the same profile, epoch budget and "
              "worst-case evaluation as the runs above:", ""]
-    lines += ([note, ""] if note else [])
-    lines += [markdown_table(summary_header(shown), summary_rows(shown)), ""]
-    stopped = stopped_note(shown)
-    lines += [stopped, ""] if stopped else []
+    lines += _para(note) + [markdown_table(summary_header(shown), summary_rows(shown)), ""] + _para(stopped_note(shown))
     lines.append("Cost relative to ST: measured step cost (python -m deep.cost, " + (_cost_where(cost) if cost else "") + "): "
                  + (costs or "not measured") + "; training wall time of these runs (two runs at a time on two cores): "
                  + (", ".join(f"{k} x{v:.2f}" for k, v in walls.items() if k != "ST") or "-") + ".")
-    lines += ["", markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
-                                 verdict_rows(equal_cost_claims(runs, cheap, cost))), ""]
+    lines += ["", markdown_table(VERDICT_HEADER, verdict_rows(equal_cost_claims(runs, cheap, cost))), ""]
     return lines
 
 
@@ -519,18 +521,15 @@ def arch_block(runs: Sequence[Run], arch_runs: Sequence[Run], note: Optional[str
         by.setdefault(r.arch, []).append(r)
     lines = ["**Other architectures (same claims, same budget):** " + ", ".join(sorted(by)) + " on the same data, "
              "epoch budget and worst-case evaluation as the runs above; each claim paired by seed within one "
-             "architecture:", ""] + ([note, ""] if note else [])
+             "architecture:", ""] + _para(note)
     rows = [row for _, rs in sorted(by.items()) for row in summary_rows(rs)]
-    lines += [markdown_table(summary_header(arch_runs), rows), ""]
-    stopped = stopped_note(arch_runs)
-    lines += [stopped, ""] if stopped else []
+    lines += [markdown_table(summary_header(arch_runs), rows), ""] + _para(stopped_note(arch_runs))
     vs = []
     for arch, rs in sorted(by.items()):
         for v in claims(rs):
             v.scope = f"{arch}: {v.scope.replace(arch + ' ', '')}"
             vs.append(v)
-    lines += [markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict",
-                              "note"], verdict_rows(vs)), ""]
+    lines += [markdown_table(VERDICT_HEADER, verdict_rows(vs)), ""]
     return lines
 
 
@@ -549,6 +548,10 @@ def standard_rows(runs: Sequence[Run]) -> List[List[str]]:
 
 def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:+.2f}"
+
+
+#: the columns of every claims table (:func:`verdict_rows`)
+VERDICT_HEADER = ["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"]
 
 
 def verdict_rows(vs: Sequence[ClaimVerdict]) -> List[List[str]]:
@@ -636,16 +639,14 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     png = curves_figure(groups, fig_path, title)
     prow = plateau_rows(runs, doubled)
     note = folder_note(folder)
-    lines = [f"### {title}", "", _settings_line(runs), ""] + ([note, ""] if note else []) + [
+    lines = [f"### {title}", "", _settings_line(runs), ""] + _para(note) + [
              "Mean ± sd over seeds, accuracies in %. Worst case = per image, PGD-10 best iterate and AutoAttack "
              "(APGD-CE + APGD-T, 3 target classes, 100 iterations) both fail to break it, on the first n test "
              "images; shown as PGD-10 / AutoAttack / **worst case** on those images, with AutoAttack's time per "
              "model (one CPU thread). Plateau epoch: first epoch "
              f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
              "value.", "",
-             markdown_table(summary_header(runs), summary_rows(runs)), ""]
-    stopped = stopped_note(runs)
-    lines += [stopped, ""] if stopped else []
+             markdown_table(summary_header(runs), summary_rows(runs)), ""] + _para(stopped_note(runs))
     lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and robust accuracy at {SMALL} < {PLATEAU_ROBUST} points; robust = the worst case of "
               "PGD-10 and AutoAttack where both runs have it, else PGD-10):", ""]
@@ -711,8 +712,7 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     lines += ["", "**The paper's claims**, paired by seed (difference in points, 95% t interval over the n seeds "
               "both configurations have; holds / fails only when the whole interval is on one side of the "
               "threshold):", "",
-              markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict", "note"],
-                     verdict_rows(vs))]
+              markdown_table(VERDICT_HEADER, verdict_rows(vs))]
     cheap = load_runs(folder / "equal-cost") if (folder / "equal-cost").is_dir() else []
     if cheap:
         lines += [""] + equal_cost_block(runs, cheap, cost, folder_note(folder / "equal-cost"))
@@ -769,8 +769,7 @@ def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[s
     if not runs:
         return None
     return "\n".join([f"### {title}", "", _settings_line(runs), "",
-                      markdown_table(["claim", "comparison", "measure", "n", "mean", "95% interval", "threshold", "verdict",
-                              "note"], verdict_rows(claims(runs, cost))), ""])
+                      markdown_table(VERDICT_HEADER, verdict_rows(claims(runs, cost))), ""])
 
 
 def load_runs_lenient(folder) -> List[Run]:
