@@ -176,16 +176,30 @@ EQUAL_COST_RHO = 0.1
 CHEAP_AT = ("fgsm-rs", "pgd1", "pgd2")
 
 
-def _eligible(cheap: list, cost: dict | None) -> tuple:
-    """(the cheap AT groups whose measured step cost is at most SAM's, a note saying which and why): every
-    cheap group, said so, when ``cost`` (deep.cost) lacks a method."""
+def within_sam_cost(cost: dict | None, method: str) -> bool | None:
+    """The equal-cost rule (claim e): whether ``method``'s measured step cost (``cost["relative"]``, x ST's step,
+    from ``python -m deep.cost``) is at most SAM's; None when either of the two was not measured. The one
+    owner of the rule: the short preset's verdict here and the converged one (paper_figs.converged) use it."""
     rel = (cost or {}).get("relative", {})
-    if "sam" not in rel or any(g.label not in rel for g in cheap):
+    if "sam" not in rel or method not in rel:
+        return None
+    return rel[method] <= rel["sam"]
+
+
+def _eligible(cheap: list, cost: dict | None) -> tuple:
+    """(the cheap AT groups not known to cost more than SAM per step (:func:`within_sam_cost`), a note saying
+    which were compared, which were left out as costlier and which had no measured cost)."""
+    rel = (cost or {}).get("relative", {})
+    rule = {id(g): within_sam_cost(cost, g.label) for g in cheap}
+    ok = [g for g in cheap if rule[id(g)] is not False]
+    out = [g for g in cheap if rule[id(g)] is False]
+    unmeasured = [g for g in cheap if rule[id(g)] is None]
+    if len(unmeasured) == len(cheap):
         return cheap, "no measured step cost for every method: every cheap AT variant compared"
-    ok = [g for g in cheap if rel[g.label] <= rel["sam"]]
-    out = [g for g in cheap if g not in ok]
     note = (f"measured step cost (python -m deep.cost) at most SAM's x{rel['sam']:.2f} ST: "
-            + (", ".join(f"{g.label} x{rel[g.label]:.2f}" for g in ok) or "none"))
+            + (", ".join(f"{g.label} x{rel[g.label]:.2f}" for g in ok if g not in unmeasured) or "none"))
+    if unmeasured:
+        note += "; compared without a measured cost: " + ", ".join(g.label for g in unmeasured)
     return ok, note + ("; costlier, left out: " + ", ".join(f"{g.label} x{rel[g.label]:.2f}" for g in out)
                        if out else "")
 

@@ -276,7 +276,7 @@ def equal_cost_claims(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[
     SAM's gets one "not judged" row saying so; without a measured cost for both, the variant is judged and the
     note says that the cost was not checked. The masking flag is the mean PGD-10 - worst-case gap over the runs
     of both sides."""
-    from .beyond import EQUAL_COST_RHO
+    from .beyond import EQUAL_COST_RHO, within_sam_cost
     sam = next((g for k, g in _groups(runs).items() if k[0] == "sam" and k[1] == EQUAL_COST_RHO), [])
     rel = (cost or {}).get("relative", {})
     out = []
@@ -285,11 +285,12 @@ def equal_cost_claims(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[
             continue
         scope = f"SAM rho {EQUAL_COST_RHO:g} vs {config_label(g[0])}"
         c_sam, c_cheap = rel.get("sam"), rel.get(key[0])
-        if c_sam is not None and c_cheap is not None and c_cheap > c_sam:
+        within = within_sam_cost(cost, key[0])
+        if within is False:
             out.append(ClaimVerdict("e", scope, "step cost / ST's", 0, None, None, None, "<= SAM's", "not judged",
                                     f"{key[0]} x{c_cheap:.2f} > SAM x{c_sam:.2f} ST's step: costlier than SAM"))
             continue
-        cost_note = ("cost not measured" if c_sam is None or c_cheap is None
+        cost_note = ("cost not measured" if within is None
                      else f"step cost {key[0]} x{c_cheap:.2f} <= SAM x{c_sam:.2f}")
         src = _source(list(sam) + list(g), LARGE)
         rob = _diff_verdict("e", scope, f"robust {LARGE} ({'worst case' if src == 'worst' else 'PGD-10'})",

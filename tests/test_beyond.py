@@ -516,6 +516,22 @@ def test_equal_cost_verdict_compares_only_variants_that_cost_at_most_sams_step()
     assert B.equal_cost_verdict(data, expensive)[0] is None
 
 
+def test_equal_cost_rule_per_variant_when_one_cost_is_missing():
+    """One rule per variant (within_sam_cost): pgd2, measured costlier (x2.46 > x2.09), stays out even when
+    pgd1 has no measured cost; pgd1 is compared and said to be unmeasured. The converged claim (e) follows the
+    same rule: pgd2 gets a "not judged" row."""
+    assert B.within_sam_cost({"relative": {"sam": 2.0, "pgd1": 2.0}}, "pgd1") is True
+    assert B.within_sam_cost({"relative": {"sam": 2.0, "pgd1": 2.01}}, "pgd1") is False
+    assert B.within_sam_cost({"relative": {"pgd1": 1.0}}, "pgd1") is None and B.within_sam_cost(None, "x") is None
+    data = {"main": [_res("sam", {MID: 0.30}, rho=0.1)],
+            "equal-cost": [_res("at", {MID: 0.20}, eps=0.1, variant="pgd1"),
+                           _res("at", {MID: 0.35}, eps=0.1, variant="pgd2")]}
+    cost = {"relative": {"st": 1.0, "sam": 2.09, "pgd2": 2.46}}
+    holds, text = B.equal_cost_verdict(data, cost)
+    assert holds is True, text
+    assert "compared without a measured cost: pgd1" in text and "costlier, left out: pgd2 x2.46" in text
+
+
 def test_equal_cost_verdict_needs_sam_and_a_cheap_variant():
     data = _equal_cost_data()
     assert B.equal_cost_verdict(dict(data, **{"equal-cost": []}))[0] is None
