@@ -492,6 +492,36 @@ def stopped_note(runs: Sequence[Run]) -> Optional[str]:
                                  "kept weights: " + "; ".join(out) + ".")
 
 
+def rho_sensitivity(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[dict] = None) -> Optional[str]:
+    """Could another SAM radius have decided the robust half of claim (e)? The seed-mean robust accuracy at
+    ``LARGE`` (worst case where every run has it, else PGD-10) of every SAM radius in ``runs`` beside the least
+    robust cheap AT configuration that :func:`equal_cost_claims` judges. A check on the test images, not a
+    choice: the verdict stays at ``EQUAL_COST_RHO``. None when either side is missing."""
+    from .beyond import within_sam_cost
+
+    def mean_rob(g):
+        src = _source(g, LARGE)
+        vals = [v for v in map(_rob(src, LARGE), g) if v is not None]
+        return (100 * statistics.mean(vals), src) if vals else (None, src)
+    sams = sorted(((k[1], mean_rob(g)) for k, g in _groups(runs).items() if k[0] == "sam"), key=lambda t: t[0])
+    sams = [(rho, m) for rho, m in sams if m[0] is not None]
+    judged = [(config_label(g[0]), mean_rob(g)) for k, g in _groups(cheap).items()
+              if k[0] in AT_VARIANTS and within_sam_cost(cost, k[0]) is not False]
+    judged = [(lab, m) for lab, m in judged if m[0] is not None]
+    if not sams or not judged:
+        return None
+    low_lab, (low, _) = min(judged, key=lambda t: t[1][0])
+    beat = [rho for rho, (m, _) in sams if m >= low]
+    what = " / ".join(sorted({{"worst": "worst case", "pgd": "PGD-10"}[src] for _, (_, src) in sams + judged}))
+    return (f"Sensitivity to the fixed radius (a check on the test images, not a choice): robust accuracy at {LARGE} "
+            f"({what}, seed means) of every SAM radius in the grid: "
+            + ", ".join(f"rho {rho:g} {m:.1f}%" for rho, (m, _) in sams)
+            + f"; the least robust cheap variant judged, {low_lab}: {low:.1f}%. "
+            + ("No SAM radius in the grid reaches it, so no choice among them changes the robust half of (e)."
+               if not beat else "SAM rho " + ", ".join(f"{r:g}" for r in beat) + " reaches it: the robust half of "
+               "(e) depends on the radius fixed in advance."))
+
+
 def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[dict] = None,
                      note: Optional[str] = None) -> List[str]:
     """Report lines of claim (e): the cheap AT runs beside SAM rho EQUAL_COST_RHO and AT of ``runs`` (same
@@ -510,6 +540,7 @@ def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[d
                  + (costs or "not measured") + "; training wall time of these runs (two runs at a time on two cores): "
                  + (", ".join(f"{k} x{v:.2f}" for k, v in walls.items() if k != "ST") or "-") + ".")
     lines += ["", markdown_table(VERDICT_HEADER, verdict_rows(equal_cost_claims(runs, cheap, cost))), ""]
+    lines += _para(rho_sensitivity(runs, cheap, cost))
     return lines
 
 

@@ -294,6 +294,21 @@ def test_equal_cost_claim_is_paired_by_seed_and_leaves_out_costlier_variants(tmp
                                                                for v in vs if v.measure.startswith("robust"))
 
 
+def test_rho_sensitivity_names_the_radii_that_reach_the_weakest_judged_variant(tmp_path):
+    """SAM rho 0.1 at 1-3 % against pgd1 70 % (the least robust judged; pgd2 at 82 % is costlier and left out):
+    no radius reaches it. A SAM rho 0.4 at 75 % does: the note says the verdict depends on the fixed radius."""
+    d = _equal_cost_folder(tmp_path)
+    cost = {"relative": {"st": 1.0, "sam": 2.09, "fgsm-rs": 1.78, "pgd1": 1.72, "pgd2": 2.46}}
+    text = C.rho_sensitivity(C.load_runs(d), C.load_runs(d / "equal-cost"), cost)
+    assert "rho 0.1 2.0%" in text and "pgd1 AT l_inf 0.1: 70.0%" in text and "(PGD-10, seed means)" in text
+    assert "No SAM radius in the grid reaches it" in text
+    for s in range(3):
+        _write(d, f"sam_rho0.4_s{s}", "sam", s, 0.88, {"linf_0.02": 0.5, "linf_0.05": 0.75}, rho=0.4)
+    text = C.rho_sensitivity(C.load_runs(d), C.load_runs(d / "equal-cost"), cost)
+    assert "rho 0.4 75.0%" in text and "SAM rho 0.4 reaches it" in text
+    assert C.rho_sensitivity(C.load_runs(d), [], cost) is None
+
+
 def test_section_adds_the_equal_cost_block_when_the_subfolder_exists(tmp_path):
     d = _equal_cost_folder(tmp_path)
     text = C.section(d, "Converged", tmp_path / "fig" / "c.png", tmp_path,
