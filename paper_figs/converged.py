@@ -679,7 +679,7 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
              f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
              "value.", "",
              markdown_table(summary_header(runs), summary_rows(runs)), ""] + _para(stopped_note(runs))
-    lines += ["**Plateau test** (doubled epoch budget, one seed; passes when clean moves < "
+    lines += ["**Plateau test** (the epoch budget doubled, one row per doubled seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and robust accuracy at {SMALL} < {PLATEAU_ROBUST} points; robust = the worst case of "
               "PGD-10 and AutoAttack where both runs have it, else PGD-10):", ""]
     if prow:
