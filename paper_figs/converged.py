@@ -695,14 +695,14 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
         failed = [p for p in prow if not p["plateau"]]
         if failed:
             lines += ["", f"**Not at the plateau:** with twice the epochs, clean accuracy moved by "
-                      + ", ".join(f"{p['d_clean']:+.2f} ({p['label']})" for p in failed)
+                      + ", ".join(f"{p['d_clean']:+.2f} ({p['label']}, seed {p['seed']})" for p in failed)
                       + f" points and robust accuracy at {SMALL} by "
                       + ", ".join("-" if p["d_robust"] is None else f"{p['d_robust']:+.1f}" for p in failed)
                       + " points; the verdicts below hold for this budget, not for training to convergence."]
             noisy = [p for p in failed if abs(p["d_clean"]) < PLATEAU_CLEAN and p["d_robust"] is not None
                      and p["robust_seed_sd"] is not None and abs(p["d_robust"]) < 2 * p["robust_seed_sd"]]
             if noisy:
-                lines += ["", "Of these, " + ", ".join(p["label"] for p in noisy) + " passed on clean accuracy and "
+                lines += ["", "Of these, " + ", ".join(f"{p['label']} seed {p['seed']}" for p in noisy) + " passed on clean accuracy and "
                           "failed on a robust change smaller than two seed sds of that accuracy: one seed cannot "
                           "tell that change from seed noise."]
         else:
