@@ -190,14 +190,14 @@ def _eligible(cheap: list, cost: dict | None) -> tuple:
     """(the cheap AT groups not known to cost more than SAM per step (:func:`within_sam_cost`), a note saying
     which were compared, which were left out as costlier and which had no measured cost)."""
     rel = (cost or {}).get("relative", {})
-    rule = {id(g): within_sam_cost(cost, g.label) for g in cheap}
-    ok = [g for g in cheap if rule[id(g)] is not False]
-    out = [g for g in cheap if rule[id(g)] is False]
-    unmeasured = [g for g in cheap if rule[id(g)] is None]
+    rule = [(g, within_sam_cost(cost, g.label)) for g in cheap]
+    unmeasured = [g for g, w in rule if w is None]
     if len(unmeasured) == len(cheap):
         return cheap, "no measured step cost for every method: every cheap AT variant compared"
+    ok = [g for g, w in rule if w is not False]
+    out = [g for g, w in rule if w is False]
     note = (f"measured step cost (python -m deep.cost) at most SAM's x{rel['sam']:.2f} ST: "
-            + (", ".join(f"{g.label} x{rel[g.label]:.2f}" for g in ok if g not in unmeasured) or "none"))
+            + (", ".join(f"{g.label} x{rel[g.label]:.2f}" for g, w in rule if w) or "none"))
     if unmeasured:
         note += "; compared without a measured cost: " + ", ".join(g.label for g in unmeasured)
     return ok, note + ("; costlier, left out: " + ", ".join(f"{g.label} x{rel[g.label]:.2f}" for g in out)

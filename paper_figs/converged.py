@@ -43,6 +43,8 @@ from deep.record import read_record, record_files
 from deep.train import AT_VARIANTS
 from samrobust.tables import markdown_table
 
+from .beyond import EQUAL_COST_RHO, within_sam_cost
+
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
            "claims", "equal_cost_claims", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
@@ -276,7 +278,6 @@ def equal_cost_claims(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[
     SAM's gets one "not judged" row saying so; without a measured cost for both, the variant is judged and the
     note says that the cost was not checked. The masking flag is the mean PGD-10 - worst-case gap over the runs
     of both sides."""
-    from .beyond import EQUAL_COST_RHO, within_sam_cost
     sam = next((g for k, g in _groups(runs).items() if k[0] == "sam" and k[1] == EQUAL_COST_RHO), [])
     rel = (cost or {}).get("relative", {})
     out = []
@@ -497,8 +498,6 @@ def rho_sensitivity(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[di
     ``LARGE`` (worst case where every run has it, else PGD-10) of every SAM radius in ``runs`` beside the least
     robust cheap AT configuration that :func:`equal_cost_claims` judges. A check on the test images, not a
     choice: the verdict stays at ``EQUAL_COST_RHO``. None when either side is missing."""
-    from .beyond import within_sam_cost
-
     def mean_rob(g):
         src = _source(g, LARGE)
         vals = [v for v in map(_rob(src, LARGE), g) if v is not None]
@@ -527,7 +526,6 @@ def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[d
     """Report lines of claim (e): the cheap AT runs beside SAM rho EQUAL_COST_RHO and AT of ``runs`` (same
     table as the section's), the measured step costs and the training wall times relative to ST, and the
     paired verdicts of :func:`equal_cost_claims`."""
-    from .beyond import EQUAL_COST_RHO
     shown = [r for r in runs if (r.method == "sam" and r.rho == EQUAL_COST_RHO) or r.method == "at"] + list(cheap)
     rel = (cost or {}).get("relative", {})
     walls = _wall_ratios(list(runs) + list(cheap))
