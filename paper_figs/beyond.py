@@ -41,7 +41,8 @@ from .report import figure_block, markdown_table
 from .verdicts import Verdict, no_data
 
 __all__ = ["EXPERIMENTS", "BEYOND_DATASET", "Group", "load_beyond", "groups", "acc", "equal_cost_rows",
-           "equal_cost_verdict", "EQUAL_COST_RHO", "arch_gains", "arch_verdict", "rho_points", "rho_zero", "rho_shape_verdict", "FREE_CLEAN", "saliency_rows",
+           "equal_cost_verdict", "EQUAL_COST_RHO", "arch_gains", "arch_verdict", "rho_points", "rho_zero", "rho_shape_verdict", "shape_reasons", "clean_free_reason", "theory_rho",
+           "theory_rho_shape", "shape_summary", "FREE_CLEAN", "saliency_rows",
            "saliency_verdict", "train_time", "SMALL_EPS", "MID_EPS", "BeyondSection", "beyond_section",
            "fig_equal_cost", "fig_arch", "fig_rho", "fig_saliency"]
 
@@ -289,12 +290,11 @@ def shape_summary(xs, clean, robust) -> dict:
 FREE_CLEAN = 0.005
 
 
-def rho_shape_verdict(meas: dict, theo: dict, rise_sd: float, fall_sd: float) -> tuple:
-    """(same, reasons) for "the measured rho sweep has T6's shape". Same only when all hold: both curves
-    peak inside the rho range; the measured rise from ST to the peak and the fall from the peak to the
-    largest rho both exceed two seed sds (``rise_sd``, ``fall_sd``: the larger sd of the two points
-    compared), so noise alone cannot make the peak; and the clean accuracy at the peak is free (at most
-    :data:`FREE_CLEAN` below ST's) in both or in neither. ``meas``/``theo``: :func:`shape_summary`."""
+def shape_reasons(meas: dict, theo: dict, rise_sd: float, fall_sd: float) -> list:
+    """Why the measured rho sweep does not have T6's shape, on robust accuracy alone (empty: it has): both
+    curves peak inside the rho range, and the measured rise from ST to the peak and the fall from the peak to
+    the largest rho both exceed two seed sds (``rise_sd``, ``fall_sd``: the larger sd of the two points
+    compared), so noise alone cannot make the peak. ``meas``/``theo``: :func:`shape_summary`."""
     reasons = []
     if not (meas["interior"] and theo["interior"]):
         reasons.append(f"peak inside the range: measured {meas['interior']}, T6 {theo['interior']}")
@@ -305,11 +305,33 @@ def rho_shape_verdict(meas: dict, theo: dict, rise_sd: float, fall_sd: float) ->
     if meas["interior"] and not fall > 2 * fall_sd:
         reasons.append(f"measured fall after the peak {100 * fall:.1f} pts is within 2 seed sds "
                        f"({200 * fall_sd:.1f})")
-    free_m, free_t = meas["clean_drop_to_peak"] <= FREE_CLEAN, theo["clean_drop_to_peak"] <= FREE_CLEAN
-    if free_m != free_t:
-        reasons.append(f"clean accuracy at the peak is {'free' if free_m else 'not free'} measured but "
-                       f"{'free' if free_t else 'not free'} in T6")
+    return reasons
+
+
+def clean_free_reason(free_measured: bool, theo: dict) -> list:
+    """[] when the clean accuracy at the robust peak is free (at most :data:`FREE_CLEAN` below ST's) in
+    both the measurement and T6 (``theo``: :func:`shape_summary`) or in neither, else the one reason."""
+    free_t = theo["clean_drop_to_peak"] <= FREE_CLEAN
+    if free_measured == free_t:
+        return []
+    return [f"clean accuracy at the peak is {'free' if free_measured else 'not free'} measured but "
+            f"{'free' if free_t else 'not free'} in T6"]
+
+
+def rho_shape_verdict(meas: dict, theo: dict, rise_sd: float, fall_sd: float) -> tuple:
+    """(same, reasons) for "the measured rho sweep has T6's shape": the robust-accuracy shape of
+    :func:`shape_reasons`, and the clean accuracy at the peak free (at most :data:`FREE_CLEAN` below ST's,
+    on the means) in both or in neither (:func:`clean_free_reason`)."""
+    reasons = (shape_reasons(meas, theo, rise_sd, fall_sd)
+               + clean_free_reason(meas["clean_drop_to_peak"] <= FREE_CLEAN, theo))
     return not reasons, reasons
+
+
+def theory_rho_shape(settings) -> tuple:
+    """(shape, radius label): :func:`shape_summary` of T6's SAM-at-fixed-scale curve against rho (0 and
+    15 radii from 0.01 to 1.6, log-spaced) at the theory settings' first robust radius."""
+    tr, tc, trob, key = theory_rho(settings)
+    return shape_summary(tr, tc, trob), key
 
 
 def saliency_rows(data: dict) -> list:
@@ -456,7 +478,9 @@ def fig_arch(ctx: FigureContext, data: dict) -> FigureResult:
                                          "SAM does not gain on every architecture: ") + text))
 
 
-def _theory_rho(settings):
+def theory_rho(settings):
+    """T6 against rho: (radii, clean, robust at the first robust radius, that radius's label), rho = 0 (ST)
+    first."""
     rhos = [0.0] + list(np.geomspace(0.01, 1.6, 15))
     rows = [r for r in th.method_curve(settings, "sam", rhos) if math.isfinite(r["clean"])]
     key = settings.eval_keys[0]
@@ -510,7 +534,7 @@ def fig_rho(ctx: FigureContext, data: dict) -> FigureResult:
     rhos = [r for r, _ in sams]
     fig, axes = plt.subplots(1, 2, figsize=(pal.COLUMN_WIDTH_IN * 1.6, 2.3))
     _measured_rho_panel(axes[0], st, sams, rho_zero(data))
-    tr, tc, trob, key = _theory_rho(ctx.settings)
+    tr, tc, trob, key = theory_rho(ctx.settings)
     _theory_rho_panel(axes[1], tr, tc, trob, key)
     fig.tight_layout()
     files = save(fig, ctx.out_dir, "beyond_rho", ctx.formats)

@@ -148,9 +148,11 @@ CONVERGED = (("converged/cpu-24ep", "Fashion-MNIST, all 60,000 images, 24 epochs
 OVERVIEW_ORDER = ("converged/cpu", "converged/cpu-12ep", "converged/cpu-24ep", "converged/cpu-48ep", "converged/gpu")
 
 
-def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res: BuildResult, log) -> str:
+def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res: BuildResult, log,
+               theory_rho=None) -> str:
     """The converged-protocol sections (paper_figs.converged) of the folders that exist, joined; a folder
-    whose runs are unreadable goes to ``res.errors``."""
+    whose runs are unreadable goes to ``res.errors``. ``theory_rho``: T6's rho-sweep shape and radius
+    (beyond.theory_rho_shape) for the folders that hold a rho sweep."""
     import json
 
     from . import converged as cv
@@ -165,7 +167,8 @@ def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res:
     for sub, title, fig, name in CONVERGED:
         folder = results_dir / sub
         try:
-            text = cv.section(folder, title, out_dir / f"{fig}.png", Path(report_path).parent, cost=cost)
+            text = cv.section(folder, title, out_dir / f"{fig}.png", Path(report_path).parent, cost=cost,
+                              theory_rho=theory_rho)
         except ValueError as exc:
             res.errors.append(f"converged results unreadable: {exc}")
             log(res.errors[-1])
@@ -218,7 +221,8 @@ def build(results_dir="results", out_dir=None, report_path="REPORT.md", formats=
     _figures(ctx, res, log)
     _real(ctx, report_path, res, log)
     _beyond(ctx, report_path, res, log)
-    conv = _converged(results_dir, out_dir, report_path, inputs, res, log)
+    conv = _converged(results_dir, out_dir, report_path, inputs, res, log,
+                      theory_rho=beyond.theory_rho_shape(ctx.settings))
     render_report(report_path, res.figures, [s for s in res.skipped if "skipped:" in s],
                   res.errors, sim, deep, command, inputs, real=res.real, beyond=res.beyond, converged=conv)
     res.report = Path(report_path)

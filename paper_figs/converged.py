@@ -43,10 +43,10 @@ from deep.record import read_record, record_files
 from deep.train import AT_VARIANTS
 from samrobust.tables import markdown_table
 
-from .beyond import EQUAL_COST_RHO, within_sam_cost
+from .beyond import EQUAL_COST_RHO, FREE_CLEAN, clean_free_reason, shape_reasons, shape_summary, within_sam_cost
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "equal_cost_claims", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "equal_cost_claims", "RhoSweep", "rho_sweep", "rho_sweep_block", "MIN_RHOS", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -305,6 +305,89 @@ def equal_cost_claims(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[
 def _cost_where(cost: dict) -> str:
     s = cost.get("settings") or {}
     return ", ".join(f"{k} {s[k]}" for k in ("dataset", "width", "threads", "rounds") if k in s)
+
+
+# -------------------------------------------------------------------------------------- rho sweep
+
+#: a folder's runs make a rho sweep when PreActResNet-18 SAM has at least this many radii beside ST
+#: (the short preset's figure needs 5 too: beyond.fig_rho)
+MIN_RHOS = 5
+
+
+@dataclass
+class RhoSweep:
+    """The rho sweep of one converged folder against T6's shape (beyond.shape_reasons): per radius (ST
+    first, rho 0) the seeds, the seed-mean clean and robust accuracy at SMALL and their sd over seeds (None
+    with one seed); the peak; the clean cost there judged like claim (b); the verdict and its reasons."""
+    rows: List[dict]
+    measure: str                # "worst case" | "PGD-10"
+    peak_rho: float
+    clean_at_peak: ClaimVerdict
+    verdict: str                # "same shape" | "different shape" | "undecided"
+    reasons: List[str]
+
+
+def rho_sweep(runs: Sequence[Run], theo: dict) -> Optional[RhoSweep]:
+    """The measured SAM-vs-rho curve of ``runs`` (PreActResNet-18 ST and SAM; robust accuracy the worst case
+    at SMALL when every run has it, else PGD-10) against ``theo`` (beyond.theory_rho_shape's shape of T6).
+
+    The shape (an interior robust peak; rise from ST and fall to the largest rho each beyond two seed sds, the
+    sd the larger of the two points' where a point has two or more seeds) is beyond.shape_reasons'. The clean
+    cost at the peak is claim (b)'s paired SAM - ST interval with its -0.5-point threshold: holds = free,
+    fails = not free, undecided (or one seed) = unknown, and it must match T6's (beyond.clean_free_reason).
+    Verdict "different shape" with any reason, else "undecided" while the clean cost is unknown, else "same
+    shape". None with fewer than MIN_RHOS SAM radii or no ST."""
+    pre = [r for r in runs if r.arch == DEFAULT_ARCH and r.method in ("st", "sam")]
+    groups = [g for k, g in _groups(pre).items()]
+    st = next((g for g in groups if g[0].method == "st"), None)
+    sams = sorted((g for g in groups if g[0].method == "sam" and g[0].rho), key=lambda g: g[0].rho)
+    if st is None or len(sams) < MIN_RHOS:
+        return None
+    src = _source([r for g in [st] + sams for r in g], SMALL)
+    rob = _rob(src, SMALL)
+    rows = []
+    for g in [st] + sams:
+        c, r = [x.clean for x in g], [rob(x) for x in g]
+        rows.append(dict(rho=g[0].rho if g[0].method == "sam" else 0.0, label=config_label(g[0]), seeds=len(g),
+                         clean=statistics.mean(c), robust=statistics.mean(r),
+                         robust_sd=statistics.stdev(r) if len(r) > 1 else None, group=g))
+    meas = shape_summary([x["rho"] for x in rows], [x["clean"] for x in rows], [x["robust"] for x in rows])
+    peak = rows[meas["peak_index"]]
+
+    def sd(*pts):
+        return max([p["robust_sd"] for p in pts if p["robust_sd"] is not None], default=0.0)
+
+    reasons = shape_reasons(meas, theo, sd(rows[0], peak), sd(rows[-1], peak))
+    clean = _diff_verdict("b", f"{peak['label']} vs ST", "clean", paired(peak["group"], st, lambda r: r.clean),
+                          CLEAN_TOL, True, f"> {CLEAN_TOL}")
+    if clean.verdict in ("holds", "fails"):
+        reasons += clean_free_reason(clean.verdict == "holds", theo)
+        verdict = "different shape" if reasons else "same shape"
+    else:
+        verdict = "different shape" if reasons else "undecided"
+    for x in rows:
+        del x["group"]
+    return RhoSweep(rows, "worst case" if src == "worst" else "PGD-10", peak["rho"], clean, verdict, reasons)
+
+
+def rho_sweep_block(sweep: RhoSweep, theo: dict, key: str) -> List[str]:
+    """The report lines of :func:`rho_sweep`: a table per radius and the verdict against T6."""
+    def pm(x):
+        return f"{100 * x['robust']:.1f}" + ("" if x["robust_sd"] is None else f" ± {100 * x['robust_sd']:.1f}")
+    c = sweep.clean_at_peak
+    cost = ("one seed: no interval" if c.n < 2 else f"{c.mean:+.2f} [{c.low:+.2f}, {c.high:+.2f}], n={c.n}")
+    t_free = theo["clean_drop_to_peak"] <= FREE_CLEAN
+    lines = [f"**The rho sweep against T6** (PreActResNet-18 SAM at every radius of this budget beside ST; robust "
+             f"= {sweep.measure} at {SMALL}; mean ± sd over seeds):", "",
+             markdown_table(["rho", "seeds", "clean", f"robust {SMALL}"],
+                            [["0 (ST)" if x["rho"] == 0 else f"{x['rho']:g}", str(x["seeds"]),
+                              f"{100 * x['clean']:.1f}", pm(x)] for x in sweep.rows]), "",
+             f"Robust accuracy peaks at rho {sweep.peak_rho:g} (T6: {theo['peak_at']:.3g} at {key}); clean cost "
+             f"there, SAM - ST: {cost}, claim (b)'s rule: **{c.verdict}** (T6: "
+             f"{'free' if t_free else 'not free'}, {100 * theo['clean_drop_to_peak']:.2f} points). "
+             f"Verdict: **{sweep.verdict}**" + ("" if not sweep.reasons else " (" + "; ".join(sweep.reasons) + ")")
+             + "."]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- plateau
@@ -654,8 +737,11 @@ def _settings_line(runs: Sequence[Run]) -> str:
               f"images; PGD-10 (best iterate, 1 restart) on the first {r.n_robust} test images.")
 
 
-def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional[dict] = None) -> Optional[str]:
-    """The report section of one converged-protocol folder (None when it holds no runs)."""
+def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional[dict] = None,
+            theory_rho: Optional[Tuple[dict, str]] = None) -> Optional[str]:
+    """The report section of one converged-protocol folder (None when it holds no runs). ``theory_rho``:
+    (T6's shape, its radius label) from beyond.theory_rho_shape, for the rho sweep (:func:`rho_sweep`) of a
+    folder that has one."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -743,6 +829,9 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
               "both configurations have; holds / fails only when the whole interval is on one side of the "
               "threshold):", "",
               markdown_table(VERDICT_HEADER, verdict_rows(vs))]
+    sweep = rho_sweep(runs, theory_rho[0]) if theory_rho else None
+    if sweep:
+        lines += [""] + rho_sweep_block(sweep, *theory_rho)
     cheap = load_runs(folder / "equal-cost") if (folder / "equal-cost").is_dir() else []
     if cheap:
         lines += [""] + equal_cost_block(runs, cheap, cost, folder_note(folder / "equal-cost"))

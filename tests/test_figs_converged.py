@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import paper_figs.beyond as B
 import paper_figs.converged as C
 
 
@@ -360,3 +361,74 @@ def test_runs_stopped_by_the_overfitting_guard_are_named(tmp_path):
     assert note.count("seed") == 1 and "fgsm-rs AT l_inf 0.1 seed 1 at epoch 5 of 6 (PGD check 0.449" in note
     assert C.stopped_note(C.load_runs(d)) is None
     assert note in C.section(d, "Converged", tmp_path / "c.png", tmp_path)
+
+
+def _sweep_folder(tmp_path, robust_by_rho, clean_by_rho, seeds=(0, 1, 2), peak_seeds=None):
+    """ST (rho 0) and SAM runs whose robust accuracy at linf_0.02 (PGD-10) and clean accuracy are the given
+    per-rho values plus a small seed offset; ``peak_seeds`` overrides the seeds of the largest-robust rho."""
+    d = tmp_path / "sweep"
+    peak = max(robust_by_rho, key=robust_by_rho.get)
+    for rho, rob in robust_by_rho.items():
+        for s in (peak_seeds if peak_seeds is not None and rho == peak else seeds):
+            off = 0.003 * (s - 1)
+            if rho == 0:
+                _write(d, f"st_s{s}", "st", s, clean_by_rho[rho] + off / 10, {"linf_0.02": rob + off})
+            else:
+                _write(d, f"sam_rho{rho:g}_s{s}", "sam", s, clean_by_rho[rho] + off / 10, {"linf_0.02": rob + off},
+                       rho=rho)
+    return C.load_runs(d)
+
+
+#: a T6-like theory shape (hand-made: an interior robust peak at rho 0.2, free clean accuracy there)
+_THEO = B.shape_summary([0.0, 0.05, 0.2, 0.8, 1.6], [0.95, 0.95, 0.948, 0.90, 0.80], [0.10, 0.3, 0.5, 0.3, 0.2])
+_RHOS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def test_rho_sweep_same_shape_when_both_peak_inside_beyond_noise_at_free_clean_cost(tmp_path):
+    rob = dict(zip(_RHOS, (0.05, 0.15, 0.30, 0.45, 0.25, 0.10)))
+    clean = dict(zip(_RHOS, (0.92, 0.92, 0.92, 0.919, 0.90, 0.85)))    # -0.1 point at the peak (rho 0.2)
+    sw = C.rho_sweep(_sweep_folder(tmp_path, rob, clean), _THEO)
+    assert sw.peak_rho == 0.2 and sw.measure == "PGD-10" and [r["rho"] for r in sw.rows] == list(_RHOS)
+    assert sw.clean_at_peak.n == 3 and sw.clean_at_peak.verdict == "holds"
+    assert sw.verdict == "same shape" and sw.reasons == []
+    text = "\n".join(C.rho_sweep_block(sw, _THEO, "linf_0.1"))
+    assert "peaks at rho 0.2" in text and "**same shape**" in text
+
+
+def test_rho_sweep_different_shape_when_robust_accuracy_still_rises_at_the_largest_rho(tmp_path):
+    rob = dict(zip(_RHOS, (0.05, 0.10, 0.20, 0.25, 0.30, 0.60)))
+    clean = dict(zip(_RHOS, (0.92, 0.92, 0.92, 0.915, 0.90, 0.85)))
+    sw = C.rho_sweep(_sweep_folder(tmp_path, rob, clean), _THEO)
+    assert sw.peak_rho == 0.8 and sw.verdict == "different shape"
+    assert any("peak inside the range: measured False" in r for r in sw.reasons)
+    assert sw.clean_at_peak.verdict == "fails"                      # -7 points at rho 0.8
+    assert any("not free measured but free in T6" in r for r in sw.reasons)
+
+
+def test_rho_sweep_is_undecided_when_the_peak_has_one_seed_and_none_without_enough_radii(tmp_path):
+    rob = dict(zip(_RHOS, (0.05, 0.15, 0.30, 0.45, 0.25, 0.10)))
+    clean = dict(zip(_RHOS, (0.92, 0.92, 0.92, 0.919, 0.90, 0.85)))
+    sw = C.rho_sweep(_sweep_folder(tmp_path, rob, clean, peak_seeds=(0,)), _THEO)
+    assert sw.clean_at_peak.n == 1 and sw.verdict == "undecided" and sw.reasons == []
+    few = {k: v for k, v in rob.items() if k < 0.4}
+    assert C.rho_sweep(_sweep_folder(tmp_path / "few", few, clean), _THEO) is None     # 3 SAM radii < MIN_RHOS
+
+
+def test_rho_sweep_rise_within_two_seed_sds_is_not_a_peak(tmp_path):
+    rob = dict(zip(_RHOS, (0.05, 0.06, 0.07, 0.08, 0.06, 0.05)))    # a 3-point rise; seed sd 0.3 points ...
+    clean = dict(zip(_RHOS, (0.92,) * 6))
+    runs = _sweep_folder(tmp_path, rob, clean)
+    for r in runs:                                                  # ... made 5 points at ST's seed 0 and 2
+        if r.method == "st" and r.seed != 1:
+            r.pgd["linf_0.02"] += 0.05 * (r.seed - 1)
+    sw = C.rho_sweep(runs, _THEO)
+    assert sw.verdict == "different shape" and any("rise to the peak" in r for r in sw.reasons)
+
+
+def test_section_adds_the_rho_sweep_with_the_theory_shape(tmp_path):
+    rob = dict(zip(_RHOS, (0.05, 0.15, 0.30, 0.45, 0.25, 0.10)))
+    clean = dict(zip(_RHOS, (0.92, 0.92, 0.92, 0.919, 0.90, 0.85)))
+    _sweep_folder(tmp_path, rob, clean)
+    text = C.section(tmp_path / "sweep", "t", tmp_path / "f.png", tmp_path, theory_rho=(_THEO, "linf_0.1"))
+    assert "**The rho sweep against T6**" in text and "Verdict: **same shape**" in text
+    assert "rho sweep" not in C.section(tmp_path / "sweep", "t", tmp_path / "g.png", tmp_path)
