@@ -32,6 +32,7 @@ PLATEAU_CLEAN points and the robust accuracy at the headline radius by less than
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from samrobust.tables import markdown_table
 from .beyond import EQUAL_COST_RHO, FREE_CLEAN, clean_free_reason, shape_reasons, shape_summary, within_sam_cost
 
 __all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "equal_cost_claims", "RhoSweep", "rho_sweep", "rho_sweep_block", "MIN_RHOS", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
+           "claims", "equal_cost_claims", "RhoSweep", "rho_sweep", "rho_sweep_block", "MIN_RHOS", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_block", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
@@ -737,32 +738,12 @@ def _settings_line(runs: Sequence[Run]) -> str:
               f"images; PGD-10 (best iterate, 1 restart) on the first {r.n_robust} test images.")
 
 
-def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional[dict] = None,
-            theory_rho: Optional[Tuple[dict, str]] = None) -> Optional[str]:
-    """The report section of one converged-protocol folder (None when it holds no runs). ``theory_rho``:
-    (T6's shape, its radius label) from beyond.theory_rho_shape, for the rho sweep (:func:`rho_sweep`) of a
-    folder that has one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    runs = load_runs(folder)
-    if not runs:
-        return None
-    doubled = load_runs(folder / "plateau") if (folder / "plateau").is_dir() else []
-    groups = {config_label(g[0]): g for g in _groups(runs).values()}
-    groups.update({f"{config_label(g[0])} (2x epochs)": g for g in _groups(doubled).values()})
-    import os
-    png = curves_figure(groups, fig_path, title)
+def plateau_block(runs: Sequence[Run], doubled: Sequence[Run]) -> List[str]:
+    """The report lines of the plateau test: one row per doubled-budget run (:func:`plateau_rows`), the
+    failures named, the test over seeds (:func:`plateau_intervals`), the method - ST differences at both
+    budgets (:func:`budget_rows`) and the configurations without a doubled run."""
     prow = plateau_rows(runs, doubled)
-    note = folder_note(folder)
-    lines = [f"### {title}", "", _settings_line(runs), ""] + _para(note) + [
-             "Mean ± sd over seeds, accuracies in %. Worst case = per image, PGD-10 best iterate and AutoAttack "
-             "(APGD-CE + APGD-T, 3 target classes, 100 iterations) both fail to break it, on the first n test "
-             "images; shown as PGD-10 / AutoAttack / **worst case** on those images, with AutoAttack's time per "
-             "model (one CPU thread). Plateau epoch: first epoch "
-             f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
-             "value.", "",
-             markdown_table(summary_header(runs), summary_rows(runs)), ""] + _para(stopped_note(runs))
+    lines = []
     lines += ["**Plateau test** (the epoch budget doubled, one row per doubled seed; passes when clean moves < "
               f"{PLATEAU_CLEAN} and robust accuracy at {SMALL} < {PLATEAU_ROBUST} points; robust = the worst case of "
               "PGD-10 and AutoAttack where both runs have it, else PGD-10):", ""]
@@ -819,6 +800,34 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
             lines += ["", "No doubled-budget run (plateau not tested): " + ", ".join(missing) + "."]
     else:
         lines.append("No doubled-budget runs: the plateau was not tested.")
+    return lines
+
+
+def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional[dict] = None,
+            theory_rho: Optional[Tuple[dict, str]] = None) -> Optional[str]:
+    """The report section of one converged-protocol folder (None when it holds no runs). ``theory_rho``:
+    (T6's shape, its radius label) from beyond.theory_rho_shape, for the rho sweep (:func:`rho_sweep`) of a
+    folder that has one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    runs = load_runs(folder)
+    if not runs:
+        return None
+    doubled = load_runs(folder / "plateau") if (folder / "plateau").is_dir() else []
+    groups = {config_label(g[0]): g for g in _groups(runs).values()}
+    groups.update({f"{config_label(g[0])} (2x epochs)": g for g in _groups(doubled).values()})
+    png = curves_figure(groups, fig_path, title)
+    note = folder_note(folder)
+    lines = [f"### {title}", "", _settings_line(runs), ""] + _para(note) + [
+             "Mean ± sd over seeds, accuracies in %. Worst case = per image, PGD-10 best iterate and AutoAttack "
+             "(APGD-CE + APGD-T, 3 target classes, 100 iterations) both fail to break it, on the first n test "
+             "images; shown as PGD-10 / AutoAttack / **worst case** on those images, with AutoAttack's time per "
+             "model (one CPU thread). Plateau epoch: first epoch "
+             f"from which the seed-mean clean test accuracy stays within {PLATEAU_CLEAN} points of its final "
+             "value.", "",
+             markdown_table(summary_header(runs), summary_rows(runs)), ""] + _para(stopped_note(runs))
+    lines += plateau_block(runs, doubled)
     std = standard_rows(runs)
     if std:
         lines += ["", "**Standard AutoAttack** (APGD-CE, APGD-T, FAB-T, Square) in the worst case, PGD-10 / AA / "
