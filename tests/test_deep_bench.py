@@ -126,7 +126,9 @@ def test_tiny_cpu_run_writes_consistent_results(tiny_run):
                                        (["--batch-size", "-1"], "batch-size"), (["--eps", "x"], "eps"),
                                        (["--peak-tflops", "0"], "peak-tflops"), (["--device", "cuda:0"], "cuda"),
                                        (["--dataset", "mnist"], "dataset"), (["--clock-mhz", "0"], "clock-mhz"),
-                                       (["--accuracy-check", "--accuracy-methods", "foo"], "methods")])
+                                       (["--accuracy-check", "--accuracy-methods", "foo"], "methods"),
+                                       (["--precision-check", "--precision-archs", "resnet"], "archs"),
+                                       (["--precision-check", "--precision-steps", "0"], "steps")])
 def test_cli_rejects_bad_options_with_exit_2(argv, word, capsys):
     if word == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -357,3 +359,27 @@ def test_gpu_quick_preset_and_help(monkeypatch):
     text = p.format_help()
     assert "--gpu-quick" in text and "--no-progress" in text and "--quiet" not in text and "989.4" in text
     assert "--gpu-quick" in bench.__doc__ and "90 s" in bench.__doc__
+
+
+def test_precision_check_times_both_precisions_of_each_model_and_writes_its_own_file(tmp_path, capsys):
+    """--precision-check: per (architecture, method) a bf16 and an fp32 measurement of the same training step,
+    the ratio of their medians, and files at --out (never the throughput table's). Speed itself is not
+    asserted."""
+    out = tmp_path / "p.json"
+    assert bench.main(["--device", "cpu", "--threads", "1", "--precision-check", "--precision-archs", "mlp,vit",
+                       "--precision-methods", "st", "--precision-steps", "1", "--precision-repeats", "2",
+                       "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["arch"]: r for r in res["rows"]}
+    assert set(rows) == {"mlp", "vit"} and all(r["method"] == "st" for r in rows.values())
+    for r in rows.values():
+        assert len(r["all_bf16"]) == len(r["all_fp32"]) == 2 and min(r["all_bf16"] + r["all_fp32"]) > 0
+        assert r["bf16_vs_fp32"] == pytest.approx(np.median(r["all_bf16"]) / np.median(r["all_fp32"]))
+    md = out.with_suffix(".md").read_text()
+    assert "| vit | 16 | ST |" in md and "bf16 / fp32" in md and "vit" in capsys.readouterr().out
+
+
+def test_bench_config_arch_reaches_the_trained_model():
+    from deep.bench.harness import train_cfg
+    cfg = bench.BenchConfig(device="cpu", arch="vit").resolved(torch.device("cpu"))
+    assert train_cfg(cfg, "st", torch.device("cpu")).arch == "vit"

@@ -27,11 +27,14 @@ On CPU the benchmark uses the Fashion-MNIST shape (1x28x28; ``--dataset``), widt
 threads as the process may use cores; ours is the CPU fast path of ``deep.run --profile cpu`` (bf16 +
 channels_last where the CPU computes bf16 natively).  ``--compile`` also measures our loop compiled and
 reports whether and after how many images it pays.  ``--accuracy-check`` trains short fp32 and bf16 runs with
-the same seeds and reports clean and PGD accuracy side by side.
+the same seeds and reports clean and PGD accuracy side by side. ``--precision-check`` (instead of the phases)
+times our training step with bf16 autocast and in fp32 for each architecture (PreActResNet-18, CNN, MLP,
+ViT): bf16 pays for the convolutional models on an AVX512-BF16 CPU and costs the small ViT about 5x, which
+is why the converged grid trains the ViT in fp32.
 
 Layout: config.py (settings, targets), flops.py (FLOP counting, peaks), reference.py (the reference loop),
 harness.py (our loops, timing, ratios), concurrency.py + worker.py (K processes), tables.py (markdown,
-files), accuracy.py (--accuracy-check), cli.py (options).
+files), accuracy.py (--accuracy-check), precision.py (--precision-check), cli.py (options).
 
 Commands::
 
@@ -42,6 +45,7 @@ Commands::
     python -m deep.bench --device cpu                     # CPU table (K = 1, 2 concurrent processes)
     python -m deep.bench --device cpu --steps 2 --width 8 --concurrency off   # CPU smoke run
     python -m deep.bench --device cpu --compile --accuracy-check   # CPU fast path, compile, fp32 vs bf16
+    python -m deep.bench --device cpu --threads 1 --precision-check   # bf16 vs fp32 per architecture
     python -m deep.bench --peak-tflops 756                # override the bf16 peak (e.g. H100 PCIe)
 """
 from __future__ import annotations
@@ -56,11 +60,13 @@ from .config import (BENCH_DATASETS, CPU_STRETCH, CPU_TARGETS, DEFAULT_OUT, EPOC
 from .flops import (DENSE_BF16_PEAK_TFLOPS, count_flops, cpu_peak_gflops, model_flops_per_image, peak_tflops_for,
                     read_cpuinfo)
 from .harness import COMPILED, GRAPHED, compile_summary, compute_ratios, judge_targets, run_bench
+from .precision import PrecisionCheckConfig, format_precision, precision_check
 from .reference import ReferenceStyleDataset, reference_pgd_linf
 from .tables import format_table, write_results
 
 __all__ = ["BenchConfig", "DENSE_BF16_PEAK_TFLOPS", "peak_tflops_for", "ReferenceStyleDataset",
            "reference_pgd_linf", "count_flops", "model_flops_per_image", "run_bench", "format_table",
            "cpu_peak_gflops", "read_cpuinfo", "default_threads", "compute_ratios", "compile_summary",
-           "judge_targets", "AccuracyCheckConfig", "accuracy_check", "format_accuracy", "main", "GPU_QUICK",
+           "judge_targets", "AccuracyCheckConfig", "accuracy_check", "format_accuracy", "PrecisionCheckConfig",
+           "precision_check", "format_precision", "main", "GPU_QUICK",
            "run_concurrency", "aggregate", "write_results", "build_parser"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from samrobust.attacks import check_linf_eps
+from samrobust.files import write_json_atomic, write_text_atomic
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
 
 from ..robustness import parse_eps
@@ -14,6 +15,7 @@ from ..train import resolve_device
 from .accuracy import AccuracyCheckConfig, accuracy_check
 from .config import BENCH_DATASETS, DEFAULT_OUT, LOOPS, PHASES, BenchConfig, default_threads, image_shape
 from .harness import run_bench
+from .precision import ARCH_WIDTHS, PrecisionCheckConfig, format_precision, precision_check
 from .tables import format_table, write_results
 
 __all__ = ["build_parser", "main", "GPU_QUICK"]
@@ -37,6 +39,25 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accuracy-n-test", type=int, default=None, help="first n test images [default: all]")
     g.add_argument("--data-dir", default=None,
                    help="folder of the Fashion-MNIST idx files [default: the Debian package's]")
+
+
+#: --out of a --precision-check run left at the throughput table's default
+PRECISION_OUT = "runs/bench/precision_check.json"
+
+
+def _add_precision_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("precision check (bf16 autocast vs fp32 per architecture)")
+    g.add_argument("--precision-check", action="store_true",
+                   help="instead of the throughput phases, time our training step with bf16 autocast and in fp32 "
+                        "for each architecture, side by side (channels_last as resolved in both); writes "
+                        f"{PRECISION_OUT} unless --out is given [default: off]")
+    g.add_argument("--precision-archs", default=",".join(ARCH_WIDTHS),
+                   help="comma list of architectures (widths: " + ", ".join(f"{a} {w}" for a, w in ARCH_WIDTHS.items())
+                        + ", those of the converged grid)")
+    g.add_argument("--precision-methods", default="st,sam", help="comma list of st, sam, at")
+    g.add_argument("--precision-steps", type=int, default=5, help="timed steps per measurement")
+    g.add_argument("--precision-repeats", type=int, default=3,
+                   help="measurements per precision, interleaved; the median is reported")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency-steps", type=int, default=None,
                    help="timed steps per process, after its own warm-up [default: 40 GPU, 10 CPU]")
     _add_accuracy_options(p)
+    _add_precision_options(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random benchmark images and the models")
     p.add_argument("--out", default=DEFAULT_OUT,
@@ -112,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     return add_common(p, (
         "python -m deep.bench                              # ours vs reference loop -> runs/bench/deep_bench.{json,md}",
         "python -m deep.bench --threads 1 --repeats 3 --accuracy-check",
+        "python -m deep.bench --device cpu --threads 1 --precision-check   # bf16 vs fp32 per architecture",
         "python -m deep.bench --out results/bench/deep_bench.json   # regenerate the shipped numbers"))
 
 
@@ -158,7 +181,8 @@ def check_bench_inputs(cfg, acfg) -> None:
 
 
 def _configs(parser: argparse.ArgumentParser, args) -> tuple:
-    """(BenchConfig, AccuracyCheckConfig or None) from the options; errors exit 2 with the option's name."""
+    """(BenchConfig, AccuracyCheckConfig or None, PrecisionCheckConfig or None) from the options; errors exit
+    2 with the option's name."""
     try:
         cfg = BenchConfig(device=args.device, dataset=args.dataset, batch_size=args.batch_size, steps=args.steps,
                           warmup=args.warmup, width=args.width, workers=args.workers, repeats=args.repeats,
@@ -172,6 +196,9 @@ def _configs(parser: argparse.ArgumentParser, args) -> tuple:
             seeds=tuple(int(v) for v in _csv(args.accuracy_seeds)), epochs=args.accuracy_epochs,
             width=args.accuracy_width, eps=parse_eps(args.accuracy_eps), n_train=args.accuracy_n_train,
             n_test=args.accuracy_n_test, data_dir=args.data_dir) if args.accuracy_check else None
+        pcfg = PrecisionCheckConfig(archs=_csv(args.precision_archs), methods=_csv(args.precision_methods),
+                                    steps=args.precision_steps, repeats=args.precision_repeats) \
+            if args.precision_check else None
         check_bench_inputs(cfg, acfg)
         resolve_device(args.device)
     except (ValueError, RuntimeError) as err:
@@ -180,15 +207,17 @@ def _configs(parser: argparse.ArgumentParser, args) -> tuple:
                       "clock_mhz"):
             msg = msg.replace(field, "--" + field.replace("_", "-"))
         parser.error(msg)
-    return cfg, acfg
+    return cfg, acfg, pcfg
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _apply_preset(parser, args)
-    cfg, acfg = _configs(parser, args)
+    cfg, acfg, pcfg = _configs(parser, args)
     say = None if args.no_progress else (lambda s: print(f"deep.bench: measuring {s} ...", file=sys.stderr, flush=True))
+    if pcfg is not None:
+        return _precision_main(cfg, pcfg, Path(PRECISION_OUT if args.out == DEFAULT_OUT else args.out), say)
     rc = cfg.resolved(resolve_device(cfg.device))
     print(f"deep.bench: {rc.threads} torch threads ({default_threads()} cores allowed), {rc.dataset} "
           f"{'x'.join(map(str, image_shape(rc.dataset)))}, ours in {'bf16' if rc.bf16 else 'fp32'}"
@@ -199,6 +228,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     md = write_results(result, Path(args.out))
     print(format_table(result))
     print(f"\nwrote {args.out} and {md}")
+    return 0
+
+
+def _precision_main(cfg: BenchConfig, pcfg: PrecisionCheckConfig, out: Path, say) -> int:
+    """--precision-check: the table, printed and written (JSON + .md, atomically) to ``out``."""
+    res = precision_check(cfg, pcfg, progress=say)
+    text = format_precision(res)
+    write_json_atomic(out, res)
+    write_text_atomic(out.with_suffix(".md"), "# deep/ training step: bf16 autocast vs fp32\n\n" + text + "\n")
+    print(text)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
 
 

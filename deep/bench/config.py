@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from ..archs import DEFAULT_ARCH
 from ..datasets import dataset_info
 from ..train import cpu_has_native_bf16
 
@@ -67,6 +68,7 @@ class BenchConfig:
     concurrency: Optional[tuple] = None  # K of the K-process runs: (1, 2, 4, 8) on GPU, (1, 2) on CPU; () = off
     concurrency_method: str = "st"       # what the K processes train
     concurrency_steps: Optional[int] = None   # timed steps per process: 40 on GPU, 10 on CPU
+    arch: str = DEFAULT_ARCH             # the model of our loop's phases (--precision-check varies it)
 
     def __post_init__(self):
         for name, lo in (("batch_size", 1), ("steps", 1), ("concurrency_steps", 1), ("warmup", 0), ("width", 1), ("workers", 0),

@@ -30,7 +30,7 @@ def train_cfg(cfg: BenchConfig, method: str, device: torch.device) -> TrainConfi
     return TrainConfig(dataset=cfg.dataset, method=method, rho=cfg.rho, eps=cfg.eps, norm="inf",
                        attack_steps=cfg.attack_steps, epochs=1, batch_size=cfg.batch_size, width=cfg.width,
                        seed=cfg.seed, augment=True, bf16=cfg.bf16, channels_last=cfg.channels_last,
-                       device=str(device), check_every=10 ** 9)
+                       device=str(device), check_every=10 ** 9, arch=cfg.arch)
 
 
 def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.device,
