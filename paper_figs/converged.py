@@ -46,7 +46,7 @@ from samrobust.tables import markdown_table
 
 from .beyond import EQUAL_COST_RHO, FREE_CLEAN, clean_free_reason, shape_reasons, shape_summary, within_sam_cost
 
-__all__ = ["Run", "load_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
+__all__ = ["Run", "load_runs", "folder_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
            "claims", "equal_cost_claims", "RhoSweep", "rho_sweep", "rho_sweep_block", "MIN_RHOS", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_block", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
            "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
 
@@ -123,6 +123,12 @@ def load_runs(folder) -> List[Run]:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(err if str(p) in str(err) else f"{p}: {err}") from None
     return out
+
+
+def folder_runs(folder, loader=None) -> List[Run]:
+    """``loader(folder)`` (default :func:`load_runs`) when ``folder`` is a directory, else no runs: a
+    protocol folder's optional subfolders (plateau/, equal-cost/, arch/) may be absent."""
+    return (loader or load_runs)(folder) if Path(folder).is_dir() else []
 
 
 def config_key(r: Run) -> Tuple:
@@ -809,12 +815,10 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     (T6's shape, its radius label) from beyond.theory_rho_shape, for the rho sweep (:func:`rho_sweep`) of a
     folder that has one."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    runs = load_runs(folder)
+    runs = folder_runs(folder)
     if not runs:
         return None
-    doubled = load_runs(folder / "plateau") if (folder / "plateau").is_dir() else []
+    doubled = folder_runs(folder / "plateau")
     groups = {config_label(g[0]): g for g in _groups(runs).values()}
     groups.update({f"{config_label(g[0])} (2x epochs)": g for g in _groups(doubled).values()})
     png = curves_figure(groups, fig_path, title)
@@ -841,10 +845,10 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     sweep = rho_sweep(runs, theory_rho[0]) if theory_rho else None
     if sweep:
         lines += [""] + rho_sweep_block(sweep, *theory_rho)
-    cheap = load_runs(folder / "equal-cost") if (folder / "equal-cost").is_dir() else []
+    cheap = folder_runs(folder / "equal-cost")
     if cheap:
         lines += [""] + equal_cost_block(runs, cheap, cost, folder_note(folder / "equal-cost"))
-    archs = load_runs(folder / "arch") if (folder / "arch").is_dir() else []
+    archs = folder_runs(folder / "arch")
     if archs:
         lines += [""] + arch_block(runs, archs, folder_note(folder / "arch"))
     rel = os.path.relpath(Path(png).resolve(), Path(report_dir).resolve())
@@ -890,10 +894,7 @@ def folder_note(folder) -> Optional[str]:
 def verdicts_only(folder, title: str, cost: Optional[dict] = None) -> Optional[str]:
     """The claims table alone (same rule as :func:`section`) for a folder of runs of another protocol, e.g. the
     short CPU preset, so that the verdicts can be compared one to one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    runs = load_runs_lenient(folder)
+    runs = folder_runs(folder, load_runs_lenient)
     if not runs:
         return None
     return "\n".join([f"### {title}", "", _settings_line(runs), "",
