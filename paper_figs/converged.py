@@ -327,7 +327,7 @@ class RhoSweep:
     first, rho 0) the seeds, the seed-mean clean and robust accuracy at SMALL and their sd over seeds (None
     with one seed); the peak; the clean cost there judged like claim (b); the verdict and its reasons."""
     rows: List[dict]
-    measure: str                # "worst case" | "PGD-10"
+    measure: str                # "worst case on 500 images", "PGD-10 on 1000 images" ("worst case" when mixed)
     peak_rho: float
     clean_at_peak: ClaimVerdict
     verdict: str                # "same shape" | "different shape" | "undecided"
@@ -374,7 +374,10 @@ def rho_sweep(runs: Sequence[Run], theo: dict) -> Optional[RhoSweep]:
         verdict = "different shape" if reasons else "undecided"
     for x in rows:
         del x["group"]
-    return RhoSweep(rows, "worst case" if src == "worst" else "PGD-10", peak["rho"], clean, verdict, reasons)
+    where = {x.robust(SMALL)[1] if src == "worst" else f"PGD-10 n={x.n_robust or 'all'}"
+             for g in [st] + sams for x in g}
+    measure = (where.pop() if len(where) == 1 else "worst case" if src == "worst" else "PGD-10").replace("n=", "on ")
+    return RhoSweep(rows, measure + (" images" if " on " in measure else ""), peak["rho"], clean, verdict, reasons)
 
 
 def rho_sweep_block(sweep: RhoSweep, theo: dict, key: str) -> List[str]:

@@ -388,7 +388,7 @@ def test_rho_sweep_same_shape_when_both_peak_inside_beyond_noise_at_free_clean_c
     rob = dict(zip(_RHOS, (0.05, 0.15, 0.30, 0.45, 0.25, 0.10)))
     clean = dict(zip(_RHOS, (0.92, 0.92, 0.92, 0.919, 0.90, 0.85)))    # -0.1 point at the peak (rho 0.2)
     sw = C.rho_sweep(_sweep_folder(tmp_path, rob, clean), _THEO)
-    assert sw.peak_rho == 0.2 and sw.measure == "PGD-10" and [r["rho"] for r in sw.rows] == list(_RHOS)
+    assert sw.peak_rho == 0.2 and sw.measure == "PGD-10 on 1000 images" and [r["rho"] for r in sw.rows] == list(_RHOS)
     assert sw.clean_at_peak.n == 3 and sw.clean_at_peak.verdict == "holds"
     assert sw.verdict == "same shape" and sw.reasons == []
     text = "\n".join(C.rho_sweep_block(sw, _THEO, "linf_0.1"))
