@@ -46,9 +46,12 @@ from samrobust.tables import markdown_table
 
 from .beyond import EQUAL_COST_RHO, FREE_CLEAN, clean_free_reason, shape_reasons, shape_summary, within_sam_cost
 
-__all__ = ["Run", "load_runs", "folder_runs", "config_key", "config_label", "paired", "interval", "judge", "ClaimVerdict",
-           "claims", "equal_cost_claims", "RhoSweep", "rho_sweep", "rho_sweep_block", "MIN_RHOS", "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview", "plateau_rows", "plateau_block", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note", "summary_rows", "curves_figure", "section",
-           "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE", "CLEAN_TOL"]
+__all__ = ["Run", "load_runs", "folder_runs", "config_key", "config_label", "paired", "interval", "judge",
+           "ClaimVerdict", "claims", "equal_cost_claims", "RhoSweep", "rho_sweep", "rho_sweep_block", "MIN_RHOS",
+           "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview",
+           "plateau_rows", "plateau_block", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note",
+           "summary_rows", "curves_figure", "section", "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE",
+           "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
 PLATEAU_ROBUST = 2.0        # points
