@@ -638,9 +638,11 @@ def equal_cost_block(runs: Sequence[Run], cheap: Sequence[Run], cost: Optional[d
     return lines
 
 
-def arch_block(runs: Sequence[Run], arch_runs: Sequence[Run], note: Optional[str] = None) -> List[str]:
+def arch_block(runs: Sequence[Run], arch_runs: Sequence[Run], note: Optional[str] = None,
+               doubled: Sequence[Run] = ()) -> List[str]:
     """Report lines of the architecture question at the section's budget: per architecture of ``arch_runs``
-    (and PreActResNet-18 from ``runs``, for comparison), the summary table and the claims (a)-(c) of
+    the summary table, the plateau test of its doubled-budget runs (``doubled``: the ``arch/plateau/``
+    subfolder; :func:`plateau_block`, which says so when there are none) and the claims (a)-(c) of
     :func:`claims` on that architecture's runs alone, paired by seed."""
     by: Dict[str, List[Run]] = {}
     for r in arch_runs:
@@ -650,6 +652,7 @@ def arch_block(runs: Sequence[Run], arch_runs: Sequence[Run], note: Optional[str
              "architecture:", ""] + _para(note)
     rows = [row for _, rs in sorted(by.items()) for row in summary_rows(rs)]
     lines += [markdown_table(summary_header(arch_runs), rows), ""] + _para(stopped_note(arch_runs))
+    lines += plateau_block(arch_runs, doubled) + [""]
     vs = []
     for arch, rs in sorted(by.items()):
         for v in claims(rs):
@@ -856,7 +859,7 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
         lines += [""] + equal_cost_block(runs, cheap, cost, folder_note(folder / "equal-cost"))
     archs = folder_runs(folder / "arch")
     if archs:
-        lines += [""] + arch_block(runs, archs, folder_note(folder / "arch"))
+        lines += [""] + arch_block(runs, archs, folder_note(folder / "arch"), folder_runs(folder / "arch" / "plateau"))
     rel = os.path.relpath(Path(png).resolve(), Path(report_dir).resolve())
     lines += ["", f"![learning curves]({rel})", "",
               f"*Learning curves of the runs above (mean ± sd over seeds; dashed: the doubled-budget runs).*", ""]

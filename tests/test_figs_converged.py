@@ -432,3 +432,21 @@ def test_section_adds_the_rho_sweep_with_the_theory_shape(tmp_path):
     text = C.section(tmp_path / "sweep", "t", tmp_path / "f.png", tmp_path, theory_rho=(_THEO, "linf_0.1"))
     assert "**The rho sweep against T6**" in text and "Verdict: **same shape**" in text
     assert "rho sweep" not in C.section(tmp_path / "sweep", "t", tmp_path / "g.png", tmp_path)
+
+
+def test_arch_block_runs_the_plateau_test_on_the_arch_plateau_subfolder(tmp_path):
+    d = tmp_path / "runs"
+    _write(d, "st_s0", "st", 0, 0.93, {"linf_0.02": 0.03})
+    for folder, epochs, clean in ((d / "arch", 6, 0.900), (d / "arch" / "plateau", 12, 0.912)):
+        _write(folder, "vit_st_s0", "st", 0, clean, {"linf_0.02": 0.60}, epochs=epochs)
+        raw = json.loads((folder / "vit_st_s0.json").read_text())
+        raw["config"]["arch"] = "vit"
+        (folder / "vit_st_s0.json").write_text(json.dumps(raw))
+    text = C.section(d, "Converged", tmp_path / "c.png", tmp_path)
+    arch = text[text.index("**Other architectures"):]
+    row = [ln for ln in arch.splitlines() if ln.startswith("| vit ST | 0 | 6 → 12 |")]
+    assert row and "+1.20" in row[0] and row[0].endswith("**no** |")       # clean +1.2 points: not at the plateau
+    assert "No doubled-budget runs" not in arch
+    (d / "arch" / "plateau" / "vit_st_s0.json").unlink()
+    arch = C.section(d, "Converged", tmp_path / "c.png", tmp_path).split("**Other architectures")[1]
+    assert "No doubled-budget runs: the plateau was not tested." in arch
