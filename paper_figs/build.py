@@ -177,20 +177,22 @@ def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res:
             runs = cv.load_runs(folder)
             inputs.append(f"converged: `{folder}` ({len(runs)} runs)")
             parts.append(text)
-            columns[sub] = (name, runs)
+            columns[sub] = (name, runs, cv.folder_runs(folder / "plateau"))
             log(f"{fig}: {out_dir / (fig + '.png')}")
     short = cv.verdicts_only(results_dir / "deep" / "fashion-mnist",
                              "The same verdict rule on the short CPU preset (not converged)", cost=cost)
     if parts and short:
         parts.append(short)
-    table = cv.overview([columns[sub] for sub in OVERVIEW_ORDER if sub in columns], cost) if len(columns) > 1 else None
+    order = [columns[sub] for sub in OVERVIEW_ORDER if sub in columns]
+    table = cv.overview([c[:2] for c in order], cost, doubled=[c[2] for c in order]) if len(columns) > 1 else None
     if table:
         parts.insert(0, "\n".join([
             "### The paper's claims at every budget", "",
             "Each cell: the paired-by-seed difference in points (mean, 95% t interval over the n seeds), robust "
             "accuracy as the per-image worst case of PGD-10 and AutoAttack unless marked PGD-10, and the verdict "
             "(the rule and the thresholds of the sections below; claim (d), the step cost, does not depend on "
-            "the budget). A verdict that changes with the budget was decided by the budget, not by the method.",
+            "the budget). A verdict that changes with the budget was decided by the budget, not by the method. "
+            "The first row: each budget's plateau test (its doubled-budget runs, one per configuration and seed).",
             "", table, ""]))
     return "\n".join(parts)
 

@@ -50,8 +50,8 @@ __all__ = ["Run", "load_runs", "folder_runs", "config_key", "config_label", "pai
            "ClaimVerdict", "claims", "equal_cost_claims", "RhoSweep", "rho_sweep", "rho_sweep_block", "MIN_RHOS",
            "equal_cost_block", "arch_block", "stopped_note", "summary_header", "VERDICT_HEADER", "overview",
            "plateau_rows", "plateau_block", "plateau_intervals", "budget_rows", "plateau_epoch", "folder_note",
-           "summary_rows", "curves_figure", "section", "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL", "LARGE",
-           "CLEAN_TOL"]
+           "summary_rows", "curves_figure", "section", "plateau_cell", "PLATEAU_CLEAN", "PLATEAU_ROBUST", "SMALL",
+           "LARGE", "CLEAN_TOL"]
 
 PLATEAU_CLEAN = 0.5         # points
 PLATEAU_ROBUST = 2.0        # points
@@ -866,11 +866,24 @@ def section(folder, title: str, fig_path: Path, report_dir: Path, cost: Optional
     return "\n".join(lines)
 
 
-def overview(columns: Sequence[Tuple[str, Sequence[Run]]], cost: Optional[dict] = None) -> Optional[str]:
+def plateau_cell(runs: Sequence[Run], doubled: Sequence[Run]) -> str:
+    """The plateau state of one protocol in a word or two: how many of its doubled-budget runs
+    (:func:`plateau_rows`) pass, and which configurations; "not tested" without any."""
+    prow = plateau_rows(runs, doubled)
+    if not prow:
+        return "not tested"
+    ok = sorted({p["label"] for p in prow if p["plateau"]})
+    return f"{sum(p['plateau'] for p in prow)} of {len(prow)} doubled runs pass" + (f" ({', '.join(ok)})" if ok else "")
+
+
+def overview(columns: Sequence[Tuple[str, Sequence[Run]]], cost: Optional[dict] = None,
+             doubled: Optional[Sequence[Sequence[Run]]] = None) -> Optional[str]:
     """One table of the claims (a)-(c) across protocols: a row per claim and comparison, a column per
     (name, runs) in ``columns``, each cell the paired mean, its 95% t interval, n and the verdict of
     :func:`claims` on that protocol's runs ("-" where the protocol lacks the comparison). Robust cells say
-    whether they rest on the worst case or on PGD-10. None when no protocol has a claim."""
+    whether they rest on the worst case or on PGD-10. With ``doubled`` (each column's doubled-budget runs,
+    in column order) a first row states each protocol's plateau state (:func:`plateau_cell`). None when no
+    protocol has a claim."""
     per = [{(v.claim, v.scope, v.measure.split(" (")[0]): v for v in claims(runs, cost) if v.claim != "d"}
            for _, runs in columns]
     keys: List[Tuple[str, str, str]] = []
@@ -890,6 +903,9 @@ def overview(columns: Sequence[Tuple[str, Sequence[Run]]], cost: Optional[dict] 
         flag = ", masking flag" if v.note.startswith("masking flag") else ""
         return f"{v.mean:+.{d}f}{ci}{src}, n={v.n}{flag}: **{v.verdict}**"
     rows = [[k[0], k[1], k[2]] + [cell(d.get(k)) for d in per] for k in keys]
+    if doubled is not None:
+        rows.insert(0, ["-", "plateau test: the budget doubled", f"clean < {PLATEAU_CLEAN}, robust < {PLATEAU_ROBUST} "
+                        "points"] + [plateau_cell(runs, dbl) for (_, runs), dbl in zip(columns, doubled)])
     return markdown_table(["claim", "comparison", "measure"] + [name for name, _ in columns], rows)
 
 

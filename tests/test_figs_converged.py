@@ -249,6 +249,16 @@ def test_overview_puts_each_protocols_verdict_in_its_column(tmp_path):
     assert rows[("c", "AT l_inf 0.1 vs SAM rho 0.2", "robust linf_0.05")][1] == "-"
     assert [k[0] for k in rows].index("c") > max(i for i, k in enumerate(rows) if k[0] in "ab")
     assert C.overview([("empty", [])]) is None
+    # the plateau row: the long budget's ST seed 0 doubled (+0.3 clean, robust unchanged: passes), SAM seed 0
+    # doubled (+0.8 clean: fails); the short budget has no doubled run
+    dbl = tmp_path / "long2x"
+    _write(dbl, "st_s0", "st", 0, 0.903, {"linf_0.02": 0.40}, epochs=12)
+    _write(dbl, "sam_rho0.1_s0", "sam", 0, 0.908, {"linf_0.02": 0.50}, rho=0.1, epochs=12)
+    table = C.overview([("short", C.load_runs(short)), ("long", C.load_runs(long))],
+                       doubled=[[], C.load_runs(dbl)])
+    first = [c.strip() for c in table.splitlines()[2].split("|")[1:6]]
+    assert first == ["-", "plateau test: the budget doubled", "clean < 0.5, robust < 2.0 points", "not tested",
+                     "1 of 2 doubled runs pass (ST)"]
 
 
 def test_summary_rows_state_autoattack_seconds_per_model(tmp_path):
