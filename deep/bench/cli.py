@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from samrobust.attacks import check_linf_eps
-from samrobust.files import write_json_atomic, write_text_atomic
 from samrobust.cli import CliParser, DefaultsHelpFormatter, add_common, threads_error
 
 from ..robustness import parse_eps
@@ -16,7 +15,7 @@ from .accuracy import AccuracyCheckConfig, accuracy_check
 from .config import BENCH_DATASETS, DEFAULT_OUT, LOOPS, PHASES, BenchConfig, default_threads, image_shape
 from .harness import run_bench
 from .precision import ARCH_WIDTHS, PrecisionCheckConfig, format_precision, precision_check
-from .tables import format_table, write_results
+from .tables import format_table, write_precision, write_results
 
 __all__ = ["build_parser", "main", "GPU_QUICK"]
 
@@ -234,11 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _precision_main(cfg: BenchConfig, pcfg: PrecisionCheckConfig, out: Path, say) -> int:
     """--precision-check: the table, printed and written (JSON + .md, atomically) to ``out``."""
     res = precision_check(cfg, pcfg, progress=say)
-    text = format_precision(res)
-    write_json_atomic(out, res)
-    write_text_atomic(out.with_suffix(".md"), "# deep/ training step: bf16 autocast vs fp32\n\n" + text + "\n")
-    print(text)
-    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    md = write_precision(res, out)
+    print(format_precision(res))
+    print(f"\nwrote {out} and {md}")
     return 0
 
 

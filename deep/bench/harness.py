@@ -23,7 +23,8 @@ from .flops import count_flops_and_ops, cpu_peak_gflops, cpuinfo_field, model_fl
 from .reference import measure_reference, reference_model
 from .timing import make_data, peak_bytes, reset_peak, sync
 
-__all__ = ["run_bench", "compute_ratios", "compile_summary", "judge_targets", "COMPILED", "GRAPHED"]
+__all__ = ["run_bench", "time_ours_train", "setup_bench", "compute_ratios", "compile_summary", "judge_targets",
+           "COMPILED", "GRAPHED"]
 
 
 def train_cfg(cfg: BenchConfig, method: str, device: torch.device) -> TrainConfig:
@@ -33,7 +34,7 @@ def train_cfg(cfg: BenchConfig, method: str, device: torch.device) -> TrainConfi
                        device=str(device), check_every=10 ** 9, arch=cfg.arch)
 
 
-def _ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.device,
+def time_ours_train(cfg: BenchConfig, method: str, data: ImageData, device: torch.device,
                 compile_model: bool = False, graphed: bool = False) -> Dict:
     """Time train_epoch on ``steps`` full batches after ``warmup`` batches (at least 2 when compiling: the
     compile happens there, and is timed as ``warmup_s``; with ``graphed`` at least the graph's eager
@@ -130,7 +131,7 @@ def _device_name(device: torch.device) -> str:
     return cpuinfo_field(read_cpuinfo(), "model name") or platform.processor() or platform.machine() or "cpu"
 
 
-def _setup(cfg: BenchConfig):
+def setup_bench(cfg: BenchConfig):
     """(device, resolved config); sets the torch threads and the seed."""
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
@@ -149,13 +150,13 @@ def _jobs(cfg: BenchConfig, data_cpu: ImageData, data_dev: ImageData, device: to
             elif loop == "graphed":
                 # CUDA graphs exist only on CUDA; evaluation is not graphed (its survivor batches shrink)
                 if device.type == "cuda" and phase != "eval":
-                    jobs[(phase, GRAPHED)] = lambda p=phase: _ours_train(cfg, p, data_dev, device, graphed=True)
+                    jobs[(phase, GRAPHED)] = lambda p=phase: time_ours_train(cfg, p, data_dev, device, graphed=True)
             elif phase == "eval":
                 jobs[(phase, loop)] = lambda: _ours_eval(cfg, data_dev, device)
             else:
-                jobs[(phase, loop)] = lambda p=phase: _ours_train(cfg, p, data_dev, device)
+                jobs[(phase, loop)] = lambda p=phase: time_ours_train(cfg, p, data_dev, device)
                 if cfg.compile:
-                    jobs[(phase, COMPILED)] = lambda p=phase: _ours_train(cfg, p, data_dev, device, True)
+                    jobs[(phase, COMPILED)] = lambda p=phase: time_ours_train(cfg, p, data_dev, device, True)
     return jobs
 
 
@@ -224,7 +225,7 @@ def _meta(cfg: BenchConfig, device: torch.device, name: str, peak, peak_source, 
 
 def run_bench(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Measure every (loop, phase); returns the JSON-ready result (see the module docstring)."""
-    device, cfg = _setup(cfg)
+    device, cfg = setup_bench(cfg)
     warmup = _warmup_steps(cfg, cfg.compile, "graphed" in cfg.loops)
     data_cpu = make_data(cfg.dataset, cfg.batch_size * (1 + warmup + cfg.steps), cfg.seed)  # FLOP step + warm-up + timed
     data_dev = data_cpu.to(device)

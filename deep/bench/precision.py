@@ -16,7 +16,7 @@ from samrobust.tables import table_lines
 
 from ..archs import ARCHS, DEFAULT_ARCH
 from .config import BenchConfig
-from .harness import _ours_train, _setup
+from .harness import time_ours_train, setup_bench
 from .timing import make_data
 
 __all__ = ["PrecisionCheckConfig", "precision_check", "format_precision", "ARCH_WIDTHS"]
@@ -52,7 +52,7 @@ def precision_check(cfg: BenchConfig, pcfg: PrecisionCheckConfig,
                     progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Per (architecture, method): our training step's images/s with bf16 autocast and in fp32 (the rest of
     ``cfg`` as resolved for its device), interleaved ``repeats`` times, the medians and bf16 / fp32."""
-    device, base = _setup(cfg)
+    device, base = setup_bench(cfg)
     data = make_data(base.dataset, (2 + base.warmup + pcfg.steps) * base.batch_size, base.seed).to(device)
     rows = []
     for arch in pcfg.archs:
@@ -64,7 +64,7 @@ def precision_check(cfg: BenchConfig, pcfg: PrecisionCheckConfig,
                         progress(f"precision check {arch} {method} {prec} ({rep + 1}/{pcfg.repeats})")
                     c = replace(base, arch=arch, width=ARCH_WIDTHS.get(arch, base.width), bf16=prec == "bf16",
                                 steps=pcfg.steps)
-                    r = _ours_train(c, method, data, device)
+                    r = time_ours_train(c, method, data, device)
                     ips[prec].append(r["images"] / r["seconds"])
             b, f = statistics.median(ips["bf16"]), statistics.median(ips["fp32"])
             rows.append({"arch": arch, "method": method, "width": ARCH_WIDTHS.get(arch, base.width),

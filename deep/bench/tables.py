@@ -9,9 +9,10 @@ from samrobust.tables import table_lines
 
 from ..datasets import dataset_info
 from .accuracy import format_accuracy
+from .precision import format_precision
 from .harness import COMPILED, GRAPHED
 
-__all__ = ["format_table", "write_results", "RATIO_NAMES"]
+__all__ = ["format_table", "write_results", "write_precision", "RATIO_NAMES"]
 
 
 def _fmt(v, spec=".2f", none="-") -> str:
@@ -168,3 +169,11 @@ def write_results(result: Dict, out: Path) -> Path:
     write_json_atomic(out, result)
     return write_text_atomic(out.with_suffix(".md"), "# deep/ training throughput: ours vs reference-style loop\n\n"
                              + format_table(result) + "\n")
+
+
+def write_precision(result: Dict, out: Path) -> Path:
+    """The ``--precision-check`` result: JSON at ``out`` and markdown at ``out`` with suffix .md, each written
+    atomically; returns the markdown's path."""
+    write_json_atomic(out, result)
+    return write_text_atomic(out.with_suffix(".md"), "# deep/ training step: bf16 autocast vs fp32\n\n"
+                             + format_precision(result) + "\n")
