@@ -21,6 +21,7 @@ Runs come from ``<results>/deep/<dataset>/`` (the main grid: ST, SAM, AT of PreA
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -478,13 +479,15 @@ def fig_arch(ctx: FigureContext, data: dict) -> FigureResult:
                                          "SAM does not gain on every architecture: ") + text))
 
 
+@functools.lru_cache(maxsize=4)   # one build asks twice (the rho figure and the converged rho sweep)
 def theory_rho(settings):
     """T6 against rho: (radii, clean, robust at the first robust radius, that radius's label), rho = 0 (ST)
-    first."""
+    first; tuples, computed once per (frozen) settings."""
     rhos = [0.0] + list(np.geomspace(0.01, 1.6, 15))
     rows = [r for r in th.method_curve(settings, "sam", rhos) if math.isfinite(r["clean"])]
     key = settings.eval_keys[0]
-    return [r["strength"] for r in rows], [r["clean"] for r in rows], [r["robust"][key] for r in rows], key
+    return (tuple(r["strength"] for r in rows), tuple(r["clean"] for r in rows),
+            tuple(r["robust"][key] for r in rows), key)
 
 
 def _measured_rho_panel(ax, st, sams, zero) -> None:

@@ -348,7 +348,7 @@ def rho_sweep(runs: Sequence[Run], theo: dict) -> Optional[RhoSweep]:
     Verdict "different shape" with any reason, else "undecided" while the clean cost is unknown, else "same
     shape". None with fewer than MIN_RHOS SAM radii or no ST."""
     pre = [r for r in runs if r.arch == DEFAULT_ARCH and r.method in ("st", "sam")]
-    groups = [g for k, g in _groups(pre).items()]
+    groups = list(_groups(pre).values())
     st = next((g for g in groups if g[0].method == "st"), None)
     sams = sorted((g for g in groups if g[0].method == "sam" and g[0].rho), key=lambda g: g[0].rho)
     if st is None or len(sams) < MIN_RHOS:
@@ -360,23 +360,22 @@ def rho_sweep(runs: Sequence[Run], theo: dict) -> Optional[RhoSweep]:
         c, r = [x.clean for x in g], [rob(x) for x in g]
         rows.append(dict(rho=g[0].rho if g[0].method == "sam" else 0.0, label=config_label(g[0]), seeds=len(g),
                          clean=statistics.mean(c), robust=statistics.mean(r),
-                         robust_sd=statistics.stdev(r) if len(r) > 1 else None, group=g))
+                         robust_sd=statistics.stdev(r) if len(r) > 1 else None))
     meas = shape_summary([x["rho"] for x in rows], [x["clean"] for x in rows], [x["robust"] for x in rows])
     peak = rows[meas["peak_index"]]
+    peak_group = ([st] + sams)[meas["peak_index"]]
 
     def sd(*pts):
         return max([p["robust_sd"] for p in pts if p["robust_sd"] is not None], default=0.0)
 
     reasons = shape_reasons(meas, theo, sd(rows[0], peak), sd(rows[-1], peak))
-    clean = _diff_verdict("b", f"{peak['label']} vs ST", "clean", paired(peak["group"], st, lambda r: r.clean),
+    clean = _diff_verdict("b", f"{peak['label']} vs ST", "clean", paired(peak_group, st, lambda r: r.clean),
                           CLEAN_TOL, True, f"> {CLEAN_TOL}")
     if clean.verdict in ("holds", "fails"):
         reasons += clean_free_reason(clean.verdict == "holds", theo)
         verdict = "different shape" if reasons else "same shape"
     else:
         verdict = "different shape" if reasons else "undecided"
-    for x in rows:
-        del x["group"]
     where = {x.robust(SMALL)[1] if src == "worst" else f"PGD-10 n={x.n_robust or 'all'}"
              for g in [st] + sams for x in g}
     measure = (where.pop() if len(where) == 1 else "worst case" if src == "worst" else "PGD-10").replace("n=", "on ")
@@ -537,7 +536,7 @@ def summary_rows(runs: Sequence[Run]) -> List[List[str]]:
     the seconds AutoAttack took per model (both radii, mean ± sd over seeds) and the plateau epoch."""
     labels = pgd_labels(runs)
     rows = []
-    for _, g in _groups(runs).items():
+    for g in _groups(runs).values():
         row = [config_label(g[0]), str(len(g)), _pm([r.clean for r in g])]
         row += [_pm([r.pgd.get(lab) for r in g]) for lab in labels]
         ws = [r.worst.get("worst-cpu") for r in g]
