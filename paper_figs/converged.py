@@ -431,7 +431,8 @@ def plateau_rows(runs: Sequence[Run], doubled: Sequence[Run]) -> List[dict]:
         ok = abs(dc) < PLATEAU_CLEAN and dr is not None and abs(dr) < PLATEAU_ROBUST
         seeds = [100 * pick(x) for x in runs if key(x) == key(d) and _source((x,), SMALL) in (src, "worst")
                  and pick(x) is not None]         # a worst-case sd: only the seeds that have the worst case
-        rows.append(dict(label=config_label(d), seed=d.seed, epochs=(r.epochs, d.epochs), clean=(r.clean, d.clean),
+        rows.append(dict(label=config_label(d), arch=d.arch, method=d.method, seed=d.seed, epochs=(r.epochs, d.epochs),
+                         clean=(r.clean, d.clean),
                          d_clean=dc, robust=rob, pgd=pgd, measure="worst case" if src == "worst" else "PGD-10",
                          d_robust=dr, plateau=ok,
                          robust_seed_sd=statistics.stdev(seeds) if len(seeds) > 1 else None))
@@ -473,13 +474,14 @@ def plateau_intervals(prow: Sequence[dict]) -> List[dict]:
 def budget_rows(prow: Sequence[dict]) -> List[dict]:
     """Whether a one-seed difference against ST keeps its sign when the budget doubles: for each row of
     :func:`plateau_rows` that is not ST's, paired with ST's row of the same seed and budgets, the method - ST
-    differences of PGD-10 at the headline radius and of clean accuracy (points) at both budgets.
-    ``same_sign``: the robust difference has the same sign at both budgets (None when one is missing)."""
-    st = {(p["seed"], p["epochs"]): p for p in prow if p["label"] == "ST"}
+    differences of PGD-10 at the headline radius and of clean accuracy (points) at both budgets, within one
+    architecture. ``same_sign``: the robust difference has the same sign at both budgets (None when one is
+    missing)."""
+    st = {(p["arch"], p["seed"], p["epochs"]): p for p in prow if p["method"] == "st"}
     out = []
     for p in prow:
-        s = st.get((p["seed"], p["epochs"]))
-        if p["label"] == "ST" or s is None:
+        s = st.get((p["arch"], p["seed"], p["epochs"]))
+        if p["method"] == "st" or s is None:
             continue
         rob = [None if p["pgd"][i] is None or s["pgd"][i] is None else 100 * (p["pgd"][i] - s["pgd"][i])
                for i in (0, 1)]

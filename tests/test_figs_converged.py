@@ -8,11 +8,12 @@ import paper_figs.beyond as B
 import paper_figs.converged as C
 
 
-def _write(folder, run_id, method, seed, clean, pgd, rho=None, eps=None, epochs=6, worst=None, history=None):
+def _write(folder, run_id, method, seed, clean, pgd, rho=None, eps=None, epochs=6, worst=None, history=None,
+           arch=None):
     folder.mkdir(parents=True, exist_ok=True)
     raw = {"run_id": run_id, "method": method, "rho": rho, "eps": eps, "seed": seed, "epochs": epochs,
            "clean_acc": clean, "robust": pgd, "eval": {"n_robust": 1000}, "wall_time_s": 10.0, "device": "cpu",
-           "config": {"width": 8, "n_train": None},
+           "config": {"width": 8, "n_train": None, **({"arch": arch} if arch else {})},
            "history": history or [{"epoch": e + 1, "test_clean_acc": clean - 0.01 * (epochs - e - 1),
                                    **({"curve_robust": {"linf_0.02": 0.5}} if e in (0, epochs - 1) else {})}
                                   for e in range(epochs)]}
@@ -153,6 +154,21 @@ def test_budget_rows_pair_each_method_with_st_of_the_same_seed_and_budgets(tmp_p
     text = C.section(d, "Budget", tmp_path / "c.png", tmp_path)
     assert "| SAM rho 0.1 | 0 | 6 → 12 | +10.0 → +15.0 | -1.00 → -0.20 | yes |" in text
     assert "| SAM rho 0.2 | 0 | 6 → 12 | +2.0 → -2.0 | -2.00 → -1.00 | **no** |" in text
+
+
+def test_budget_rows_pair_within_one_architecture(tmp_path):
+    """A ViT SAM run is paired with the ViT ST run of its seed, never with PreActResNet-18's ST (hand-computed:
+    +1.0 -> +6.0 robust, -1.40 -> -2.40 clean); the ViT ST row is no method row of its own."""
+    d = tmp_path / "arch"
+    _write(d, "st_s0", "st", 0, 0.930, {"linf_0.02": 0.05})
+    _write(d / "plateau", "st_s0", "st", 0, 0.935, {"linf_0.02": 0.04}, epochs=12)
+    _write(d, "vit_st_s0", "st", 0, 0.860, {"linf_0.02": 0.62}, arch="vit")
+    _write(d / "plateau", "vit_st_s0", "st", 0, 0.880, {"linf_0.02": 0.60}, epochs=12, arch="vit")
+    _write(d, "vit_sam_rho0.1_s0", "sam", 0, 0.846, {"linf_0.02": 0.63}, rho=0.1, arch="vit")
+    _write(d / "plateau", "vit_sam_rho0.1_s0", "sam", 0, 0.856, {"linf_0.02": 0.66}, rho=0.1, epochs=12, arch="vit")
+    (row,) = C.budget_rows(C.plateau_rows(C.load_runs(d), C.load_runs(d / "plateau")))
+    assert row["label"] == "vit SAM rho 0.1"
+    assert row["robust"] == pytest.approx((1.0, 6.0)) and row["clean"] == pytest.approx((-1.4, -2.4))
 
 
 def test_folder_note_is_printed_under_the_settings(tmp_path):
