@@ -353,17 +353,18 @@ def rho_sweep(runs: Sequence[Run], theo: dict) -> Optional[RhoSweep]:
     sams = sorted((g for g in groups if g[0].method == "sam" and g[0].rho), key=lambda g: g[0].rho)
     if st is None or len(sams) < MIN_RHOS:
         return None
-    src = _source([r for g in [st] + sams for r in g], SMALL)
+    curve = [st] + sams                          # rho = 0 (ST) first, then SAM by rho
+    src = _source([r for g in curve for r in g], SMALL)
     rob = _rob(src, SMALL)
     rows = []
-    for g in [st] + sams:
+    for g in curve:
         c, r = [x.clean for x in g], [rob(x) for x in g]
         rows.append(dict(rho=g[0].rho if g[0].method == "sam" else 0.0, label=config_label(g[0]), seeds=len(g),
                          clean=statistics.mean(c), robust=statistics.mean(r),
                          robust_sd=statistics.stdev(r) if len(r) > 1 else None))
     meas = shape_summary([x["rho"] for x in rows], [x["clean"] for x in rows], [x["robust"] for x in rows])
     peak = rows[meas["peak_index"]]
-    peak_group = ([st] + sams)[meas["peak_index"]]
+    peak_group = curve[meas["peak_index"]]
 
     def sd(*pts):
         return max([p["robust_sd"] for p in pts if p["robust_sd"] is not None], default=0.0)
@@ -377,7 +378,7 @@ def rho_sweep(runs: Sequence[Run], theo: dict) -> Optional[RhoSweep]:
     else:
         verdict = "different shape" if reasons else "undecided"
     where = {x.robust(SMALL)[1] if src == "worst" else f"PGD-10 n={x.n_robust or 'all'}"
-             for g in [st] + sams for x in g}
+             for g in curve for x in g}
     measure = (where.pop() if len(where) == 1 else "worst case" if src == "worst" else "PGD-10").replace("n=", "on ")
     return RhoSweep(rows, measure + (" images" if " on " in measure else ""), peak["rho"], clean, verdict, reasons)
 
