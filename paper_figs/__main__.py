@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -58,6 +59,10 @@ def main(argv=None) -> int:
         parser.error(f"--formats must list png, pdf or svg, got {args.formats!r}")
     if "png" not in formats:
         formats.insert(0, "png")  # the report embeds PNGs
+    for option, folder in [("--results", args.results)] + [("--runs", r) for r in args.runs]:
+        # a mistyped folder would otherwise give an empty report (every input "missing") and create it
+        if not os.path.isdir(folder):
+            parser.error(f"{option} {folder}: no such folder")
     argv_list = sys.argv[1:] if argv is None else list(argv)
     command = "python -m paper_figs" + ("" if not argv_list else " " + shlex.join(argv_list))
     out, report = args.out, args.report

@@ -149,3 +149,19 @@ def test_bad_cli_options_exit_2(tmp_path, capsys):
         main(["--formats", "gif", "--results", str(tmp_path)])
     assert exc.value.code == 2
     assert "--formats" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--results", "--runs"])
+def test_a_missing_folder_exits_2_and_creates_nothing(tmp_path, capsys, option):
+    """A mistyped --results or --runs folder is an error, not an empty report (and no folder is made)."""
+    missing = tmp_path / "no-such-folder"
+    argv = [option, str(missing), "--out", str(tmp_path / "figs"), "--report", str(tmp_path / "R.md")]
+    if option == "--runs":
+        (tmp_path / "results").mkdir()
+        argv += ["--results", str(tmp_path / "results")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{option} {missing}: no such folder" in err[-1]
+    assert not missing.exists() and not (tmp_path / "figs").exists() and not (tmp_path / "R.md").exists()
