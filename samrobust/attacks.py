@@ -147,7 +147,9 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         buckets: with ``best_iterate``, the batch sizes the surviving examples are padded to (the next
             size up; e.g. (B, B/2, B/4, B/8) of the evaluation batch B) instead of a new shape at every
             iteration (speed on CUDA: cuDNN plans and graphs need few shapes). Padding rows repeat a
-            surviving example and are discarded; every example's computation is unchanged.
+            surviving example and are discarded; every example's computation is unchanged, up to the
+            rounding of a matrix product, which BLAS may do differently at another batch size (last-bit
+            differences: tests/test_deep_step_ops.py).
 
     Returns:
         ``x_adv`` detached, with ``||x_adv - x|| <= eps`` (per example) and inside ``clamp``.

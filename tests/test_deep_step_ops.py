@@ -207,7 +207,12 @@ def test_padded_survivor_batches_give_the_same_iterates(norm, eps):
     kw = dict(eps=eps, norm=norm, steps=8, best_iterate=True)
     plain = pgd(fwd(False), x, y, generator=torch.Generator().manual_seed(0), **kw)
     padded = pgd(fwd(True), x, y, generator=torch.Generator().manual_seed(0), buckets=survivor_buckets(37), **kw)
-    assert torch.equal(plain, padded)
+    # not torch.equal: a BLAS matrix product may round a row differently at another batch size (seen:
+    # 5.6e-17 on one l2 iterate on an AMD EPYC, bitwise equal on another CPU); a wrong row mapping or a
+    # padding row leaking into the loss would move iterates by O(eps)
+    torch.testing.assert_close(plain, padded, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert torch.equal(model(plain).argmax(1), model(padded).argmax(1))
     assert sizes[True] <= set(survivor_buckets(37)) and len(sizes[True]) >= 2
     assert not sizes[False] <= set(survivor_buckets(37))       # unpadded: shapes the buckets avoid
 
