@@ -138,6 +138,8 @@ CONVERGED = (("converged/cpu-24ep", "Fashion-MNIST, all 60,000 images, 24 epochs
               "converged_cpu24_curves", "24 epochs, CPU, width 8"),
              ("converged/cpu-48ep", "Fashion-MNIST, all 60,000 images, 48 epochs, on two CPU cores (width 8)",
               "converged_cpu48_curves", "48 epochs, CPU, width 8"),
+             ("converged/cpu-96ep", "Fashion-MNIST, all 60,000 images, 96 epochs, on two CPU cores (width 8)",
+              "converged_cpu96_curves", "96 epochs, CPU, width 8"),
              ("converged/cpu-12ep", "Fashion-MNIST, all 60,000 images, 12 epochs, on two CPU cores (width 8)",
               "converged_cpu12_curves", "12 epochs, CPU, width 8"),
              ("converged/gpu", "Fashion-MNIST, all 60,000 images, 12 epochs, on one GPU at full width (64)",
@@ -145,7 +147,8 @@ CONVERGED = (("converged/cpu-24ep", "Fashion-MNIST, all 60,000 images, 24 epochs
              ("converged/cpu", "Fashion-MNIST, all 60,000 images, 6 epochs, on two CPU cores (width 8)",
               "converged_cpu_curves", "6 epochs, CPU, width 8"))
 #: the overview's column order (by training budget)
-OVERVIEW_ORDER = ("converged/cpu", "converged/cpu-12ep", "converged/cpu-24ep", "converged/cpu-48ep", "converged/gpu")
+OVERVIEW_ORDER = ("converged/cpu", "converged/cpu-12ep", "converged/cpu-24ep", "converged/cpu-48ep", "converged/cpu-96ep",
+                  "converged/gpu")
 
 
 def _converged(results_dir: Path, out_dir: Path, report_path, inputs: list, res: BuildResult, log,
